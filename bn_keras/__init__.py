@@ -1,0 +1,7 @@
+"""bn-keras: batch normalization done right for Keras 3."""
+
+__version__ = "0.1.0"
+
+from bn_keras import layers  # noqa: E402
+
+__all__ = ["__version__", "layers"]

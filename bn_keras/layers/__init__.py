@@ -1,0 +1,13 @@
+"""Batch normalization layers."""
+
+from bn_keras.layers.batch_normalization import BatchNormalization
+from bn_keras.layers.batch_renormalization import BatchRenormalization
+from bn_keras.layers.ghost_batch_normalization import GhostBatchNormalization
+from bn_keras.layers.renorm_clipping import RenormClipping
+
+__all__ = [
+    "BatchNormalization",
+    "BatchRenormalization",
+    "GhostBatchNormalization",
+    "RenormClipping",
+]

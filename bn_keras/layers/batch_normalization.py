@@ -1,0 +1,641 @@
+"""A drop-in `keras.layers.BatchNormalization` with ghost batches, renorm
+schedules and a guard against non-finite batches."""
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from bn_keras.layers.renorm_clipping import RenormClipping
+
+_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
+# Keras's masked moments add this to the count; we do the same so that the
+# masked statistics equal Keras's.
+_MASK_COUNT_FUZZ = 1e-7
+
+
+def _check_fraction(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"Argument `{name}` must be a float in [0, 1). "
+            f"Received: {name}={value!r}"
+        )
+    if not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"Argument `{name}` must be a float in [0, 1). "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _check_clipping_dict(renorm_clipping):
+    unknown = sorted(set(renorm_clipping) - set(_CLIPPING_KEYS))
+    if unknown:
+        raise ValueError(
+            "Argument `renorm_clipping` accepts only the keys "
+            f"{list(_CLIPPING_KEYS)} (or a `bn_keras.layers.RenormClipping` "
+            f"schedule); unknown keys {unknown}. "
+            f"Received: renorm_clipping={renorm_clipping}"
+        )
+    clipping = {}
+    for key, value in renorm_clipping.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"`renorm_clipping['{key}']` must be a number. "
+                f"Received: renorm_clipping={renorm_clipping}"
+            )
+        clipping[key] = float(value)
+    rmax, rmin = clipping.get("rmax"), clipping.get("rmin")
+    if rmax is not None and rmin is not None and rmax < rmin:
+        raise ValueError(
+            "In `renorm_clipping`, rmax must be greater than or equal to "
+            f"rmin. Received: rmax={rmax}, rmin={rmin}"
+        )
+    if clipping.get("dmax", 0.0) < 0:
+        raise ValueError(
+            "In `renorm_clipping`, dmax must be non-negative. "
+            f"Received: dmax={clipping['dmax']}"
+        )
+    if rmin is not None and rmin < 0:
+        raise ValueError(
+            "In `renorm_clipping`, rmin must be non-negative. "
+            f"Received: rmin={rmin}"
+        )
+    return clipping
+
+
+def _standardize_clipping(renorm_clipping):
+    """Returns None, a dict of floats or a `RenormClipping` schedule."""
+    if renorm_clipping is None or isinstance(renorm_clipping, RenormClipping):
+        return renorm_clipping
+    if isinstance(renorm_clipping, dict):
+        if "class_name" in renorm_clipping:  # a serialized schedule
+            schedule = keras.saving.deserialize_keras_object(renorm_clipping)
+            if not isinstance(schedule, RenormClipping):
+                raise TypeError(
+                    "Argument `renorm_clipping` must be a dict of floats or a "
+                    "`bn_keras.layers.RenormClipping`. "
+                    f"Received: renorm_clipping={renorm_clipping}"
+                )
+            return schedule
+        return _check_clipping_dict(renorm_clipping)
+    raise TypeError(
+        "Argument `renorm_clipping` must be None, a dict with keys "
+        f"{list(_CLIPPING_KEYS)}, or a `bn_keras.layers.RenormClipping`. "
+        f"Received: renorm_clipping={renorm_clipping!r}"
+    )
+
+
+@keras.saving.register_keras_serializable(package="bn_keras")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Batch normalization, a drop-in for `keras.layers.BatchNormalization`.
+
+    With Keras's arguments alone this layer creates the same weights and
+    computes the same outputs and moving statistics as
+    `keras.layers.BatchNormalization` (it is a subclass, so code that checks
+    `isinstance(layer, keras.layers.BatchNormalization)` keeps working). It
+    adds:
+
+    - **Ghost batches** (`virtual_batch_size=m`): in training the batch is
+      split into consecutive chunks of `m` samples, each normalized with its
+      own mean and variance. Any batch size works: the remainder forms a
+      smaller last chunk, and a last chunk of a single sample is merged into
+      the chunk before it. The moving statistics are updated once per step
+      with the statistics of the whole batch, so they are the same as plain
+      batch normalization records, whatever `m`.
+    - **Renorm schedules**: `renorm_clipping` also accepts a
+      `bn_keras.layers.RenormClipping`, which relaxes `rmax` and `dmax`
+      during training as in the Batch Renormalization paper. The layer then
+      keeps a step counter, `renorm_step`, saved with its weights.
+    - **A non-finite guard** (`skip_nonfinite=True`): a training batch whose
+      mean or variance is not finite leaves every moving statistic unchanged.
+
+    **During training** (`fit()`, or `training=True`) each channel is
+    normalized with the statistics of the batch (or of its ghost batch):
+    `gamma * (x - mean_B) / sqrt(var_B + epsilon) + beta`, and the moving
+    statistics are updated as
+    `moving = moving * momentum + batch_statistic * (1 - momentum)`, using the
+    biased batch variance, as Keras does. With `renorm=True` the normalized
+    value is corrected to `x_hat * r + d` (r and d computed per ghost batch).
+
+    **During inference** (`training=False`, the default, or when the layer
+    has `trainable=False`) it returns
+    `gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta`.
+
+    Args:
+        axis: Integer, the features axis to normalize. Defaults to `-1`.
+        momentum: Momentum of the moving averages, in `[0, 1)`. Defaults to
+            `0.99`.
+        epsilon: Small positive float added to the variance. Defaults to
+            `1e-3`.
+        center: If `True`, add the offset `beta`. Defaults to `True`.
+        scale: If `True`, multiply by `gamma`. Defaults to `True`.
+        beta_initializer: Initializer for `beta`. Defaults to `"zeros"`.
+        gamma_initializer: Initializer for `gamma`. Defaults to `"ones"`.
+        moving_mean_initializer: Defaults to `"zeros"`.
+        moving_variance_initializer: Defaults to `"ones"`.
+        beta_regularizer: Optional regularizer for `beta`.
+        gamma_regularizer: Optional regularizer for `gamma`.
+        beta_constraint: Optional constraint for `beta`.
+        gamma_constraint: Optional constraint for `gamma`.
+        renorm: Whether to use batch renormalization. Adds the weights
+            `moving_stddev`, `renorm_mean` and `renorm_stddev`, as Keras does.
+            Defaults to `False`.
+        renorm_clipping: With `renorm=True`, either a dict with optional keys
+            `"rmax"`, `"rmin"` and `"dmax"` (fixed bounds, as in Keras; missing
+            bounds do not clip), or a `bn_keras.layers.RenormClipping`
+            schedule. Defaults to `None` (no clipping).
+        renorm_momentum: Momentum of the renorm statistics, in `[0, 1)`.
+            Defaults to `0.99`.
+        synchronized: If `True`, under a `tf.distribute` strategy the batch
+            statistics are computed over the global batch (all replicas).
+            TensorFlow backend only. Defaults to `False`.
+        virtual_batch_size: Positive integer: the size of the ghost batches,
+            or `None` for plain batch normalization. Under a distribution
+            strategy, ghost batches are formed within each replica's batch.
+            Defaults to `None`.
+        skip_nonfinite: If `True`, a training batch whose mean or variance
+            is NaN or infinite does not update the moving statistics.
+            Defaults to `True`.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: Input tensor of any rank.
+        training: Python boolean or boolean scalar tensor: normalize with
+            the batch statistics (`True`) or the moving statistics (`False`).
+        mask: Optional boolean tensor of rank `inputs.ndim - 1`; masked-out
+            positions are left out of the batch statistics.
+
+    Reference:
+
+    - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
+    - [Ioffe, 2017](https://arxiv.org/abs/1702.03275) (batch renormalization).
+    - [Hoffer et al., 2017](https://arxiv.org/abs/1705.08741) (ghost batch
+      normalization).
+
+    Example:
+
+    >>> layer = bn_keras.layers.BatchNormalization(virtual_batch_size=4)
+    >>> x = np.random.default_rng(0).normal(size=(10, 3)).astype("float32")
+    >>> y = layer(x, training=True)
+    >>> tuple(y.shape)
+    (10, 3)
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        renorm=False,
+        renorm_clipping=None,
+        renorm_momentum=0.99,
+        synchronized=False,
+        virtual_batch_size=None,
+        skip_nonfinite=True,
+        **kwargs,
+    ):
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(
+                "Argument `axis` must be an integer (the features axis). "
+                f"Received: axis={axis!r}"
+            )
+        momentum = _check_fraction("momentum", momentum)
+        renorm_momentum = _check_fraction("renorm_momentum", renorm_momentum)
+        if (
+            isinstance(epsilon, bool)
+            or not isinstance(epsilon, numbers.Real)
+            or not epsilon > 0
+        ):
+            raise ValueError(
+                "Argument `epsilon` must be a positive float. "
+                f"Received: epsilon={epsilon!r}"
+            )
+        if virtual_batch_size is not None:
+            if (
+                isinstance(virtual_batch_size, bool)
+                or not isinstance(virtual_batch_size, numbers.Integral)
+                or virtual_batch_size < 1
+            ):
+                raise ValueError(
+                    "Argument `virtual_batch_size` must be a positive integer "
+                    f"or None. Received: virtual_batch_size={virtual_batch_size!r}"
+                )
+            if axis == 0:
+                raise ValueError(
+                    "Argument `virtual_batch_size` splits the batch axis into "
+                    "ghost batches, so `axis` (the features axis) cannot be "
+                    f"0. Received: axis={axis}, "
+                    f"virtual_batch_size={virtual_batch_size}"
+                )
+            virtual_batch_size = int(virtual_batch_size)
+        if synchronized and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "Argument `synchronized=True` needs the TensorFlow backend "
+                "(tf.distribute); the current backend is "
+                f"'{keras.backend.backend()}'. "
+                f"Received: synchronized={synchronized}"
+            )
+        if not isinstance(skip_nonfinite, (bool, np.bool_)):
+            raise TypeError(
+                "Argument `skip_nonfinite` must be a boolean. "
+                f"Received: skip_nonfinite={skip_nonfinite!r}"
+            )
+        renorm_clipping = _standardize_clipping(renorm_clipping)
+        if renorm_clipping is not None and not renorm:
+            raise ValueError(
+                "Argument `renorm_clipping` only applies with `renorm=True`. "
+                f"Received: renorm=False, renorm_clipping={renorm_clipping}"
+            )
+        if renorm and renorm_clipping is None:
+            renorm_clipping = {}
+
+        super().__init__(
+            axis=int(axis),
+            momentum=momentum,
+            epsilon=float(epsilon),
+            center=bool(center),
+            scale=bool(scale),
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            moving_mean_initializer=moving_mean_initializer,
+            moving_variance_initializer=moving_variance_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            renorm=bool(renorm),
+            # Keras validates dicts only; the schedule is ours to handle.
+            renorm_clipping=None,
+            renorm_momentum=renorm_momentum,
+            synchronized=bool(synchronized),
+            **kwargs,
+        )
+        self.renorm_clipping = renorm_clipping
+        self.renorm_momentum = renorm_momentum
+        self.virtual_batch_size = virtual_batch_size
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.renorm_step = None
+
+    @property
+    def renorm_schedule(self):
+        """The `RenormClipping` schedule, or `None` for fixed bounds."""
+        if isinstance(self.renorm_clipping, RenormClipping):
+            return self.renorm_clipping
+        return None
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        if not -rank <= self.axis < rank:
+            raise ValueError(
+                f"Argument `axis` is out of range for inputs of rank {rank} "
+                f"(shape {tuple(input_shape)}): expected an integer in "
+                f"[{-rank}, {rank}). Received: axis={self.axis}"
+            )
+        self._channel_axis = self.axis % rank
+        if self.virtual_batch_size is not None and self._channel_axis == 0:
+            raise ValueError(
+                "Argument `axis` resolves to the batch axis for inputs of "
+                f"rank {rank}, which ghost batches cannot use. "
+                f"Received: axis={self.axis}, "
+                f"virtual_batch_size={self.virtual_batch_size}"
+            )
+        if input_shape[self.axis] is None:
+            raise ValueError(
+                "The features axis of the inputs must have a known size. "
+                f"Received: input_shape={tuple(input_shape)}, axis={self.axis}"
+            )
+        # Keras creates the weights: same names, shapes, order and flags.
+        super().build(input_shape)
+        if self.renorm and self.renorm_schedule is not None:
+            self.renorm_step = self.add_weight(
+                shape=(),
+                name="renorm_step",
+                initializer="zeros",
+                dtype="int64",
+                trainable=False,
+                autocast=False,
+                aggregation="only_first_replica",
+            )
+        # Shapes in which per-channel (and per-sample) values broadcast.
+        self._broadcast_shape = [1] * rank
+        self._broadcast_shape[self._channel_axis] = input_shape[self.axis]
+        self._sample_shape = list(self._broadcast_shape)
+        self._sample_shape[0] = -1
+        self._sample_axes = [
+            a for a in range(1, rank) if a != self._channel_axis
+        ]
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError(
+                "The mask provided should be one dimension less than the "
+                f"inputs. Received: mask.shape={mask.shape}, "
+                f"inputs.shape={inputs.shape}"
+            )
+        # BN is prone to overflow in float16/bfloat16: compute in float32.
+        compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
+        x = ops.cast(inputs, compute_dtype)
+        weights = None
+        if mask is not None:
+            weights = ops.cast(
+                ops.broadcast_to(ops.expand_dims(mask, -1), ops.shape(x)),
+                compute_dtype,
+            )
+        training = self._training_flag(training)
+        if training is False:
+            mean, variance = self._moving_statistics(compute_dtype)
+            scale, offset = self._affine(mean, variance, compute_dtype)
+        else:
+            scale, offset = self._training_affine(x, weights, training)
+        outputs = x * scale + offset
+        return ops.cast(outputs, self.compute_dtype)
+
+    # -- training and inference transforms ---------------------------------
+
+    def _training_flag(self, training):
+        """False, True, or a boolean scalar tensor (honoured as such)."""
+        if training is None or not self.trainable:
+            return False
+        if isinstance(training, (bool, np.bool_, int)):
+            return bool(training)
+        return ops.cast(training, "bool")
+
+    def _moving_statistics(self, dtype):
+        return (
+            ops.cast(self.moving_mean, dtype),
+            ops.cast(self.moving_variance, dtype),
+        )
+
+    def _affine(self, mean, variance, dtype, r=None, d=None):
+        """Scale and offset such that `x * scale + offset` normalizes `x`.
+
+        `mean` and `variance` have shape `(C,)` or, for ghost batches, the
+        shape `(G, C)`; `r` and `d` are the renorm corrections or None. The
+        result is reshaped to broadcast against `x` for `(C,)` inputs only.
+        """
+        gamma = ops.cast(self.gamma, dtype) if self.scale else None
+        beta = ops.cast(self.beta, dtype) if self.center else None
+        if r is not None:
+            # (x_hat * r + d) * gamma + beta, as Keras composes it.
+            r, d = ops.stop_gradient(r), ops.stop_gradient(d)
+            if gamma is None:
+                gamma, beta_r = r, d
+            else:
+                gamma, beta_r = r * gamma, d * gamma
+            beta = beta_r if beta is None else beta_r + beta
+        scale = ops.rsqrt(variance + self.epsilon)
+        if gamma is not None:
+            scale = scale * gamma
+        offset = -mean * scale
+        if beta is not None:
+            offset = offset + beta
+        if len(ops.shape(mean)) == 1:
+            scale = ops.reshape(scale, self._broadcast_shape)
+            offset = ops.reshape(offset, self._broadcast_shape)
+        return scale, offset
+
+    def _training_affine(self, x, weights, training):
+        """Batch-statistics transform; updates the moving statistics."""
+        dtype = x.dtype
+        if self.virtual_batch_size is None:
+            mean, variance = self._moments(x, weights)
+            pooled_mean, pooled_variance = mean, variance
+        else:
+            ghosts = self._ghost_moments(x, weights)
+            mean, variance, pooled_mean, pooled_variance, assign = ghosts
+
+        r = d = None
+        if self.renorm:
+            r, d = self._renorm_correction(mean, variance)
+        scale, offset = self._affine(mean, variance, dtype, r, d)
+        if self.virtual_batch_size is not None:
+            # Per-ghost transform to per-sample rows, broadcast against x.
+            scale = ops.reshape(ops.matmul(assign, scale), self._sample_shape)
+            offset = ops.reshape(ops.matmul(assign, offset), self._sample_shape)
+
+        if training is not True:
+            # `training` is a tensor: select the inference transform when it
+            # is False, without Python control flow (works under jit).
+            inf_scale, inf_offset = self._affine(
+                *self._moving_statistics(dtype), dtype
+            )
+            scale = ops.where(training, scale, inf_scale)
+            offset = ops.where(training, offset, inf_offset)
+
+        self._update_statistics(pooled_mean, pooled_variance, training)
+        return scale, offset
+
+    # -- statistics -----------------------------------------------------------
+
+    def _all_reduce_sum(self, values):
+        """Sums `values` (a tuple of tensors) over replicas if synchronized."""
+        if not self.synchronized:
+            return values
+        import tensorflow as tf  # only reachable on the TensorFlow backend
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return values
+        return tuple(context.all_reduce(tf.distribute.ReduceOp.SUM, list(values)))
+
+    def _moments(self, x, weights):
+        """Per-channel mean and biased variance of the whole batch."""
+        axes = self._reduction_axes
+        if weights is None and not self.synchronized:
+            return ops.moments(x, axes=axes)
+        # Two passes, each summed over replicas when synchronized: the sums
+        # and counts give the global mean, then the squared deviations from
+        # it give the variance (more stable than E[x^2] - E[x]^2).
+        if weights is None:
+            total = ops.sum(x, axis=axes)
+            count = 1
+            for a in axes:
+                count = count * ops.shape(x)[a]
+            count = ops.ones_like(total) * ops.cast(count, x.dtype)
+        else:
+            total = ops.sum(x * weights, axis=axes)
+            count = ops.sum(weights, axis=axes)
+        total, count = self._all_reduce_sum((total, count))
+        if weights is not None:
+            count = count + _MASK_COUNT_FUZZ
+        mean = total / count
+        deviation = ops.square(x - ops.reshape(mean, self._broadcast_shape))
+        if weights is not None:
+            deviation = deviation * weights
+        (squares,) = self._all_reduce_sum((ops.sum(deviation, axis=axes),))
+        return mean, squares / count
+
+    def _ghost_moments(self, x, weights):
+        """Statistics of each ghost batch and of the whole batch.
+
+        Returns `(mean, variance, pooled_mean, pooled_variance, assign)`:
+        per-ghost statistics of shape `(G, C)`, the pooled statistics of the
+        whole batch of shape `(C,)`, and the `(B, G)` one-hot matrix that
+        assigns each sample to its ghost batch.
+        """
+        dtype = x.dtype
+        size = self.virtual_batch_size
+        batch = ops.shape(x)[0]
+        # Consecutive chunks of `size`; a last chunk of one sample joins the
+        # chunk before it: G = max(1, (B - 2) // size + 1).
+        if isinstance(batch, int):
+            num_ghosts = max(1, (batch - 2) // size + 1)
+        else:
+            num_ghosts = ops.maximum((batch - 2) // size + 1, 1)
+        ghost_ids = ops.minimum(ops.arange(batch) // size, num_ghosts - 1)
+        assign = ops.cast(
+            ops.equal(
+                ops.expand_dims(ghost_ids, 1),
+                ops.expand_dims(ops.arange(num_ghosts), 0),
+            ),
+            dtype,
+        )
+        assign_t = ops.transpose(assign)
+        channels = self._broadcast_shape[self._channel_axis]
+
+        def per_sample_sum(t):  # (B, ..., C, ...) -> (B, C)
+            if self._sample_axes:
+                t = ops.sum(t, axis=self._sample_axes, keepdims=True)
+            return ops.reshape(t, (-1, channels))
+
+        if weights is None:
+            per_sample = 1
+            for a in self._sample_axes:
+                per_sample = per_sample * ops.shape(x)[a]
+            counts = ops.sum(assign_t, axis=1, keepdims=True) * ops.cast(
+                per_sample, dtype
+            )
+            sums = ops.matmul(assign_t, per_sample_sum(x))
+        else:
+            counts = ops.matmul(assign_t, per_sample_sum(weights))
+            sums = ops.matmul(assign_t, per_sample_sum(x * weights))
+            counts = counts + _MASK_COUNT_FUZZ
+        mean = sums / counts
+        sample_mean = ops.reshape(ops.matmul(assign, mean), self._sample_shape)
+        deviation = ops.square(x - sample_mean)
+        if weights is not None:
+            deviation = deviation * weights
+        squares = ops.matmul(assign_t, per_sample_sum(deviation))
+        variance = squares / counts
+
+        # Pooled statistics of the whole batch (of all replicas when
+        # synchronized): the moving statistics record these.
+        total, count = self._all_reduce_sum(
+            (ops.sum(sums, axis=0), ops.sum(counts, axis=0))
+        )
+        pooled_mean = total / count
+        spread = squares + counts * ops.square(mean - pooled_mean)
+        (pooled_squares,) = self._all_reduce_sum((ops.sum(spread, axis=0),))
+        pooled_variance = pooled_squares / count
+        return mean, variance, pooled_mean, pooled_variance, assign
+
+    # -- renorm -------------------------------------------------------------
+
+    def current_renorm_clipping(self):
+        """The clipping bounds in force now: a dict, possibly empty."""
+        if self.renorm_schedule is None:
+            return dict(self.renorm_clipping or {})
+        return self.renorm_schedule(self.renorm_step)
+
+    def _renorm_correction(self, mean, variance):
+        """Renorm's r and d for batch (or per-ghost) statistics."""
+        dtype = mean.dtype
+        stddev = ops.sqrt(variance + self.epsilon)
+        renorm_mean = ops.cast(self.renorm_mean, dtype)
+        # Avoid dividing by zero early in training, as Keras does.
+        renorm_stddev = ops.maximum(
+            ops.cast(self.renorm_stddev, dtype),
+            ops.sqrt(ops.cast(self.epsilon, dtype)),
+        )
+        r = stddev / renorm_stddev
+        d = (mean - renorm_mean) / renorm_stddev
+        clipping = self.current_renorm_clipping()
+        if clipping.get("rmin") is not None:
+            r = ops.maximum(r, ops.cast(clipping["rmin"], dtype))
+        if clipping.get("rmax") is not None:
+            r = ops.minimum(r, ops.cast(clipping["rmax"], dtype))
+        if clipping.get("dmax") is not None:
+            dmax = ops.cast(clipping["dmax"], dtype)
+            d = ops.clip(d, -dmax, dmax)
+        return r, d
+
+    # -- moving statistics ------------------------------------------------------
+
+    def _update_statistics(self, mean, variance, training):
+        """Moves the moving (and renorm) statistics towards `mean`, `variance`.
+
+        Skipped for a batch with non-finite statistics when `skip_nonfinite`,
+        and when `training` is a tensor that is False.
+        """
+        apply = training
+        if self.skip_nonfinite:
+            finite = ops.logical_and(
+                ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance))
+            )
+            apply = finite if training is True else ops.logical_and(
+                finite, training
+            )
+
+        def assign(variable, value):
+            value = ops.cast(value, variable.dtype)
+            if apply is not True:
+                value = ops.where(apply, value, variable)
+            variable.assign(value)
+
+        def moved(variable, value, momentum):
+            old = ops.cast(variable, value.dtype)
+            return old * momentum + value * (1.0 - momentum)
+
+        if not self.renorm:
+            assign(self.moving_mean, moved(self.moving_mean, mean, self.momentum))
+            assign(
+                self.moving_variance,
+                moved(self.moving_variance, variance, self.momentum),
+            )
+        else:
+            stddev = ops.sqrt(variance + self.epsilon)
+            assign(
+                self.renorm_mean,
+                moved(self.renorm_mean, mean, self.renorm_momentum),
+            )
+            assign(
+                self.renorm_stddev,
+                moved(self.renorm_stddev, stddev, self.renorm_momentum),
+            )
+            assign(self.moving_mean, moved(self.moving_mean, mean, self.momentum))
+            moving_stddev = moved(self.moving_stddev, stddev, self.momentum)
+            assign(self.moving_stddev, moving_stddev)
+            # As Keras: the variance derives from the stddev, ReLU against
+            # rounding below zero.
+            assign(
+                self.moving_variance,
+                ops.relu(moving_stddev * moving_stddev - self.epsilon),
+            )
+        if self.renorm_step is not None:
+            # The schedule counts training steps, bad batches included.
+            step = 1 if training is True else ops.cast(training, "int64")
+            self.renorm_step.assign(self.renorm_step + step)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.renorm_schedule is not None:
+            config["renorm_clipping"] = keras.saving.serialize_keras_object(
+                self.renorm_schedule
+            )
+        config["virtual_batch_size"] = self.virtual_batch_size
+        config["skip_nonfinite"] = self.skip_nonfinite
+        return config
