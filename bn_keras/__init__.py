@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from bn_keras import layers  # noqa: E402
+from bn_keras.models import find_batchnorm  # noqa: E402
 
-__all__ = ["__version__", "layers"]
+__all__ = ["__version__", "find_batchnorm", "layers"]
