@@ -13,6 +13,8 @@ _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 # Keras's masked moments add this to the count; we do the same so that the
 # masked statistics equal Keras's.
 _MASK_COUNT_FUZZ = 1e-7
+# TensorFlow's fused batch-norm kernel refuses smaller epsilons (cuDNN's).
+_FUSED_MIN_EPSILON = 1.001e-5
 
 
 def _check_fraction(name, value):
@@ -160,6 +162,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
         skip_nonfinite: If `True`, a training batch whose mean or variance
             is NaN or infinite does not update the moving statistics.
             Defaults to `True`.
+        fused: On the TensorFlow backend, whether to use TensorFlow's fused
+            batch-norm kernel (FusedBatchNormV3), which is several times
+            faster than the composite ops. `None` (the default) uses it
+            wherever it gives the same result: a Python boolean `training`,
+            no mask, no `synchronized` training, `epsilon >= 1.001e-5`, the
+            features axis first after the batch axis or last. `False` never
+            uses it; `True` is the same as `None` but raises an error at
+            construction on a backend that has no fused kernel.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -206,6 +216,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         synchronized=False,
         virtual_batch_size=None,
         skip_nonfinite=True,
+        fused=None,
         **kwargs,
     ):
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
@@ -254,6 +265,24 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 "Argument `skip_nonfinite` must be a boolean. "
                 f"Received: skip_nonfinite={skip_nonfinite!r}"
             )
+        if fused not in (None, True, False):
+            raise ValueError(
+                "Argument `fused` must be None (use the fused kernel where it "
+                "applies), True or False. "
+                f"Received: fused={fused!r}"
+            )
+        if fused and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "Argument `fused=True` needs the TensorFlow backend (its "
+                "fused batch-norm kernel); the current backend is "
+                f"'{keras.backend.backend()}'. Received: fused={fused}"
+            )
+        if fused and float(epsilon) < _FUSED_MIN_EPSILON:
+            raise ValueError(
+                "Argument `fused=True` needs `epsilon` of at least "
+                f"{_FUSED_MIN_EPSILON} (the fused kernel's minimum). "
+                f"Received: epsilon={epsilon}, fused={fused}"
+            )
         renorm_clipping = _standardize_clipping(renorm_clipping)
         if renorm_clipping is not None and not renorm:
             raise ValueError(
@@ -288,6 +317,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.renorm_momentum = renorm_momentum
         self.virtual_batch_size = virtual_batch_size
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.fused = fused
         self.renorm_step = None
 
     @property
@@ -356,12 +386,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 compute_dtype,
             )
         training = self._training_flag(training)
-        if training is False:
-            mean, variance = self._moving_statistics(compute_dtype)
-            scale, offset = self._affine(mean, variance, compute_dtype)
+        if weights is None and self._fusable(x, training):
+            outputs = self._fused_call(x, training)
         else:
-            scale, offset = self._training_affine(x, weights, training)
-        outputs = x * scale + offset
+            if training is False:
+                mean, variance = self._moving_statistics(compute_dtype)
+                scale, offset = self._affine(mean, variance, compute_dtype)
+            else:
+                scale, offset = self._training_affine(x, weights, training)
+            outputs = x * scale + offset
         return ops.cast(outputs, self.compute_dtype)
 
     # -- training and inference transforms ---------------------------------
@@ -413,19 +446,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
         dtype = x.dtype
         if self.virtual_batch_size is None:
             mean, variance = self._moments(x, weights)
+            r = d = None
+            if self.renorm:
+                r, d = self._renorm_correction(mean, variance)
+            scale, offset = self._affine(mean, variance, dtype, r, d)
             pooled_mean, pooled_variance = mean, variance
         else:
-            ghosts = self._ghost_moments(x, weights)
-            mean, variance, pooled_mean, pooled_variance, assign = ghosts
-
-        r = d = None
-        if self.renorm:
-            r, d = self._renorm_correction(mean, variance)
-        scale, offset = self._affine(mean, variance, dtype, r, d)
-        if self.virtual_batch_size is not None:
-            # Per-ghost transform to per-sample rows, broadcast against x.
-            scale = ops.reshape(ops.matmul(assign, scale), self._sample_shape)
-            offset = ops.reshape(ops.matmul(assign, offset), self._sample_shape)
+            scale, offset, pooled_mean, pooled_variance = self._ghost_transform(
+                x, weights
+            )
 
         if training is not True:
             # `training` is a tensor: select the inference transform when it
@@ -438,6 +467,150 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
         self._update_statistics(pooled_mean, pooled_variance, training)
         return scale, offset
+
+    # -- TensorFlow's fused kernel ---------------------------------------------
+
+    def _fusable(self, x, training):
+        """Whether the fused kernel computes exactly what `call` would."""
+        if self.fused is False or keras.backend.backend() != "tensorflow":
+            return False
+        if not isinstance(training, bool):
+            return False  # a tensor flag: the general path selects per call
+        if training and self.synchronized:
+            return False
+        if self.epsilon < _FUSED_MIN_EPSILON or x.dtype != "float32":
+            return False
+        rank = len(x.shape)
+        return rank >= 2 and self._channel_axis in (1, rank - 1)
+
+    def _fused_kernel(self, x, scale, offset, mean=None, variance=None):
+        """Runs FusedBatchNormV3 on `x` viewed as a rank-4 tensor.
+
+        Returns `(y, mean, variance)`; in training, the batch mean and the
+        biased batch variance (the kernel's own is Bessel-corrected).
+        """
+        import tensorflow as tf  # only reachable on the TensorFlow backend
+
+        rank = len(x.shape)
+        channels = self._broadcast_shape[self._channel_axis]
+        channels_last = self._channel_axis == rank - 1
+        shape = tf.shape(x)
+        if rank == 4:
+            x4 = x
+        elif channels_last:
+            x4 = tf.reshape(x, [-1, 1, 1, channels])
+        else:
+            x4 = tf.reshape(x, [shape[0], channels, -1, 1])
+        training = mean is None
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x4,
+            scale,
+            offset,
+            mean=mean,
+            variance=variance,
+            epsilon=self.epsilon,
+            data_format="NHWC" if channels_last else "NCHW",
+            is_training=training,
+        )
+        if training:
+            count = tf.cast(tf.size(x4) // channels, variance.dtype)
+            variance = variance * tf.maximum(count - 1.0, 1.0) / count
+        if rank != 4:
+            y = tf.reshape(y, shape)
+        return y, mean, variance
+
+    def _fused_call(self, x, training):
+        import tensorflow as tf  # only reachable on the TensorFlow backend
+
+        dtype = x.dtype
+        channels = self._broadcast_shape[self._channel_axis]
+        gamma = (
+            ops.cast(self.gamma, dtype) if self.scale else tf.ones([channels], dtype)
+        )
+        beta = (
+            ops.cast(self.beta, dtype) if self.center else tf.zeros([channels], dtype)
+        )
+        if not training:
+            mean, variance = self._moving_statistics(dtype)
+            return self._fused_kernel(x, gamma, beta, mean, variance)[0]
+        if self.virtual_batch_size is None:
+            y, mean, variance = self._fused_renormed(x, gamma, beta)
+        else:
+            y, mean, variance = self._fused_ghosts(x, gamma, beta)
+        self._update_statistics(mean, variance, True)
+        return y
+
+    def _fused_renormed(self, x, gamma, beta):
+        """Fused training transform of one (ghost) batch, renorm included.
+
+        With renorm, `gamma * (x_hat * r + d) + beta` is computed from the
+        kernel's `y = gamma * x_hat + beta` as `r * y + (gamma * d + beta -
+        r * beta)`, with no gradient through `r` and `d`.
+        """
+        y, mean, variance = self._fused_kernel(x, gamma, beta)
+        if self.renorm:
+            r, d = self._renorm_correction(mean, variance)
+            r, d = ops.stop_gradient(r), ops.stop_gradient(d)
+            shift = gamma * d + beta - r * beta
+            y = y * ops.reshape(r, self._broadcast_shape) + ops.reshape(
+                shift, self._broadcast_shape
+            )
+        return y, mean, variance
+
+    def _fused_ghosts(self, x, gamma, beta):
+        """Ghost batches through the fused kernel, one chunk at a time.
+
+        Used when the batch divides into ghost batches of equal size (at run
+        time for a batch size unknown at trace time); otherwise the general
+        path runs. Returns the output and the pooled batch statistics.
+        """
+        import tensorflow as tf  # only reachable on the TensorFlow backend
+
+        size = self.virtual_batch_size
+        shape = tf.shape(x)
+        batch = shape[0]
+
+        def chunked():
+            chunks = tf.reshape(x, tf.concat([[-1, size], shape[1:]], 0))
+            y, means, variances = tf.map_fn(
+                lambda chunk: self._fused_renormed(chunk, gamma, beta),
+                chunks,
+                fn_output_signature=(x.dtype, x.dtype, x.dtype),
+                parallel_iterations=4,
+            )
+            mean = tf.reduce_mean(means, axis=0)
+            variance = tf.reduce_mean(variances, axis=0) + tf.reduce_mean(
+                tf.square(means - mean), axis=0
+            )
+            return tf.reshape(y, shape), mean, variance
+
+        def general():
+            scale, offset, mean, variance = self._ghost_transform(x, None)
+            return x * scale + offset, mean, variance
+
+        static_batch = x.shape[0]
+        if static_batch is not None:
+            if static_batch <= size + 1:  # a single ghost batch
+                return self._fused_renormed(x, gamma, beta)
+            return chunked() if static_batch % size == 0 else general()
+        return tf.cond(tf.equal(batch % size, 0), chunked, general)
+
+    def _ghost_transform(self, x, weights):
+        """Per-sample scale and offset from each sample's ghost batch.
+
+        Returns `(scale, offset, pooled_mean, pooled_variance)`, the first two
+        broadcasting against `x`.
+        """
+        mean, variance, pooled_mean, pooled_variance, assign = (
+            self._ghost_moments(x, weights)
+        )
+        r = d = None
+        if self.renorm:
+            r, d = self._renorm_correction(mean, variance)
+        scale, offset = self._affine(mean, variance, x.dtype, r, d)
+        scale = ops.reshape(ops.matmul(assign, scale), self._sample_shape)
+        offset = ops.reshape(ops.matmul(assign, offset), self._sample_shape)
+        return scale, offset, pooled_mean, pooled_variance
 
     # -- statistics -----------------------------------------------------------
 
@@ -638,4 +811,5 @@ class BatchNormalization(keras.layers.BatchNormalization):
             )
         config["virtual_batch_size"] = self.virtual_batch_size
         config["skip_nonfinite"] = self.skip_nonfinite
+        config["fused"] = self.fused
         return config
