@@ -17,6 +17,27 @@ _MASK_COUNT_FUZZ = 1e-7
 _FUSED_MIN_EPSILON = 1.001e-5
 
 
+def _in_xla_context():
+    """Whether TensorFlow is tracing for XLA (`jit_compile=True`).
+
+    XLA cannot compile the data-dependent choice between the fused ghost
+    path and the general one, so ghost batches take the general path there.
+    TensorFlow has no public API for this; if the private one moves, assume
+    XLA, which is always correct, only slower.
+    """
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover
+        return True
+    try:
+        return control_flow_util.GraphOrParentsInXlaContext(
+            tf.compat.v1.get_default_graph()
+        )
+    except Exception:  # pragma: no cover - a moved private API
+        return True
+
+
 def _check_fraction(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
@@ -483,17 +504,22 @@ class BatchNormalization(keras.layers.BatchNormalization):
         rank = len(x.shape)
         return rank >= 2 and self._channel_axis in (1, rank - 1)
 
-    def _fused_kernel(self, x, scale, offset, mean=None, variance=None):
+    def _fused_kernel(
+        self, x, scale, offset, mean=None, variance=None, channel_axis=None
+    ):
         """Runs FusedBatchNormV3 on `x` viewed as a rank-4 tensor.
 
         Returns `(y, mean, variance)`; in training, the batch mean and the
         biased batch variance (the kernel's own is Bessel-corrected).
+        `channel_axis` overrides the layer's for an `x` that is already a
+        rank-4 view (ghost batches).
         """
         import tensorflow as tf  # only reachable on the TensorFlow backend
 
         rank = len(x.shape)
-        channels = self._broadcast_shape[self._channel_axis]
-        channels_last = self._channel_axis == rank - 1
+        channel_axis = self._channel_axis if channel_axis is None else channel_axis
+        channels = x.shape[channel_axis] or tf.shape(x)[channel_axis]
+        channels_last = channel_axis == rank - 1
         shape = tf.shape(x)
         if rank == 4:
             x4 = x
@@ -535,65 +561,101 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return self._fused_kernel(x, gamma, beta, mean, variance)[0]
         if self.virtual_batch_size is None:
             y, mean, variance = self._fused_renormed(x, gamma, beta)
+        elif _in_xla_context():
+            y, mean, variance = self._general_ghosts(x)
         else:
             y, mean, variance = self._fused_ghosts(x, gamma, beta)
         self._update_statistics(mean, variance, True)
         return y
 
-    def _fused_renormed(self, x, gamma, beta):
+    def _fused_renormed(self, x, gamma, beta, channel_axis=None):
         """Fused training transform of one (ghost) batch, renorm included.
 
         With renorm, `gamma * (x_hat * r + d) + beta` is computed from the
         kernel's `y = gamma * x_hat + beta` as `r * y + (gamma * d + beta -
         r * beta)`, with no gradient through `r` and `d`.
         """
-        y, mean, variance = self._fused_kernel(x, gamma, beta)
+        y, mean, variance = self._fused_kernel(
+            x, gamma, beta, channel_axis=channel_axis
+        )
         if self.renorm:
-            r, d = self._renorm_correction(mean, variance)
-            r, d = ops.stop_gradient(r), ops.stop_gradient(d)
-            shift = gamma * d + beta - r * beta
-            y = y * ops.reshape(r, self._broadcast_shape) + ops.reshape(
-                shift, self._broadcast_shape
+            # Per (ghost, channel) in the ghost view: (G * C,) -> (G, C).
+            channels = self._broadcast_shape[self._channel_axis]
+            r, d = self._renorm_correction(
+                ops.reshape(mean, (-1, channels)),
+                ops.reshape(variance, (-1, channels)),
             )
+            r = ops.reshape(ops.stop_gradient(r), (-1,))
+            d = ops.reshape(ops.stop_gradient(d), (-1,))
+            shift = gamma * d + beta - r * beta
+            if channel_axis is None:
+                broadcast = self._broadcast_shape
+            else:  # the rank-4 view of ghost batches
+                broadcast = [1, 1, 1, 1]
+                broadcast[channel_axis] = -1
+            y = y * ops.reshape(r, broadcast) + ops.reshape(shift, broadcast)
         return y, mean, variance
 
     def _fused_ghosts(self, x, gamma, beta):
-        """Ghost batches through the fused kernel, one chunk at a time.
+        """Ghost batches through one call of the fused kernel.
 
-        Used when the batch divides into ghost batches of equal size (at run
-        time for a batch size unknown at trace time); otherwise the general
-        path runs. Returns the output and the pooled batch statistics.
+        The `G` ghost batches of `m` samples become `G * C` channels of a
+        batch of `m` samples (a transpose there and back), so one kernel call
+        normalizes every ghost batch; r and d are then per (ghost, channel).
+        Used when the batch divides into equal ghost batches (decided at run
+        time when the batch size is unknown at trace time); otherwise the
+        general path runs. Returns the output and the pooled statistics.
         """
         import tensorflow as tf  # only reachable on the TensorFlow backend
 
         size = self.virtual_batch_size
+        rank = len(x.shape)
+        channels = self._broadcast_shape[self._channel_axis]
+        channels_last = self._channel_axis == rank - 1
         shape = tf.shape(x)
-        batch = shape[0]
 
         def chunked():
-            chunks = tf.reshape(x, tf.concat([[-1, size], shape[1:]], 0))
-            y, means, variances = tf.map_fn(
-                lambda chunk: self._fused_renormed(chunk, gamma, beta),
-                chunks,
-                fn_output_signature=(x.dtype, x.dtype, x.dtype),
-                parallel_iterations=4,
+            if channels_last:  # (G, m, S, C) -> (m, S, G, C)
+                ghosts = tf.reshape(x, [-1, size, tf.size(x[0]) // channels, channels])
+                ghosts = tf.transpose(ghosts, [1, 2, 0, 3])
+                wide = tf.reshape(ghosts, [size, -1, 1, tf.size(ghosts[0, 0])])
+            else:  # (G, m, C, S) -> (m, G, C, S)
+                ghosts = tf.reshape(x, [-1, size, channels, tf.size(x[0]) // channels])
+                ghosts = tf.transpose(ghosts, [1, 0, 2, 3])
+                wide = tf.reshape(ghosts, [size, -1, tf.size(x[0]) // channels, 1])
+            num_ghosts = tf.shape(ghosts)[2 if channels_last else 1]
+            y, mean, variance = self._fused_renormed(
+                wide, tf.tile(gamma, [num_ghosts]), tf.tile(beta, [num_ghosts]),
+                channel_axis=3 if channels_last else 1,
             )
-            mean = tf.reduce_mean(means, axis=0)
-            variance = tf.reduce_mean(variances, axis=0) + tf.reduce_mean(
-                tf.square(means - mean), axis=0
+            y = tf.reshape(y, tf.shape(ghosts))
+            y = tf.transpose(y, [2, 0, 1, 3] if channels_last else [1, 0, 2, 3])
+            # Pooled statistics of the whole batch from the equal-size ghosts.
+            means = tf.reshape(mean, [-1, channels])
+            variances = tf.reshape(variance, [-1, channels])
+            pooled_mean = tf.reduce_mean(means, axis=0)
+            pooled_variance = tf.reduce_mean(variances, axis=0) + tf.reduce_mean(
+                tf.square(means - pooled_mean), axis=0
             )
-            return tf.reshape(y, shape), mean, variance
-
-        def general():
-            scale, offset, mean, variance = self._ghost_transform(x, None)
-            return x * scale + offset, mean, variance
+            return tf.reshape(y, shape), pooled_mean, pooled_variance
 
         static_batch = x.shape[0]
         if static_batch is not None:
             if static_batch <= size + 1:  # a single ghost batch
                 return self._fused_renormed(x, gamma, beta)
-            return chunked() if static_batch % size == 0 else general()
-        return tf.cond(tf.equal(batch % size, 0), chunked, general)
+            if static_batch % size:
+                return self._general_ghosts(x)
+            return chunked()
+        return tf.cond(
+            tf.equal(shape[0] % size, 0),
+            chunked,
+            lambda: self._general_ghosts(x),
+        )
+
+    def _general_ghosts(self, x):
+        """Ghost-batch training output and pooled statistics, no mask."""
+        scale, offset, mean, variance = self._ghost_transform(x, None)
+        return x * scale + offset, mean, variance
 
     def _ghost_transform(self, x, weights):
         """Per-sample scale and offset from each sample's ghost batch.
@@ -697,13 +759,19 @@ class BatchNormalization(keras.layers.BatchNormalization):
             counts = ops.matmul(assign_t, per_sample_sum(weights))
             sums = ops.matmul(assign_t, per_sample_sum(x * weights))
             counts = counts + _MASK_COUNT_FUZZ
-        mean = sums / counts
+        # A replica with an empty batch (a partial last batch split over
+        # more replicas than it has samples) has one ghost with a count of
+        # 0: give it zero statistics rather than 0 / 0, which would make the
+        # pooled statistics of every replica NaN. Other counts are at least 1
+        # (or a fully masked ghost's 1e-7, whose sums are 0 either way).
+        nonzero_counts = ops.maximum(counts, 1.0)
+        mean = sums / nonzero_counts
         sample_mean = ops.reshape(ops.matmul(assign, mean), self._sample_shape)
         deviation = ops.square(x - sample_mean)
         if weights is not None:
             deviation = deviation * weights
         squares = ops.matmul(assign_t, per_sample_sum(deviation))
-        variance = squares / counts
+        variance = squares / nonzero_counts
 
         # Pooled statistics of the whole batch (of all replicas when
         # synchronized): the moving statistics record these.
@@ -766,7 +834,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         def assign(variable, value):
             value = ops.cast(value, variable.dtype)
             if apply is not True:
-                value = ops.where(apply, value, variable)
+                value = ops.where(apply, value, ops.convert_to_tensor(variable))
             variable.assign(value)
 
         def moved(variable, value, momentum):
