@@ -646,8 +646,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
             if static_batch % size:
                 return self._general_ghosts(x)
             return chunked()
+        # An empty batch (a replica's share of a partial last batch under a
+        # distribution strategy) has no ghost batches to chunk.
         return tf.cond(
-            tf.equal(shape[0] % size, 0),
+            tf.logical_and(tf.equal(shape[0] % size, 0), shape[0] > 0),
             chunked,
             lambda: self._general_ghosts(x),
         )
