@@ -1,0 +1,641 @@
+import copy as copy_module
+import os
+import re
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import bn_keras
+from tests.callbacks.helpers import BatchCounter
+from tests.callbacks.helpers import Snapshots
+from tests.callbacks.helpers import assert_figures_close
+from tests.callbacks.helpers import expected_figures
+from tests.callbacks.helpers import read_events
+from tests.callbacks.helpers import read_layout
+from tests.callbacks.helpers import read_scalars
+from tests.callbacks.helpers import run_dir
+
+HISTOGRAM_KEYS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+class KillFirstTwo(keras.constraints.Constraint):
+    """Keeps the first two channels' gamma at zero: dead channels."""
+
+    def __call__(self, w):
+        return w * keras.ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0, 1.0])
+
+
+def three_kinds_model(gamma_constraint=None):
+    """Keras's BN, a nested ghost BN and a renorm BN with a fast schedule."""
+    inner = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(6),
+            bn_keras.layers.BatchNormalization(
+                virtual_batch_size=8, momentum=0.8, name="ghost"
+            ),
+        ],
+        name="inner",
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.BatchNormalization(
+                momentum=0.7, gamma_constraint=gamma_constraint, name="keras_bn"
+            ),
+            keras.layers.Dense(8),
+            bn_keras.layers.BatchRenormalization(
+                momentum=0.9,
+                renorm_momentum=0.5,
+                renorm_clipping=bn_keras.layers.RenormClipping(
+                    rmax=2.0,
+                    dmax=1.0,
+                    warmup_steps=2,
+                    rmax_steps=10,
+                    dmax_steps=6,
+                ),
+                name="renorm",
+            ),
+            keras.layers.ReLU(),
+            inner,
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return model
+
+
+def regression_data(rng, n=128, features=5):
+    x = (rng.normal(size=(n, features)) * [1, 2, 3, 0.5, 4] + 2).astype(
+        "float32"
+    )
+    y = (x @ rng.normal(size=(features, 1))).astype("float32")
+    return x, y
+
+
+def test_epoch_figures_match_weight_snapshots(tmp_path, rng):
+    x, y = regression_data(rng)
+    model = three_kinds_model(gamma_constraint=KillFirstTwo())
+    layers = bn_keras.find_batchnorm(model)
+    assert [layer.name for layer in layers] == ["keras_bn", "renorm", "ghost"]
+    snapshots = Snapshots(layers)
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path)
+    history = model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=3,
+        verbose=0,
+        callbacks=[snapshots, monitor],
+    )
+    scalars = read_scalars(run_dir(tmp_path))
+    events = read_events(run_dir(tmp_path))
+    max_drift, min_variance = [], []
+    for epoch in range(3):
+        previous = (
+            snapshots.start if epoch == 0 else snapshots.epochs[epoch - 1]
+        )
+        drifts = []
+        for layer in layers:
+            now = snapshots.epochs[epoch][layer.name]
+            expected = expected_figures(
+                now,
+                previous[layer.name],
+                snapshots.start[layer.name],
+                layer.epsilon,
+            )
+            assert_figures_close(scalars, layer.name, epoch, expected)
+            drifts.append(expected["moving_mean/drift_in_std"])
+            for key in HISTOGRAM_KEYS:
+                buckets = events[f"{layer.name}/{key}/histogram"][epoch]
+                assert buckets.shape == (30, 3)
+                assert buckets[:, 2].sum() == now[key].size
+                np.testing.assert_allclose(
+                    buckets[0, 0], now[key].min(), rtol=1e-6
+                )
+                np.testing.assert_allclose(
+                    buckets[-1, 1], now[key].max(), rtol=1e-6
+                )
+        max_drift.append(max(drifts))
+        min_variance.append(
+            min(
+                s["moving_variance"].min()
+                for s in snapshots.epochs[epoch].values()
+            )
+        )
+        np.testing.assert_allclose(
+            scalars["batchnorm/max_drift_in_std"][epoch],
+            max_drift[-1],
+            rtol=2e-5,
+        )
+    # The dead channels are counted, and drift moved.
+    assert scalars["keras_bn/gamma/dead_fraction"][2] == pytest.approx(0.4)
+    assert scalars["keras_bn/moving_mean/drift_from_start"][2] > 0.5
+    # The same figures reach `logs`, hence History.
+    np.testing.assert_allclose(
+        history.history["bn_max_drift_in_std"], max_drift, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        history.history["bn_min_moving_variance"], min_variance, rtol=1e-6
+    )
+    assert history.history["bn_nonfinite_layers"] == [0.0, 0.0, 0.0]
+    # The renorm schedule's bounds at the layer's step (4 batches a epoch).
+    schedule = layers[1].renorm_schedule
+    for epoch in range(3):
+        bounds = schedule(4 * (epoch + 1))
+        assert scalars["renorm/renorm/rmax"][epoch] == pytest.approx(
+            bounds["rmax"]
+        )
+        assert scalars["renorm/renorm/dmax"][epoch] == pytest.approx(
+            bounds["dmax"]
+        )
+    assert scalars["renorm/renorm/rmax"][2] > 1.5
+
+
+def test_layout_has_one_category_per_layer(tmp_path, rng):
+    x, y = regression_data(rng, n=64)
+    model = three_kinds_model()
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path, probe_data=x[:16])
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[monitor])
+    layout = read_layout(run_dir(tmp_path))
+    assert [c.title for c in layout.category] == ["keras_bn", "renorm", "ghost"]
+    tags = set(read_scalars(run_dir(tmp_path)))
+    for category in layout.category:
+        matched = set()
+        for chart in category.chart:
+            for pattern in chart.multiline.tag:
+                hits = {t for t in tags if re.search(pattern, t)}
+                # Every chart line finds its tag, and only its layer's.
+                assert len(hits) == 1, (pattern, hits)
+                matched |= hits
+        # ...and every scalar of the layer is on one of its charts.
+        assert matched == {
+            t for t in tags if t.startswith(category.title + "/")
+        }
+    renorm_tags = {t for t in tags if t.startswith("renorm/renorm/")}
+    assert renorm_tags == {
+        "renorm/renorm/rmax",
+        "renorm/renorm/dmax",
+        "renorm/renorm/clipped_fraction",
+    }
+
+
+def test_update_freq_in_batches(tmp_path, rng):
+    x, y = regression_data(rng)  # 4 batches an epoch, 12 in all
+    model = three_kinds_model()
+    layers = bn_keras.find_batchnorm(model)
+    snapshots = Snapshots(layers, every=1)
+    monitor = bn_keras.callbacks.BatchNormMonitor(
+        tmp_path, update_freq=5, histograms=False
+    )
+    history = model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=3,
+        verbose=0,
+        callbacks=[snapshots, monitor],
+    )
+    scalars = read_scalars(run_dir(tmp_path))
+    assert sorted(scalars["keras_bn/moving_mean/drift"]) == [5, 10]
+    assert not any(
+        tag.endswith("/histogram") for tag in read_events(run_dir(tmp_path))
+    )
+    for step, previous in ((5, snapshots.start), (10, snapshots.batches[5])):
+        for layer in layers:
+            expected = expected_figures(
+                snapshots.batches[step][layer.name],
+                previous[layer.name],
+                snapshots.start[layer.name],
+                layer.epsilon,
+            )
+            assert_figures_close(scalars, layer.name, step, expected)
+    # `logs` still get per-epoch figures: the drift over each epoch.
+    for epoch, last_batch in enumerate((4, 8, 12)):
+        start = (
+            snapshots.start if epoch == 0 else snapshots.batches[last_batch - 4]
+        )
+        expected = max(
+            expected_figures(
+                snapshots.batches[last_batch][layer.name],
+                start[layer.name],
+                start[layer.name],
+                layer.epsilon,
+            )["moving_mean/drift_in_std"]
+            for layer in layers
+        )
+        np.testing.assert_allclose(
+            history.history["bn_max_drift_in_std"][epoch], expected, rtol=1e-6
+        )
+
+
+def renorm_pair_model(features):
+    """Keras's renorm and ours (with a schedule) on the raw inputs."""
+    inputs = keras.Input((features,))
+    keras_renorm = keras.layers.BatchNormalization(
+        renorm=True,
+        renorm_momentum=0.6,
+        renorm_clipping={"rmax": 1.15, "rmin": 1 / 1.15, "dmax": 0.3},
+        name="keras_renorm",
+    )
+    our_renorm = bn_keras.layers.BatchRenormalization(
+        renorm_momentum=0.6,
+        renorm_clipping=bn_keras.layers.RenormClipping(
+            rmax=1.3, dmax=0.4, warmup_steps=2, rmax_steps=6, dmax_steps=9
+        ),
+        name="our_renorm",
+    )
+    ghost_renorm = bn_keras.layers.BatchNormalization(
+        renorm=True, virtual_batch_size=8, name="ghost_renorm"
+    )
+    merged = keras.layers.Concatenate()(
+        [keras_renorm(inputs), our_renorm(inputs), ghost_renorm(inputs)]
+    )
+    model = keras.Model(inputs, keras.layers.Dense(1)(merged))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    return model
+
+
+def clipped_fraction(batch, renorm_mean, renorm_stddev, epsilon, bounds):
+    """From the batch itself: Keras's r and d, and which bounds clip them."""
+    mean = batch.mean(axis=0)
+    stddev = np.sqrt(batch.var(axis=0) + epsilon)
+    denominator = np.maximum(renorm_stddev, np.sqrt(epsilon))
+    r = stddev / denominator
+    d = (mean - renorm_mean) / denominator
+    clipped = (
+        (r > bounds["rmax"])
+        | (r < bounds["rmin"])
+        | (np.abs(d) > bounds["dmax"])
+    )
+    return clipped.mean()
+
+
+def test_renorm_clipped_fraction_of_last_batch(tmp_path, rng):
+    features, batch_size = 32, 16
+    x = rng.normal(size=(96, features)).astype("float32")
+    y = rng.normal(size=(96, 1)).astype("float32")
+    model = renorm_pair_model(features)
+    layers = {layer.name: layer for layer in bn_keras.find_batchnorm(model)}
+    snapshots = Snapshots(list(layers.values()))
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path, probe_data=x[:20])
+    model.fit(
+        x,
+        y,
+        batch_size=batch_size,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[snapshots, monitor],
+    )
+    scalars = read_scalars(run_dir(tmp_path))
+    fractions = []
+    for epoch in range(3):
+        last = 6 * epoch + 5  # 6 batches an epoch
+        batch = x[80:96].astype(np.float64)
+        for name, step_bounds in (
+            (
+                "keras_renorm",
+                lambda step: {"rmax": 1.15, "rmin": 1 / 1.15, "dmax": 0.3},
+            ),
+            ("our_renorm", layers["our_renorm"].renorm_schedule),
+        ):
+            before = snapshots.before_batch[last][name]
+            expected = clipped_fraction(
+                batch,
+                before["renorm_mean"],
+                before["renorm_stddev"],
+                layers[name].epsilon,
+                step_bounds(last),
+            )
+            assert scalars[f"{name}/renorm/clipped_fraction"][
+                epoch
+            ] == pytest.approx(expected, abs=1e-6), (name, epoch)
+            fractions.append(expected)
+    # The figures discriminate: neither all clipped nor none.
+    assert 0 < min(fractions) and max(fractions) < 1
+    # Ghost renorm: r and d are per ghost batch and cannot be recovered from
+    # the pooled update, so only the probe's figure is written.
+    assert "ghost_renorm/renorm/clipped_fraction" not in scalars
+    assert sorted(scalars["ghost_renorm/probe/clipped_fraction"]) == [0, 1, 2]
+
+
+def ghost_renorm_transform(
+    x, gamma, beta, renorm_mean, renorm_stddev, eps, size, bounds
+):
+    """NumPy training transform of ghost batch renormalization."""
+    batch = len(x)
+    ghosts = max(1, (batch - 2) // size + 1)
+    ids = np.minimum(np.arange(batch) // size, ghosts - 1)
+    y = np.empty_like(x)
+    clipped = []
+    for g in range(ghosts):
+        chunk = x[ids == g]
+        mean, var = chunk.mean(axis=0), chunk.var(axis=0)
+        stddev = np.sqrt(var + eps)
+        denominator = np.maximum(renorm_stddev, np.sqrt(eps))
+        r = stddev / denominator
+        d = (mean - renorm_mean) / denominator
+        clipped.append(
+            (r > bounds["rmax"])
+            | (r < bounds["rmin"])
+            | (np.abs(d) > bounds["dmax"])
+        )
+        r = np.clip(r, bounds["rmin"], bounds["rmax"])
+        d = np.clip(d, -bounds["dmax"], bounds["dmax"])
+        y[ids == g] = gamma * ((chunk - mean) / stddev * r + d) + beta
+    return y, np.mean(clipped)
+
+
+def test_probe_gap_matches_numpy_and_leaves_training_alone(tmp_path, rng):
+    x = (rng.normal(size=(64, 4)) * 2 + 1).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    probe = x[:20]  # ghost batches of 8, 8 and 4
+
+    def build():
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(6, name="hidden")(inputs)
+        ghost = bn_keras.layers.BatchNormalization(
+            virtual_batch_size=8,
+            renorm=True,
+            momentum=0.5,
+            renorm_clipping={"rmax": 1.2, "rmin": 0.8, "dmax": 0.2},
+            name="ghost_renorm",
+        )(hidden)
+        plain = keras.layers.BatchNormalization(momentum=0.5, name="plain")(
+            hidden
+        )
+        outputs = keras.layers.Dense(1, name="head")(
+            keras.layers.Concatenate()([ghost, plain])
+        )
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+        return model
+
+    model, twin = build(), build()
+    twin.set_weights(model.get_weights())
+    layers = bn_keras.find_batchnorm(model)
+    dense = model.get_layer("hidden")
+    recorder = Snapshots(layers + [dense])
+    monitor = bn_keras.callbacks.BatchNormMonitor(
+        tmp_path, probe_data=(probe, y[:20])
+    )
+    history = model.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder, monitor],
+    )
+    twin.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    # The probe restores the statistics its training-mode call moved.
+    for ours, theirs in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+
+    scalars = read_scalars(run_dir(tmp_path))
+    for epoch in range(2):
+        weights = recorder.epochs[epoch]
+        h = probe @ weights["hidden"]["kernel"] + weights["hidden"]["bias"]
+        max_gap = 0.0
+        for layer in layers:
+            w = weights[layer.name]
+            eps = layer.epsilon
+            moving = (
+                w["gamma"]
+                * (h - w["moving_mean"])
+                / np.sqrt(w["moving_variance"] + eps)
+                + w["beta"]
+            )
+            if layer.renorm:
+                batch_out, fraction = ghost_renorm_transform(
+                    h,
+                    w["gamma"],
+                    w["beta"],
+                    w["renorm_mean"],
+                    w["renorm_stddev"],
+                    eps,
+                    8,
+                    {"rmax": 1.2, "rmin": 0.8, "dmax": 0.2},
+                )
+                assert scalars[f"{layer.name}/probe/clipped_fraction"][
+                    epoch
+                ] == pytest.approx(fraction, abs=1e-6)
+            else:
+                batch_out = (
+                    w["gamma"] * (h - h.mean(0)) / np.sqrt(h.var(0) + eps)
+                    + w["beta"]
+                )
+            gap = np.sqrt(
+                np.mean((batch_out - moving) ** 2, axis=0)
+            ) / batch_out.std(0)
+            np.testing.assert_allclose(
+                scalars[f"{layer.name}/probe/gap"][epoch], gap.mean(), rtol=1e-4
+            )
+            np.testing.assert_allclose(
+                scalars[f"{layer.name}/probe/gap_max"][epoch],
+                gap.max(),
+                rtol=1e-4,
+            )
+            max_gap = max(max_gap, gap.mean())
+        np.testing.assert_allclose(
+            history.history["bn_max_probe_gap"][epoch], max_gap, rtol=1e-4
+        )
+        assert max_gap > 0.05
+
+
+def test_nonfinite_statistic_is_reported_once(tmp_path, rng):
+    x, y = regression_data(rng, n=64)
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                layer = self.model.get_layer("keras_bn")
+                layer.moving_variance.assign(np.full(5, np.nan, "float32"))
+
+    model = three_kinds_model()
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=3,
+            verbose=0,
+            callbacks=[Poison(), monitor],
+        )
+    reports = [
+        str(w.message)
+        for w in caught
+        if "non-finite statistics" in str(w.message)
+    ]
+    assert len(reports) == 1
+    assert "'keras_bn'" in reports[0] and "moving_variance" in reports[0]
+    assert issubclass(
+        next(w.category for w in caught if "non-finite" in str(w.message)),
+        RuntimeWarning,
+    )
+    assert len(history.history["loss"]) == 3  # no stop unless asked
+    assert history.history["bn_nonfinite_layers"] == [1.0, 1.0, 1.0]
+    scalars = read_scalars(run_dir(tmp_path))
+    assert scalars["batchnorm/nonfinite_layers"] == {0: 1.0, 1: 1.0, 2: 1.0}
+    # Non-finite values are left out of the histograms, not mis-binned.
+    events = read_events(run_dir(tmp_path))
+    assert "keras_bn/moving_variance/histogram" not in events
+    assert sorted(events["keras_bn/gamma/histogram"]) == [0, 1, 2]
+
+
+def test_stop_on_nonfinite_stops_at_the_bad_batch(tmp_path, rng):
+    x, y = regression_data(rng, n=128)
+    x[70] = np.nan  # in batch 3 of 4 (batch size 32)
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(name="poisoned"),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    counter = BatchCounter()
+    monitor = bn_keras.callbacks.BatchNormMonitor(
+        tmp_path, update_freq=1, stop_on_nonfinite=True
+    )
+    with pytest.warns(RuntimeWarning, match="layer 'poisoned' has non-finite"):
+        model.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=5,
+            shuffle=False,
+            verbose=0,
+            callbacks=[counter, monitor],
+        )
+    assert counter.count == 3
+
+
+def test_unwritable_log_dir_fails_before_the_first_batch(tmp_path, rng):
+    x, y = regression_data(rng, n=64)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    log_dir = str(blocker / "logs")
+    model = three_kinds_model()
+    counter = BatchCounter()
+    monitor = bn_keras.callbacks.BatchNormMonitor(log_dir)
+    with pytest.raises(
+        ValueError, match=re.escape(f"Received: log_dir={log_dir!r}")
+    ):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[counter, monitor])
+    assert counter.count == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, received",
+    [
+        ({"update_freq": 0}, ValueError, "update_freq=0"),
+        ({"update_freq": "batch"}, ValueError, "update_freq='batch'"),
+        ({"update_freq": True}, ValueError, "update_freq=True"),
+        ({"update_freq": 2.5}, ValueError, "update_freq=2.5"),
+        ({"histograms": "yes"}, TypeError, "histograms='yes'"),
+        ({"stop_on_nonfinite": 1}, TypeError, "stop_on_nonfinite=1"),
+        ({"probe_data": "x"}, TypeError, "probe_data of type str"),
+        ({"log_dir": 3}, TypeError, "log_dir=3"),
+        ({"log_dir": ""}, TypeError, "log_dir=''"),
+    ],
+)
+def test_argument_errors(tmp_path, kwargs, error, received):
+    kwargs = {"log_dir": str(tmp_path), **kwargs}
+    with pytest.raises(error, match=f"Received: {re.escape(received)}"):
+        bn_keras.callbacks.BatchNormMonitor(**kwargs)
+
+
+def test_with_log_dir_copies_the_settings(tmp_path, rng):
+    x, y = regression_data(rng, n=64)
+    monitor = bn_keras.callbacks.BatchNormMonitor(
+        tmp_path / "search",
+        update_freq=2,
+        histograms=False,
+        probe_data=x[:8],
+        stop_on_nonfinite=True,
+    )
+    trial_dir = os.path.join(monitor.log_dir, "trial_0", "execution0")
+    copy = monitor.with_log_dir(trial_dir)
+    assert type(copy) is type(monitor) and copy is not monitor
+    assert copy.log_dir == trial_dir and copy.run_dir == os.path.join(
+        trial_dir, "batchnorm"
+    )
+    assert monitor.log_dir == str(tmp_path / "search")
+    for name in (
+        "update_freq",
+        "histograms",
+        "probe_data",
+        "stop_on_nonfinite",
+    ):
+        assert getattr(copy, name) is getattr(monitor, name)
+    # keras-tuner deep-copies callbacks for each trial.
+    duplicate = copy_module.deepcopy(copy)
+    assert duplicate.on_train_batch_end.__self__ is duplicate
+    model = three_kinds_model()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[copy])
+    assert sorted(read_scalars(copy.run_dir)["keras_bn/moving_mean/drift"]) == [
+        2,
+        4,
+    ]
+    assert not os.path.exists(monitor.run_dir)
+
+
+def test_writes_beside_keras_tensorboard(tmp_path, rng):
+    x, y = regression_data(rng, n=64)
+    model = three_kinds_model()
+    model.fit(
+        x,
+        y,
+        validation_split=0.25,
+        epochs=1,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.TensorBoard(tmp_path),
+            bn_keras.callbacks.BatchNormMonitor(tmp_path),
+        ],
+    )
+    assert sorted(os.listdir(tmp_path)) == ["batchnorm", "train", "validation"]
+    assert "epoch_loss" in read_scalars(os.path.join(tmp_path, "train"))
+    assert "ghost/moving_mean/drift" in read_scalars(run_dir(tmp_path))
+
+
+def test_layers_with_the_same_name_get_distinct_tags(tmp_path, rng):
+    def block(name):
+        return keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(4),
+                keras.layers.BatchNormalization(name="bn"),
+            ],
+            name=name,
+        )
+
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            block("block_a"),
+            block("block_b"),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    x = rng.normal(size=(32, 4)).astype("float32")
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path, histograms=False)
+    model.fit(
+        x, x[:, :1], batch_size=16, epochs=1, verbose=0, callbacks=[monitor]
+    )
+    titles = [c.title for c in read_layout(run_dir(tmp_path)).category]
+    assert titles == ["block_a/bn", "block_b/bn"]
+    scalars = read_scalars(run_dir(tmp_path))
+    assert {
+        "block_a/bn/moving_mean/drift",
+        "block_b/bn/moving_mean/drift",
+    } <= set(scalars)
