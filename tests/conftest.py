@@ -12,7 +12,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _clean_keras_session():
-    keras.utils.clear_session()
+    # free_memory=False: a gc.collect() per test costs 0.3-0.7 s each.
+    keras.utils.clear_session(free_memory=False)
     keras.utils.set_random_seed(1234)
     keras.config.set_dtype_policy("float32")
     yield

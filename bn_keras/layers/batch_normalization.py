@@ -376,7 +376,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 shape=(),
                 name="renorm_step",
                 initializer="zeros",
-                dtype="int64",
+                dtype="int32",
                 trainable=False,
                 autocast=False,
                 aggregation="only_first_replica",
@@ -870,7 +870,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             )
         if self.renorm_step is not None:
             # The schedule counts training steps, bad batches included.
-            step = 1 if training is True else ops.cast(training, "int64")
+            step = 1 if training is True else ops.cast(training, "int32")
             self.renorm_step.assign(self.renorm_step + step)
 
     def get_config(self):
