@@ -2,12 +2,14 @@
 
 from bn_keras.layers.batch_normalization import BatchNormalization
 from bn_keras.layers.batch_renormalization import BatchRenormalization
+from bn_keras.layers.bn_block import BNBlock
 from bn_keras.layers.ghost_batch_normalization import GhostBatchNormalization
 from bn_keras.layers.renorm_clipping import RenormClipping
 
 __all__ = [
     "BatchNormalization",
     "BatchRenormalization",
+    "BNBlock",
     "GhostBatchNormalization",
     "RenormClipping",
 ]
