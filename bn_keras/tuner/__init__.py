@@ -1,0 +1,35 @@
+"""keras-tuner search spaces that decide where batch normalization goes.
+
+Everything in bn-keras that imports `keras_tuner` lives in this package:
+
+- `bn_hyperparameters(hp, name, ...)`: one block's BN choices, for your
+  own `keras_tuner.HyperModel`; returns what `bn_keras.layers.BNBlock`
+  takes.
+- `BNHyperModel`: base hypermodel whose trials fail cleanly when BN
+  weights turn non-finite, and whose TensorBoard and `BatchNormMonitor`
+  callbacks write to one folder per trial.
+- `BNPlacementHyperModel(model, ...)`: searches BN in your own model, slot
+  by slot, through `bn_keras.insert_batchnorm`.
+- `BNSearchMLP`, `BNSearchCNN`: ready-made hypermodels.
+- `placement_report(tuner)`: the completed trials and their choices.
+- `ResumableGridSearch`: `keras_tuner.GridSearch` that resumes after an
+  interruption (keras-tuner 1.4.8's does not: keras-team/keras-tuner#1055).
+"""
+
+from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
+from bn_keras.tuner.bn_hypermodel import BNHyperModel
+from bn_keras.tuner.bn_placement_hypermodel import BNPlacementHyperModel
+from bn_keras.tuner.bn_search_cnn import BNSearchCNN
+from bn_keras.tuner.bn_search_mlp import BNSearchMLP
+from bn_keras.tuner.placement_report import placement_report
+from bn_keras.tuner.resumable_grid_search import ResumableGridSearch
+
+__all__ = [
+    "BNHyperModel",
+    "BNPlacementHyperModel",
+    "BNSearchCNN",
+    "BNSearchMLP",
+    "ResumableGridSearch",
+    "bn_hyperparameters",
+    "placement_report",
+]

@@ -1,0 +1,315 @@
+"""Declare the batch normalization choices of one block in a search space."""
+
+import contextlib
+import numbers
+
+from bn_keras import registry
+from bn_keras.layers.renorm_clipping import RenormClipping
+
+#: The normalizations searched by default, in the order tried first.
+NORMALIZATIONS = ("batch", "ghost", "renorm")
+
+#: The hyperparameter names `bn_hyperparameters` declares, after `"{name}/"`.
+PLACEMENT = "placement"
+NORMALIZATION = "normalization"
+MOMENTUM = "momentum"
+VIRTUAL_BATCH_SIZE = "virtual_batch_size"
+RMAX = "rmax"
+DMAX = "dmax"
+WARMUP_STEPS = "warmup_steps"
+RAMP_STEPS = "ramp_steps"
+
+
+def _as_tuple(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
+
+
+def _unique(values):
+    seen = []
+    for value in values:
+        if value not in seen:
+            seen.append(value)
+    return tuple(seen)
+
+
+def _check_nonempty(argument, values, received):
+    if not values:
+        raise ValueError(
+            f"Argument `{argument}` must list at least one value. "
+            f"Received: {argument}={received!r}"
+        )
+
+
+def canonical_placements(placements, argument="placements"):
+    """Placement names resolved through the registry, duplicates removed."""
+    values = _as_tuple(placements)
+    _check_nonempty(argument, values, placements)
+    canonical = []
+    for value in values:
+        try:
+            canonical.append(registry.get_placement(value))
+        except ValueError as error:
+            raise ValueError(
+                f"Argument `{argument}` must list placement names: {error} "
+                f"Received: {argument}={placements!r}"
+            ) from None
+    return _unique(canonical)
+
+
+def canonical_normalizations(normalizations, argument="normalizations"):
+    """Registered normalization names, lowercase, duplicates removed."""
+    values = _as_tuple(normalizations)
+    _check_nonempty(argument, values, normalizations)
+    valid = registry.normalization_names()
+    canonical = []
+    for value in values:
+        name = value.strip().lower() if isinstance(value, str) else value
+        if name not in valid:
+            raise ValueError(
+                f"Argument `{argument}` must list names among {valid}. "
+                f"Received: {argument}={normalizations!r}"
+            )
+        canonical.append(name)
+    return _unique(canonical)
+
+
+def number_candidates(argument, value, kind, minimum, below=None):
+    """Validated candidates: a tuple of floats or ints."""
+    values = _as_tuple(value)
+    _check_nonempty(argument, values, value)
+    checked = []
+    for item in values:
+        wrong_type = isinstance(item, bool) or not isinstance(
+            item, numbers.Integral if kind is int else numbers.Real
+        )
+        in_range = not wrong_type and item >= minimum
+        if in_range and below is not None:
+            in_range = item < below
+        if wrong_type or not in_range:
+            bound = f"in [{minimum}, {below})" if below else f">= {minimum}"
+            raise (TypeError if wrong_type else ValueError)(
+                f"Argument `{argument}` must be a {kind.__name__} {bound}, or "
+                f"a list of them to choose from. Received: {argument}={value!r}"
+            )
+        checked.append(kind(item))
+    return _unique(checked)
+
+
+def declare_choice(hp, name, values):
+    """`hp.Fixed` for one candidate, `hp.Choice` for several."""
+    if len(values) == 1:
+        return hp.Fixed(name, values[0])
+    return hp.Choice(name, list(values))
+
+
+def declare_boolean(hp, name, values):
+    """`hp.Boolean` for `(False, True)` (default first), else `hp.Fixed`."""
+    if len(values) == 1:
+        return hp.Fixed(name, values[0])
+    return hp.Boolean(name, default=values[0])
+
+
+def scope(hp, parent, active, every):
+    """A conditional scope, or none when every parent value activates it."""
+    if set(active) == set(every):
+        return contextlib.nullcontext()
+    return hp.conditional_scope(parent, list(active))
+
+
+def bn_hyperparameters(
+    hp,
+    name,
+    placements=registry.PLACEMENTS,
+    normalizations=NORMALIZATIONS,
+    momentum=(0.9, 0.99),
+    virtual_batch_size=(16, 32),
+    rmax=3.0,
+    dmax=5.0,
+    warmup_steps=(100, 1000),
+    ramp_steps=1000,
+    normalization_kwargs=None,
+):
+    """Declares one block's batch normalization choices in a search space.
+
+    For writing your own `keras_tuner.HyperModel`: call it once per block in
+    `build(hp)` and pass what it returns to `bn_keras.layers.BNBlock`. It
+    declares, under names that stay the same from one build to the next:
+
+    - `"{name}/placement"`: where BN goes, among `placements` (see
+      `bn_keras.registry`; aliases are resolved, so `"none"` is stored as
+      `"layer-act"`);
+    - `"{name}/normalization"`: which BN, among `normalizations`, and
+      `"{name}/momentum"`, both active only when the placement has BN;
+    - `"{name}/virtual_batch_size"`: active only for `"ghost"`;
+    - `"{name}/rmax"`, `"{name}/dmax"`, `"{name}/warmup_steps"` and
+      `"{name}/ramp_steps"`: the renorm schedule
+      (`bn_keras.layers.RenormClipping`, which reaches `rmax` and `dmax`
+      `ramp_steps` steps after the warm-up), active only for `"renorm"`.
+
+    Every choice argument takes a single value, declared as `hp.Fixed`, or
+    a list or tuple of candidates, declared as `hp.Choice` with the first
+    candidate as default. Choices that cannot matter are never declared
+    (no `"{name}/virtual_batch_size"` when `"ghost"` is not a candidate),
+    so narrowing a list shrinks the grid of `keras_tuner.GridSearch`. A
+    value already set in `hp` under the same name (`hp.Fixed` before the
+    search, or in a test) is used as it is (a placement by its canonical
+    name).
+
+    Args:
+        hp: The `keras_tuner.HyperParameters` of the trial.
+        name: Prefix of the hyperparameter names, e.g. the block's name.
+        placements: Placement names or aliases. Defaults to all four,
+            `("layer-bn-act", "layer-act-bn", "bn-act-layer",
+            "layer-act")`.
+        normalizations: Names among `"batch"`, `"ghost"` and `"renorm"`.
+            Defaults to all three.
+        momentum: Moving-average momentum, in `[0, 1)`. Defaults to
+            `(0.9, 0.99)`.
+        virtual_batch_size: Ghost batch size, a positive integer. Defaults
+            to `(16, 32)`.
+        rmax: Final `rmax` of the renorm schedule, at least 1. Defaults to
+            `3.0`.
+        dmax: Final `dmax` of the renorm schedule, non-negative. Defaults
+            to `5.0`.
+        warmup_steps: Steps of plain BN before the renorm bounds relax.
+            Defaults to `(100, 1000)`.
+        ramp_steps: Steps from the end of the warm-up until `rmax` and
+            `dmax` reach their final values. Defaults to `1000`.
+        normalization_kwargs: Optional dict of further
+            `bn_keras.layers.BatchNormalization` arguments for every BN
+            layer, not searched, e.g. `{"synchronized": True}` under a
+            `tf.distribute` strategy. Defaults to `None`.
+
+    Returns:
+        `None` when the block itself is inactive in this trial (its
+        `"{name}/placement"` sits in a conditional scope whose condition
+        does not hold). Otherwise a dict with the keyword arguments of
+        `bn_keras.layers.BNBlock`: `"placement"` (a canonical name) and
+        `"normalization"`, `None` for `"layer-act"`, else a dict of
+        `BatchNormalization` arguments (also accepted by
+        `bn_keras.insert_batchnorm` and `bn_keras.registry.get_normalization`).
+
+    Example:
+
+    >>> hp = keras_tuner.HyperParameters()
+    >>> hp.Fixed("block_0/placement", "layer-bn-act")
+    'layer-bn-act'
+    >>> hp.Fixed("block_0/normalization", "ghost")
+    'ghost'
+    >>> kwargs = bn_keras.tuner.bn_hyperparameters(hp, "block_0")
+    >>> kwargs["placement"], kwargs["normalization"]["virtual_batch_size"]
+    ('layer-bn-act', 16)
+    >>> block = bn_keras.layers.BNBlock(
+    ...     keras.layers.Dense(8), activation="relu", **kwargs)
+    >>> for name in sorted(hp.values):
+    ...     print(name)
+    block_0/momentum
+    block_0/normalization
+    block_0/placement
+    block_0/virtual_batch_size
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            "Argument `name` must be a non-empty string (the prefix of the "
+            f"hyperparameter names). Received: name={name!r}"
+        )
+    placements = canonical_placements(placements)
+    normalizations = canonical_normalizations(normalizations)
+    momentum = number_candidates("momentum", momentum, float, 0.0, below=1.0)
+    virtual_batch_size = number_candidates(
+        "virtual_batch_size", virtual_batch_size, int, 1
+    )
+    rmax = number_candidates("rmax", rmax, float, 1.0)
+    dmax = number_candidates("dmax", dmax, float, 0.0)
+    warmup_steps = number_candidates("warmup_steps", warmup_steps, int, 0)
+    ramp_steps = number_candidates("ramp_steps", ramp_steps, int, 0)
+    if normalization_kwargs is None:
+        normalization_kwargs = {}
+    if not isinstance(normalization_kwargs, dict):
+        raise TypeError(
+            "Argument `normalization_kwargs` must be None or a dict of "
+            "BatchNormalization arguments. "
+            f"Received: normalization_kwargs={normalization_kwargs!r}"
+        )
+
+    placement = declare_choice(hp, f"{name}/{PLACEMENT}", placements)
+    with_bn = tuple(p for p in placements if registry.has_batchnorm(p))
+    normalization = None
+    settings = {}
+    if with_bn:
+        with scope(hp, f"{name}/{PLACEMENT}", with_bn, placements):
+            normalization = declare_choice(
+                hp, f"{name}/{NORMALIZATION}", normalizations
+            )
+            settings["momentum"] = declare_choice(
+                hp, f"{name}/{MOMENTUM}", momentum
+            )
+            if "ghost" in normalizations:
+                with scope(
+                    hp, f"{name}/{NORMALIZATION}", ["ghost"], normalizations
+                ):
+                    settings["virtual_batch_size"] = declare_choice(
+                        hp, f"{name}/{VIRTUAL_BATCH_SIZE}", virtual_batch_size
+                    )
+            if "renorm" in normalizations:
+                with scope(
+                    hp, f"{name}/{NORMALIZATION}", ["renorm"], normalizations
+                ):
+                    for key, values in (
+                        (RMAX, rmax),
+                        (DMAX, dmax),
+                        (WARMUP_STEPS, warmup_steps),
+                        (RAMP_STEPS, ramp_steps),
+                    ):
+                        settings[key] = declare_choice(
+                            hp, f"{name}/{key}", values
+                        )
+
+    if placement is None:
+        return None
+    if placement not in registry.PLACEMENTS:
+        # The conditions hold canonical names: an alias set in `hp` would
+        # silently switch off the normalization's choices.
+        raise ValueError(
+            f"The value of hyperparameter `{name}/{PLACEMENT}` must be one of "
+            f"the canonical placement names {list(registry.PLACEMENTS)}; "
+            "set it with one of them. "
+            f"Received: {name}/{PLACEMENT}={placement!r}"
+        )
+    if not registry.has_batchnorm(placement):
+        return {"placement": placement, "normalization": None}
+    return {
+        "placement": placement,
+        "normalization": _normalization(
+            normalization or normalizations[0], settings, normalization_kwargs
+        ),
+    }
+
+
+def _normalization(kind, settings, extra):
+    """The dict of `BatchNormalization` arguments for one choice."""
+    kind = kind.strip().lower()
+    if kind not in registry.NORMALIZATIONS:
+        raise ValueError(
+            "The normalization choice must be one of "
+            f"{registry.normalization_names()}. "
+            f"Received: normalization={kind!r}"
+        )
+    config = dict(extra)
+    if settings.get("momentum") is not None:
+        config["momentum"] = settings["momentum"]
+    if kind == "ghost":
+        config["virtual_batch_size"] = settings.get(VIRTUAL_BATCH_SIZE) or 32
+    elif kind == "renorm":
+        clipping = {}
+        for key in (RMAX, DMAX, WARMUP_STEPS):
+            if settings.get(key) is not None:
+                clipping[key] = settings[key]
+        if settings.get(RAMP_STEPS) is not None:
+            end = clipping.get(WARMUP_STEPS, 5000) + settings[RAMP_STEPS]
+            clipping.update(rmax_steps=end, dmax_steps=end)
+        config["renorm"] = True
+        config["renorm_clipping"] = RenormClipping(**clipping)
+    return config

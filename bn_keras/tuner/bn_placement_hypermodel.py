@@ -1,0 +1,437 @@
+"""Search where batch normalization goes in the user's own model."""
+
+import re
+
+import keras
+import keras_tuner
+
+from bn_keras import registry
+from bn_keras.models.insert_batchnorm import DENSE_CONV_LAYERS
+from bn_keras.models.insert_batchnorm import insert_batchnorm
+from bn_keras.tuner.bn_hypermodel import BNHyperModel
+from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
+from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
+from bn_keras.tuner.bn_hyperparameters import canonical_normalizations
+from bn_keras.tuner.bn_hyperparameters import canonical_placements
+from bn_keras.tuner.bn_hyperparameters import declare_boolean
+
+#: Hyperparameter prefix of the one shared choice when `per_layer=False`.
+SHARED_NAME = "batchnorm"
+#: Name of the hyperparameter that adds BN to the model's inputs.
+INPUT_BATCHNORM = "input_batchnorm"
+
+# The keyword arguments passed on to `bn_hyperparameters`.
+_CHOICES = (
+    "momentum",
+    "virtual_batch_size",
+    "rmax",
+    "dmax",
+    "warmup_steps",
+    "ramp_steps",
+    "normalization_kwargs",
+)
+
+
+def _is_rewritable(model):
+    if isinstance(model, keras.Sequential):
+        return True
+    return isinstance(model, keras.Model) and isinstance(model, keras.Function)
+
+
+def _all_layers(model):
+    """Every layer of `model` in order, nested models' layers included."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_all_layers(layer))
+    return found
+
+
+def _output_effective(placement):
+    """What a placement means for a layer that computes an output: BN
+    after it would normalize the logits or the target, so none goes there
+    (as `bn_keras.insert_batchnorm` does by default)."""
+    if registry.placement_order(placement)[0] == "bn":
+        return placement
+    return "layer-act"
+
+
+def _freeze(value):
+    """A hashable key for a normalization dict (values are numbers, strings,
+    booleans or a `RenormClipping`)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if hasattr(value, "get_config"):
+        return (type(value).__name__, _freeze(value.get_config()))
+    return value
+
+
+def _fresh(value):
+    """A new optimizer, loss or metric from the config of one (so that no
+    two built models share one); other values as they are."""
+    for base, module in (
+        (keras.optimizers.Optimizer, keras.optimizers),
+        (keras.losses.Loss, keras.losses),
+        (keras.metrics.Metric, keras.metrics),
+    ):
+        if isinstance(value, base):
+            return module.deserialize(module.serialize(value))
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fresh(v) for v in value)
+    return value
+
+
+class BNPlacementHyperModel(BNHyperModel):
+    """Searches where batch normalization goes in your own Keras model.
+
+    Give it your model without batch normalization. Its slots are its
+    `Dense` and convolution layers (those `bn_keras.insert_batchnorm`
+    normalizes), nested models' included, or the layers named in `layers`.
+    `build(hp)` declares, for each slot, the choices of
+    `bn_keras.tuner.bn_hyperparameters` under the slot's layer name
+    (`"dense_1/placement"`, `"dense_1/normalization"`, ...), or, with
+    `per_layer=False`, one shared choice under the name `"batchnorm"`, and
+    `"input_batchnorm"` when `input_batchnorm` has two candidates. It then
+    returns a new model, made with `bn_keras.insert_batchnorm`, with each
+    slot's chosen BN, compiled with `compile_kwargs` or else as your model
+    is.
+
+    A slot that computes a model output (the last `Dense` or convolution
+    layer of a path to an output, which produces the logits or the target)
+    never gets BN after it: its choices are only `"bn-act-layer"` (BN on its
+    input) and `"layer-act"`, among those of `placements` (a placement that
+    puts BN after the layer counts as `"layer-act"`), and it gets no
+    hyperparameter when that leaves one choice.
+
+    Your model is never modified, and no layer or weight of it is shared
+    with the models built: each starts from a copy of your model's weights
+    (a pretrained model stays pretrained). Pass a function that returns the
+    model instead to start each trial from a fresh initialization: it is
+    called once here, to find the slots, and once per `build`. `build` is
+    cheap and has no side effects, as keras-tuner calls it several times
+    to discover the conditional hyperparameters.
+
+    Trials train through `bn_keras.tuner.BNHyperModel.fit`: a trial whose
+    BN weights turn NaN or infinite fails cleanly, and a `TensorBoard`
+    callback and `bn_keras.callbacks.BatchNormMonitor` passed to `search`
+    write to one folder per trial.
+
+    Args:
+        model: A Sequential or Functional `keras.Model` without batch
+            normalization, or a function of no arguments that returns one.
+        placements: Placement names to choose from, per slot. Defaults to
+            all four (see `bn_keras.registry`).
+        normalizations: Names among `"batch"`, `"ghost"` and `"renorm"`.
+            Defaults to all three.
+        per_layer: If `True`, each slot has its own choices; if `False`, one
+            choice applies to every slot (as one call of
+            `bn_keras.insert_batchnorm`). Defaults to `True`.
+        input_batchnorm: `True`, `False`, or both, `(False, True)`, to
+            search whether the inputs get a BN that standardizes them (see
+            `bn_keras.insert_batchnorm`; it uses the first slot's
+            normalization when that slot has BN). Defaults to
+            `(False, True)`.
+        compile_kwargs: Optional dict of `model.compile` arguments, or a
+            function `hp -> dict` (to search the learning rate, say).
+            Optimizer, loss and metric instances are copied for each model.
+            Defaults to `None`: each model is compiled as `model` is (an
+            uncompiled `model` then needs the tuner's `optimizer` and
+            `loss`).
+        layers: Optional list of the names of the layers to use as slots
+            instead of every `Dense` and convolution layer. Defaults to
+            `None`.
+        name: Optional name of the hypermodel.
+        tunable: Whether its hyperparameters are searched. Defaults to
+            `True`.
+        **choices: Further arguments of `bn_hyperparameters`, applied to
+            every slot: `momentum`, `virtual_batch_size`, `rmax`, `dmax`,
+            `warmup_steps`, `ramp_steps`, `normalization_kwargs`.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((8,)),
+    ...     keras.layers.Dense(16, activation="relu", name="hidden"),
+    ...     keras.layers.Dense(1, name="out"),
+    ... ])
+    >>> model.compile("adam", "mse")
+    >>> hypermodel = bn_keras.tuner.BNPlacementHyperModel(
+    ...     model, placements=["layer-bn-act", "layer-act"],
+    ...     normalizations=["batch"], input_batchnorm=False)
+    >>> hypermodel.slots  # "out" computes the output: never BN after it
+    ['hidden', 'out']
+    >>> hp = keras_tuner.HyperParameters()
+    >>> built = hypermodel.build(hp)
+    >>> [layer.name for layer in built.layers]
+    ['hidden', 'hidden_bn', 'hidden_act', 'out']
+    >>> for name in sorted(hp.values):
+    ...     print(name)
+    hidden/momentum
+    hidden/normalization
+    hidden/placement
+    input_batchnorm
+    """
+
+    def __init__(
+        self,
+        model,
+        placements=registry.PLACEMENTS,
+        normalizations=NORMALIZATIONS,
+        per_layer=True,
+        input_batchnorm=(False, True),
+        compile_kwargs=None,
+        layers=None,
+        name=None,
+        tunable=True,
+        **choices,
+    ):
+        super().__init__(name=name, tunable=tunable)
+        unknown = sorted(set(choices) - set(_CHOICES))
+        if unknown:
+            raise TypeError(
+                "BNPlacementHyperModel got unexpected keyword arguments "
+                f"{unknown}; the choices it passes on to bn_hyperparameters "
+                f"are {list(_CHOICES)}. Received: {unknown[0]}="
+                f"{choices[unknown[0]]!r}"
+            )
+        self._model_fn = None
+        if isinstance(model, keras.Model):
+            template = model
+        elif callable(model):
+            self._model_fn = model
+            template = model()
+        else:
+            template = model
+        if not _is_rewritable(template):
+            got = (
+                f"<subclassed model {type(template).__name__}>"
+                if isinstance(template, keras.Model)
+                else repr(template)
+            )
+            raise TypeError(
+                "Argument `model` must be a Sequential or Functional "
+                "`keras.Model`, or a function that returns one (a subclassed "
+                "model's layers cannot be rewritten). "
+                f"Received: model={got}"
+                + (" (returned by the function)" if self._model_fn else "")
+            )
+        self._template = None if self._model_fn else template
+        if not isinstance(per_layer, bool):
+            raise TypeError(
+                "Argument `per_layer` must be a boolean. "
+                f"Received: per_layer={per_layer!r}"
+            )
+        self.per_layer = per_layer
+        self.placements = canonical_placements(placements)
+        self.choices = dict(choices)
+        values = (
+            tuple(input_batchnorm)
+            if isinstance(input_batchnorm, (list, tuple))
+            else (input_batchnorm,)
+        )
+        if not values or not all(isinstance(v, bool) for v in values):
+            raise TypeError(
+                "Argument `input_batchnorm` must be a boolean or a list of "
+                "booleans to choose from. "
+                f"Received: input_batchnorm={input_batchnorm!r}"
+            )
+        self.input_batchnorm = tuple(dict.fromkeys(values))
+        if True in self.input_batchnorm and (
+            isinstance(template, keras.Sequential) and not template.built
+        ):
+            raise ValueError(
+                "Argument `input_batchnorm` may be True only for a model "
+                "whose inputs are known: start the Sequential model with "
+                f"`keras.Input`. Received: input_batchnorm={input_batchnorm!r}"
+            )
+        if compile_kwargs is not None and not (
+            isinstance(compile_kwargs, dict) or callable(compile_kwargs)
+        ):
+            raise TypeError(
+                "Argument `compile_kwargs` must be None, a dict of "
+                "`model.compile` arguments or a function `hp -> dict`. "
+                f"Received: compile_kwargs={compile_kwargs!r}"
+            )
+        self.compile_kwargs = compile_kwargs
+        self.slots, self._outputs = self._find_slots(template, layers)
+        self._explicit_layers = layers is not None
+        self.normalizations = canonical_normalizations(normalizations)
+        # Validates every choice now rather than in the first trial.
+        scratch = keras_tuner.HyperParameters()
+        bn_hyperparameters(
+            scratch,
+            SHARED_NAME,
+            placements=self.placements,
+            normalizations=self.normalizations,
+            **self.choices,
+        )
+
+    @staticmethod
+    def _find_slots(model, layers):
+        """The slot names in forward order, and those that are outputs."""
+        every = _all_layers(model)
+        names = [layer.name for layer in every]
+        if layers is None:
+            slots = [
+                layer.name
+                for layer in every
+                if isinstance(layer, DENSE_CONV_LAYERS)
+            ]
+        else:
+            if isinstance(layers, str) or not (
+                isinstance(layers, (list, tuple))
+                and all(isinstance(n, str) for n in layers)
+            ):
+                raise TypeError(
+                    "Argument `layers` must be None or a list of layer names. "
+                    f"Received: layers={layers!r}"
+                )
+            missing = sorted(set(layers) - set(names))
+            if missing:
+                raise ValueError(
+                    f"Argument `layers` names layers the model does not have: "
+                    f"{missing}. Received: layers={list(layers)!r}"
+                )
+            slots = [n for n in dict.fromkeys(names) if n in set(layers)]
+        duplicated = sorted({n for n in slots if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(
+                "The hyperparameters are named after the layers, so each "
+                "slot's layer needs a name of its own in the whole model "
+                "(nested models included); give these layers distinct "
+                f"`name`s. Received: layers named {duplicated} more than once"
+            )
+        if not slots:
+            raise ValueError(
+                "Argument `model` has no Dense or convolution layer to put "
+                "batch normalization around; name the layers to use in "
+                f"`layers`. Received: model=<{type(model).__name__} "
+                f"name={model.name}>"
+            )
+        # The slots `insert_batchnorm` leaves without BN after them by
+        # default are the output layers: ask it rather than guess.
+        probe = insert_batchnorm(model, placement="layer-bn-act")
+        added = {layer.name for layer in _all_layers(probe)} - set(names)
+        outputs = set()
+        dense_conv = {
+            layer.name
+            for layer in every
+            if isinstance(layer, DENSE_CONV_LAYERS)
+        }
+        for slot in slots:
+            pattern = re.compile(re.escape(slot) + r"_bn(_\d+)?")
+            if slot in dense_conv and not any(
+                pattern.fullmatch(n) for n in added
+            ):
+                outputs.add(slot)
+        return slots, outputs
+
+    def slot_placements(self, slot):
+        """The placements searched for one slot (see the class docstring)."""
+        if slot in self._outputs:
+            return tuple(
+                dict.fromkeys(_output_effective(p) for p in self.placements)
+            )
+        return self.placements
+
+    def declare_choices(self, hp):
+        """Declares the hyperparameters in `hp`; returns the choices.
+
+        Returns:
+            A tuple `(choices, input_batchnorm)`: a dict from slot name to
+            the `bn_hyperparameters` result (`{"placement": ...,
+            "normalization": ...}`), in forward order, and a boolean.
+        """
+        choices = {}
+        if self.per_layer:
+            for slot in self.slots:
+                placements = self.slot_placements(slot)
+                if placements == ("layer-act",):
+                    choices[slot] = {
+                        "placement": "layer-act",
+                        "normalization": None,
+                    }
+                    continue
+                choices[slot] = bn_hyperparameters(
+                    hp,
+                    slot,
+                    placements=placements,
+                    normalizations=self.normalizations,
+                    **self.choices,
+                )
+        else:
+            shared = bn_hyperparameters(
+                hp,
+                SHARED_NAME,
+                placements=self.placements,
+                normalizations=self.normalizations,
+                **self.choices,
+            )
+            for slot in self.slots:
+                choices[slot] = shared
+        use_input_bn = declare_boolean(
+            hp, INPUT_BATCHNORM, self.input_batchnorm
+        )
+        return choices, bool(use_input_bn)
+
+    def build(self, hp):
+        model = self._model_fn() if self._model_fn else self._template
+        choices, use_input_bn = self.declare_choices(hp)
+        if self.per_layer:
+            new_model = self._insert_per_slot(model, choices, use_input_bn)
+        else:
+            shared = choices[self.slots[0]]
+            new_model = insert_batchnorm(
+                model,
+                placement=shared["placement"],
+                normalization=shared["normalization"],
+                layers=self.slots if self._explicit_layers else None,
+                input_batchnorm=use_input_bn,
+            )
+        if self.compile_kwargs is not None:
+            kwargs = (
+                self.compile_kwargs(hp)
+                if callable(self.compile_kwargs)
+                else _fresh(dict(self.compile_kwargs))
+            )
+            new_model.compile(**kwargs)
+        return new_model
+
+    def _insert_per_slot(self, model, choices, use_input_bn):
+        """One `insert_batchnorm` call per distinct (placement,
+        normalization) choice, in the forward order of their first slot."""
+        groups = {}
+        for slot, choice in choices.items():
+            if choice is None or not registry.has_batchnorm(
+                choice["placement"]
+            ):
+                continue
+            key = (choice["placement"], _freeze(choice["normalization"]))
+            groups.setdefault(key, (choice, []))[1].append(slot)
+        first = next(iter(choices.values()))
+        first_has_bn = first is not None and registry.has_batchnorm(
+            first["placement"]
+        )
+        calls = list(groups.values())
+        new_model = None
+        if use_input_bn and not first_has_bn:
+            # The inputs get a plain standardizing BN of their own.
+            new_model = insert_batchnorm(
+                model, placement="layer-act", input_batchnorm=True
+            )
+        for i, (choice, slots) in enumerate(calls):
+            new_model = insert_batchnorm(
+                model if new_model is None else new_model,
+                placement=choice["placement"],
+                normalization=choice["normalization"],
+                layers=slots,
+                input_batchnorm=use_input_bn and first_has_bn and i == 0,
+            )
+        if new_model is None:  # no BN at all: still a copy, never `model`
+            new_model = insert_batchnorm(model, placement="layer-act")
+        return new_model

@@ -1,0 +1,217 @@
+"""A table of the completed trials of a search and their BN choices."""
+
+from bn_keras import registry
+from bn_keras.tuner.bn_hyperparameters import DMAX
+from bn_keras.tuner.bn_hyperparameters import MOMENTUM
+from bn_keras.tuner.bn_hyperparameters import NORMALIZATION
+from bn_keras.tuner.bn_hyperparameters import PLACEMENT
+from bn_keras.tuner.bn_hyperparameters import RAMP_STEPS
+from bn_keras.tuner.bn_hyperparameters import RMAX
+from bn_keras.tuner.bn_hyperparameters import VIRTUAL_BATCH_SIZE
+from bn_keras.tuner.bn_hyperparameters import WARMUP_STEPS
+
+# The per-slot keys, in the order they are shown.
+_SLOT_KEYS = (
+    PLACEMENT,
+    NORMALIZATION,
+    MOMENTUM,
+    VIRTUAL_BATCH_SIZE,
+    RMAX,
+    DMAX,
+    WARMUP_STEPS,
+    RAMP_STEPS,
+)
+_SHORT = {
+    MOMENTUM: "m",
+    VIRTUAL_BATCH_SIZE: "vbs",
+    RMAX: "rmax",
+    DMAX: "dmax",
+    WARMUP_STEPS: "warmup",
+    RAMP_STEPS: "ramp",
+}
+_COMPLETED = "COMPLETED"
+
+
+def _slots(space_names, trials):
+    """Slot prefixes (names with a `"/placement"`), in declaration order."""
+    suffix = f"/{PLACEMENT}"
+    names = list(space_names)
+    for trial in trials:
+        names.extend(n for n in trial.hyperparameters.values if n not in names)
+    return list(
+        dict.fromkeys(n[: -len(suffix)] for n in names if n.endswith(suffix))
+    )
+
+
+def _completed_trials(oracle):
+    """The completed trials, best first (as `get_best_trials` sorts)."""
+    trials = getattr(oracle, "trials", None)
+    count = len(trials) if isinstance(trials, dict) else 1_000_000
+    if count == 0:
+        return []
+    return [
+        trial
+        for trial in oracle.get_best_trials(count)
+        if str(trial.status) == _COMPLETED
+    ]
+
+
+def _number(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _slot_cell(info):
+    if not info:
+        return "-"
+    text = info[PLACEMENT]
+    if NORMALIZATION in info:
+        details = " ".join(
+            f"{_SHORT[k]}={_number(info[k])}"
+            for k in _SLOT_KEYS[2:]
+            if k in info
+        )
+        text += f"\n{info[NORMALIZATION]}" + (f" {details}" if details else "")
+    return text
+
+
+def placement_report(tuner, print_table=True, console=None):
+    """Returns, and prints as a table, the completed trials of a search.
+
+    For every completed trial of `tuner`, best first (by the tuner's
+    objective), the report gives its score and, for each slot (each prefix
+    `name` with a `"{name}/placement"` hyperparameter, as
+    `bn_keras.tuner.bn_hyperparameters` declares them), the placement and,
+    when it has BN, the normalization and its settings. The other
+    hyperparameters (depth, widths, learning rate, ...) come apart. Failed
+    and running trials are left out; the printed caption counts the failed
+    ones. It works on a tuner that a search has ended, one reloaded with
+    `overwrite=False`, and a worker of a distributed search (which asks the
+    chief).
+
+    Args:
+        tuner: A keras-tuner tuner (`RandomSearch`, `GridSearch`,
+            `Hyperband`, `BayesianOptimization`, ...).
+        print_table: Whether to print the table (with `rich`). Defaults to
+            `True`.
+        console: Optional `rich.console.Console` to print to. Defaults to a
+            new console on standard output (120 columns wide when that is
+            not a terminal).
+
+    Returns:
+        A list with one dict per completed trial, best first, with keys
+        `"rank"` (from 1), `"trial_id"`, `"score"`, `"slots"` (a dict from
+        slot name to a dict with `"placement"` and, with BN,
+        `"normalization"`, `"momentum"` and the normalization's settings;
+        slots absent from the trial, such as the blocks beyond its depth,
+        are left out) and `"hyperparameters"` (the trial's other values).
+
+    Example:
+
+    ```python
+    tuner.search(x, y, validation_split=0.2, epochs=5)
+    rows = bn_keras.tuner.placement_report(tuner)
+    rows[0]["slots"]  # the best trial's placements
+    # {'dense': {'placement': 'layer-bn-act', 'normalization': 'batch',
+    #            'momentum': 0.9}, ...}
+    ```
+    """
+    oracle = tuner.oracle
+    trials = _completed_trials(oracle)
+    slots = _slots((hp.name for hp in oracle.get_space().space), trials)
+    rows = []
+    for rank, trial in enumerate(trials, start=1):
+        values = dict(trial.hyperparameters.values)
+        slot_values = {}
+        for slot in slots:
+            placement = values.pop(f"{slot}/{PLACEMENT}", None)
+            info = {}
+            for key in _SLOT_KEYS[1:]:
+                value = values.pop(f"{slot}/{key}", None)
+                if value is not None:
+                    info[key] = value
+            if placement is None:
+                continue
+            info = {PLACEMENT: registry.get_placement(placement), **info}
+            if not registry.has_batchnorm(placement):
+                info = {PLACEMENT: info[PLACEMENT]}
+            slot_values[slot] = info
+        rows.append(
+            {
+                "rank": rank,
+                "trial_id": trial.trial_id,
+                "score": (
+                    None if trial.score is None else float(trial.score)
+                ),
+                "slots": slot_values,
+                "hyperparameters": values,
+            }
+        )
+    if print_table:
+        _print(rows, slots, oracle, console)
+    return rows
+
+
+def _print(rows, slots, oracle, console):
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = 120
+    objective = getattr(oracle.objective, "name", "score")
+    direction = getattr(oracle.objective, "direction", None)
+    trials = getattr(oracle, "trials", None)
+    caption = f"{len(rows)} completed trial(s), best first"
+    if isinstance(trials, dict):
+        failed = sum(str(t.status) == "FAILED" for t in trials.values())
+        if failed:
+            caption += f"; {failed} failed"
+    # Values that no trial changed go to the caption, not to every row.
+    others = [row["hyperparameters"] for row in rows]
+    constant = {
+        name: value
+        for name, value in (others[0].items() if others else ())
+        if len(rows) > 1
+        and all(other.get(name, object()) == value for other in others)
+    }
+    if constant:
+        caption += "; in every trial: " + ", ".join(
+            f"{k}={_number(v)}" for k, v in constant.items()
+        )
+    table = Table(
+        title="Batch normalization placements",
+        caption=caption,
+        show_lines=True,
+    )
+    table.add_column("#", justify="right")
+    table.add_column("trial")
+    table.add_column(
+        objective + (f" ({direction})" if direction else ""), justify="right"
+    )
+    for slot in slots:
+        table.add_column(slot)
+    varied = [
+        "\n".join(
+            f"{k}={_number(v)}"
+            for k, v in other.items()
+            if k not in constant
+        )
+        for other in others
+    ]
+    if any(varied):
+        table.add_column("other hyperparameters")
+    for row, other in zip(rows, varied):
+        score = row["score"]
+        cells = [
+            str(row["rank"]),
+            str(row["trial_id"]),
+            "-" if score is None else f"{score:.4f}",
+            *[_slot_cell(row["slots"].get(slot)) for slot in slots],
+        ]
+        if any(varied):
+            cells.append(other or "-")
+        table.add_row(*cells)
+    console.print(table)
