@@ -1,0 +1,439 @@
+"""`bn-keras compare` end to end in quick mode, and its usage errors."""
+
+import contextlib
+import io
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import bn_keras
+from bn_keras.cli import compare
+from bn_keras.cli import datasets
+from bn_keras.cli import main
+from tests.cli.helpers import assert_png
+from tests.cli.helpers import event_files
+from tests.cli.helpers import read_csv
+from tests.cli.helpers import read_scalars
+from tests.cli.helpers import run_cli
+from tests.cli.helpers import session_dirs
+
+EPOCHS = 2
+LABELS = {
+    "no-bn": "no BN",
+    "layer-bn-act_batch": "layer-bn-act + batch",
+    "layer-bn-act_ghost": "layer-bn-act + ghost(8)",
+    "bn-act-layer_batch": "bn-act-layer + batch",
+    "bn-act-layer_ghost": "bn-act-layer + ghost(8)",
+}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One quick comparison on digits: 5 configurations of 2 epochs."""
+    logdir = tmp_path_factory.mktemp("compare") / "runs"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(
+            [
+                "compare",
+                "--quick",
+                "--epochs",
+                str(EPOCHS),
+                # An alias, and a comma-separated list: both accepted.
+                "--placements",
+                "before_activation,pre_activation",
+                "--normalizations",
+                "batch",
+                "GHOST",
+                "--logdir",
+                str(logdir),
+            ]
+        )
+    (session,) = session_dirs(logdir, "compare-digits")
+    return {
+        "status": status,
+        "out": out.getvalue(),
+        "err": err.getvalue(),
+        "logdir": logdir,
+        "session": logdir / session,
+    }
+
+
+@pytest.mark.slow
+def test_compare_exits_zero_and_ends_with_tensorboard_command(digits_run):
+    assert digits_run["status"] == 0, digits_run["err"]
+    lines = digits_run["out"].rstrip().splitlines()
+    assert lines[-1].strip() == f"tensorboard --logdir {digits_run['session']}"
+    assert "5 configurations x 2 epochs" in digits_run["out"]
+    # 2 epochs of 43 steps: shorter than the moving statistics' horizon.
+    assert "note: 86 training steps in all" in digits_run["out"]
+    # The progress bar goes to stderr, and ends complete.
+    assert "5/5" in digits_run["err"]
+
+
+@pytest.mark.slow
+def test_compare_leaderboard_csv(digits_run):
+    rows = read_csv(digits_run["session"] / "leaderboard.csv")
+    assert [row["rank"] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert {row["run_dir"]: row["configuration"] for row in rows} == LABELS
+    best = [float(row["best_val_accuracy"]) for row in rows]
+    assert best == sorted(best, reverse=True)
+    for row in rows:
+        assert row["epochs"] == str(EPOCHS)
+        assert 1 <= int(row["epochs_to_95pct_of_best"]) <= int(
+            row["best_epoch"]
+        ) <= EPOCHS
+        assert float(row["seconds_per_epoch"]) > 0
+        assert 0.0 < float(row["best_val_accuracy"]) <= 1.0
+    no_bn = next(row for row in rows if row["run_dir"] == "no-bn")
+    assert (no_bn["placement"], no_bn["normalization"]) == ("none", "none")
+
+
+@pytest.mark.slow
+def test_compare_leaderboard_matches_tensorboard_logs(digits_run):
+    """The CSV's figures are those Keras logged for each run."""
+    for row in read_csv(digits_run["session"] / "leaderboard.csv"):
+        run = digits_run["session"] / row["run_dir"]
+        curve = read_scalars(run / "validation")["epoch_accuracy"]
+        assert sorted(curve) == list(range(EPOCHS))
+        values = [curve[step] for step in range(EPOCHS)]
+        np.testing.assert_allclose(
+            float(row["best_val_accuracy"]), max(values), rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            float(row["final_val_accuracy"]), values[-1], rtol=1e-5
+        )
+        assert int(row["best_epoch"]) == values.index(max(values)) + 1
+        threshold = 0.95 * max(values)
+        assert int(row["epochs_to_95pct_of_best"]) == next(
+            i + 1 for i, v in enumerate(values) if v >= threshold
+        )
+
+
+@pytest.mark.slow
+def test_compare_printed_table(digits_run):
+    out = digits_run["out"]
+    rows = read_csv(digits_run["session"] / "leaderboard.csv")
+    lines = [
+        line
+        for line in out.splitlines()
+        if line.strip()[:1].isdigit() and "+" in line or "no BN" in line
+    ]
+    header = next(line for line in out.splitlines() if "best val acc" in line)
+    assert all(len(line) <= 100 for line in [header, *lines])
+    table = [line.split() for line in lines]
+    # One printed row per configuration, in leaderboard order.
+    printed = [" ".join(cells[1:-5]) for cells in table]
+    assert printed == [row["configuration"] for row in rows]
+    for cells, row in zip(table, rows):
+        assert cells[0] == row["rank"]
+        assert float(cells[-5]) == pytest.approx(
+            float(row["best_val_accuracy"]), abs=5e-5
+        )
+        assert cells[-4] == row["best_epoch"]
+    session = str(digits_run["session"])
+    assert f"leaderboard:  {os.path.join(session, 'leaderboard.csv')}" in out
+    plot = os.path.join(session, "validation_curves.png")
+    assert f"plot:         {plot}" in out
+
+
+@pytest.mark.slow
+def test_compare_plot_is_a_png(digits_run):
+    assert_png(
+        digits_run["session"] / "validation_curves.png", width=800, height=500
+    )
+
+
+@pytest.mark.slow
+def test_compare_run_folders_and_event_files(digits_run):
+    session = digits_run["session"]
+    assert sorted(
+        name for name in os.listdir(session) if (session / name).is_dir()
+    ) == sorted(LABELS)
+    for name in LABELS:
+        for run in ("train", "validation"):
+            assert event_files(session / name / run), (name, run)
+        if name == "no-bn":
+            assert not (session / name / "batchnorm").exists()
+            continue
+        # BatchNormMonitor's run sits beside Keras's, one step per epoch.
+        scalars = read_scalars(session / name / "batchnorm")
+        steps = scalars["batchnorm/max_drift_in_std"]
+        assert sorted(steps) == list(range(EPOCHS))
+        assert any(tag.endswith("/probe/gap") for tag in scalars)
+
+
+@pytest.mark.slow
+def test_second_compare_keeps_the_first_runs(digits_run):
+    logdir = digits_run["logdir"]
+    first = digits_run["session"]
+    before = {
+        path: os.path.getsize(path)
+        for path in (str(p) for p in first.rglob("*") if p.is_file())
+    }
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(
+            [
+                "compare", "--quick", "--epochs", "1", "--placements", "none",
+                "--logdir", str(logdir),
+            ]
+        )
+    assert status == 0, err.getvalue()
+    sessions = session_dirs(logdir, "compare-digits")
+    assert len(sessions) == 2 and first.name in sessions
+    (second,) = [logdir / s for s in sessions if s != first.name]
+    after = {
+        path: os.path.getsize(path)
+        for path in (str(p) for p in first.rglob("*") if p.is_file())
+    }
+    assert after == before
+    assert [row["run_dir"] for row in read_csv(second / "leaderboard.csv")] == [
+        "no-bn"
+    ]
+
+
+@pytest.mark.slow
+def test_compare_regression_ranks_by_lowest_loss(tmp_path, capsys):
+    status, out, err = run_cli(
+        capsys, "compare", "--dataset", "scales", "--quick", "--epochs", "2",
+        "--placements", "layer-bn-act", "--logdir", tmp_path,
+    )
+    assert status == 0, err
+    (session,) = session_dirs(tmp_path, "compare-scales")
+    rows = read_csv(tmp_path / session / "leaderboard.csv")
+    assert len(rows) == 2 and "best_val_loss" in rows[0]
+    losses = [float(row["best_val_loss"]) for row in rows]
+    assert losses == sorted(losses)
+    assert all(math.isfinite(v) and v > 0 for v in losses)
+    assert "regression" in out and "best val loss" in out
+    assert_png(tmp_path / session / "validation_curves.png")
+
+
+@pytest.mark.slow
+def test_compare_on_a_csv_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.csv"
+    lines = ["x1,label,x2"]
+    for _ in range(80):
+        a, b = rng.normal(size=2)
+        lines.append(f"{a:.4f},{'yes' if a + b > 0 else 'no'},{b:.4f}")
+    path.write_text("\n".join(lines) + "\n")
+    status, out, err = run_cli(
+        capsys, "compare", "--data", path, "--target", "label", "--quick",
+        "--epochs", "1", "--placements", "layer-bn-act", "--batch-size", "16",
+        "--logdir", tmp_path / "runs",
+    )
+    assert status == 0, err
+    assert (
+        "data.csv: 60 train / 20 validation samples, 2 features, 2 classes"
+        in out
+    )
+    (session,) = session_dirs(tmp_path / "runs", "compare-data.csv")
+    assert len(read_csv(tmp_path / "runs" / session / "leaderboard.csv")) == 2
+
+
+# -- usage errors -------------------------------------------------------------
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+ERRORS = {
+    "unknown dataset": (
+        ["--dataset", "mnist"],
+        "unknown dataset 'mnist'. Valid datasets: digits, wine, breast_cancer, "
+        "scales",
+    ),
+    "unknown placement": (
+        ["--placements", "layer-bn-act", "after_dense"],
+        "unknown placement 'after_dense'. Valid placements: layer-bn-act "
+        "(or before_activation), layer-act-bn (or after_activation), "
+        "bn-act-layer (or pre_activation), layer-act (or none)",
+    ),
+    "unknown normalization": (
+        ["--normalizations", "batch", "group"],
+        "unknown normalization 'group'. Valid normalizations: batch, ghost, "
+        "renorm",
+    ),
+    "dataset and data": (
+        ["--dataset", "wine", "--data", "x.csv", "--target", "y"],
+        "give either --dataset or --data, not both",
+    ),
+    "data without target": (["--data", "x.csv"], "--data x.csv needs --target"),
+    "target without data": (["--target", "y"], "--target goes with --data"),
+    "zero epochs": (
+        ["--epochs", "0"],
+        "--epochs must be a positive integer; got 0",
+    ),
+    "momentum out of range": (
+        ["--momentum", "1"],
+        "--momentum must be in [0, 1); got 1.0",
+    ),
+    "ghost too large": (
+        ["--normalizations", "ghost", "--ghost-batch-size", "32"],
+        "--ghost-batch-size 32 must be smaller than --batch-size 32",
+    ),
+    "cnn on tabular data": (
+        ["--dataset", "wine", "--model", "cnn"],
+        "--model cnn needs image data",
+    ),
+    "missing file": (
+        ["--data", "{tmp}/absent.csv", "--target", "y"],
+        "{tmp}/absent.csv: cannot read the file: No such file or directory",
+    ),
+    "unknown file type": (
+        ["--data", "{tmp}/data.txt", "--target", "y"],
+        "--data {tmp}/data.txt: unknown file type '.txt'; expected a .csv or "
+        ".npz file",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_compare_usage_errors(case, tmp_path, capsys):
+    argv, message = ERRORS[case]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    message = message.replace("{tmp}", str(tmp_path))
+    logdir = tmp_path / "runs"
+    status, out, err = run_cli(
+        capsys, "compare", *argv, "--quick", "--logdir", logdir
+    )
+    assert status == 2
+    assert err.startswith("bn-keras compare: error: "), err
+    assert message in err
+    assert not logdir.exists()  # nothing written, nothing trained
+
+
+CSV_ERRORS = {
+    "empty": ("", "{path}: the file is empty"),
+    "no header": (
+        "1,2,3\n4,5,6\n",
+        "{path}: the first line must be a header naming the columns",
+    ),
+    "missing target": (
+        "a,b,c\n" + "1,2,3\n" * 12,
+        "{path}: no column 'label' for --target; the columns are: a, b, c",
+    ),
+    "ragged row": (
+        "a,label\n" + "1,0\n" * 5 + "1\n" + "1,0\n" * 6,
+        "{path}: line 7 has 1 fields, the header has 2",
+    ),
+    "text feature": (
+        "a,label\n" + "1,0\n" * 3 + "abc,1\n" + "1,0\n" * 8,
+        "{path}: line 5, column 'a': 'abc' is not a number",
+    ),
+    "empty feature": (
+        "a,b,label\n" + "1,2,0\n" * 3 + "1,,1\n" + "1,2,0\n" * 8,
+        "{path}: line 5, column 'b': '' is empty",
+    ),
+    "too few rows": (
+        "a,label\n1,0\n2,1\n",
+        "{path}: 2 data rows; at least 10 are needed",
+    ),
+    "binary": (b"\xff\xfe\x00\x01" * 10, "{path}: not a text CSV file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CSV_ERRORS))
+def test_compare_malformed_csv(case, tmp_path, capsys):
+    content, message = CSV_ERRORS[case]
+    path = tmp_path / "data.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    status, _, err = run_cli(
+        capsys, "compare", "--data", path, "--target", "label", "--quick",
+        "--logdir", tmp_path / "runs",
+    )
+    assert status == 2
+    assert message.format(path=path) in err
+
+
+def test_compare_malformed_npz(tmp_path, capsys):
+    corrupt = _write(tmp_path / "corrupt.npz", "not a zip archive")
+    status, _, err = run_cli(
+        capsys, "compare", "--data", corrupt, "--target", "y", "--quick",
+        "--logdir", tmp_path / "runs",
+    )
+    assert status == 2
+    assert f"{corrupt}: not a readable NPZ file" in err
+
+    arrays = tmp_path / "arrays.npz"
+    np.savez(arrays, x=np.zeros((20, 3)), labels=np.zeros(20))
+    status, _, err = run_cli(
+        capsys, "compare", "--data", arrays, "--target", "y", "--quick",
+        "--logdir", tmp_path / "runs",
+    )
+    assert status == 2
+    assert (
+        f"{arrays}: no array 'y' for --target; the arrays are: labels, x"
+        in err
+    )
+
+
+def test_compare_logdir_that_is_a_file(tmp_path, capsys):
+    logdir = _write(tmp_path / "runs", "a file")
+    status, _, err = run_cli(
+        capsys, "compare", "--quick", "--placements", "none", "--logdir", logdir
+    )
+    assert status == 2
+    assert f"--logdir {logdir}: exists and is not a directory" in err
+
+
+def test_compare_argparse_errors(capsys):
+    status, _, err = run_cli(capsys, "compare", "--model", "resnet")
+    assert status == 2
+    assert "invalid choice: 'resnet'" in err
+    status, _, err = run_cli(capsys, "compare", "--epochs", "many")
+    assert status == 2
+    assert "invalid int value: 'many'" in err
+
+
+def test_configurations_and_their_models():
+    configurations = compare.configurations(
+        compare.resolve_placements(["none", "pre_activation", "layer-bn-act"]),
+        compare.resolve_normalizations(["renorm", "ghost"]),
+    )
+    assert [c.slug for c in configurations] == [
+        "no-bn",
+        "bn-act-layer_renorm",
+        "bn-act-layer_ghost",
+        "layer-bn-act_renorm",
+        "layer-bn-act_ghost",
+    ]
+    data = datasets.load("wine")
+    keras.utils.set_random_seed(0)
+    base = compare.build_base_model("mlp", data)
+    renorm = compare.make_model(
+        base, configurations[3], 8, total_steps=800, momentum=0.9
+    )
+    layers = bn_keras.find_batchnorm(renorm)
+    assert len(layers) == 2  # none after the output layer
+    for layer in layers:
+        assert type(layer).__name__ == "BatchRenormalization"
+        assert layer.momentum == 0.9 and layer.renorm_momentum == 0.9
+        schedule = layer.get_config()["renorm_clipping"]["config"]
+        assert (
+            schedule["warmup_steps"],
+            schedule["dmax_steps"],
+            schedule["rmax_steps"],
+        ) == (100, 500, 800)
+    ghost = compare.make_model(base, configurations[4], 8, 800, 0.95)
+    for layer in bn_keras.find_batchnorm(ghost):
+        assert (layer.virtual_batch_size, layer.momentum) == (8, 0.95)
+    # Every configuration starts from the base model's weights.
+    no_bn = compare.make_model(base, configurations[0], 8, 800)
+    assert bn_keras.find_batchnorm(no_bn) == []
+    for a, b in zip(no_bn.get_weights(), base.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        ghost.get_layer(base.layers[-1].name).get_weights()[0],
+        base.layers[-1].get_weights()[0],
+    )

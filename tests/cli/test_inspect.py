@@ -1,0 +1,188 @@
+"""`bn-keras inspect`: one row per BN layer of a saved model, and --fold."""
+
+import keras
+import numpy as np
+import pytest
+
+import bn_keras
+from bn_keras.cli.inspect import inspect_model
+from tests.cli.helpers import run_cli
+
+
+def mixed_model():
+    """Plain BN in a BNBlock, a ghost BN after an activation, and a renorm
+    BN inside a nested Sequential model."""
+    inputs = keras.Input((6,), name="features")
+    x = bn_keras.layers.BNBlock(
+        keras.layers.Dense(8, name="dense_in"),
+        activation="relu",
+        placement="layer-bn-act",
+        name="block",
+    )(inputs)
+    x = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+    x = bn_keras.layers.GhostBatchNormalization(
+        virtual_batch_size=4, name="ghost_bn"
+    )(x)
+    inner = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(4, use_bias=False, name="inner_dense"),
+            bn_keras.layers.BatchRenormalization(name="renorm_bn"),
+            keras.layers.ReLU(name="inner_relu"),
+        ],
+        name="inner",
+    )
+    outputs = keras.layers.Dense(2, name="head")(inner(x))
+    return keras.Model(inputs, outputs, name="mixed")
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    """The mixed model with hand-set statistics of the ghost BN layer."""
+    model = mixed_model()
+    ghost = model.get_layer("ghost_bn")
+    ghost.moving_mean.assign(
+        np.array([-1.5, 0, 0, 0, 0, 0, 0, 2.5], "float32")
+    )
+    ghost.moving_variance.assign(
+        np.array([1e-5, 1, 2, 3, 1, 1, 1, np.nan], "float32")
+    )
+    ghost.gamma.assign(np.array([0, 5e-4, 1, 1, 1, 1, -1, 1], "float32"))
+    path = tmp_path / "mixed.keras"
+    model.save(path)
+    return path
+
+
+def test_inspect_rows(saved_model):
+    rows = inspect_model(keras.saving.load_model(saved_model))
+    assert [row.path for row in rows] == [
+        "block/batch_normalization",
+        "ghost_bn",
+        "inner/renorm_bn",
+    ]
+    assert [row.kind for row in rows] == ["plain", "ghost(4)", "renorm"]
+    assert [(row.before, row.after) for row in rows] == [
+        ("Dense", "relu"),
+        ("Dense(relu)", "Sequential"),
+        ("Dense", "ReLU"),
+    ]
+    assert [row.position for row in rows] == [
+        "before act",
+        "after act",
+        "before act",
+    ]
+    assert [row.channels for row in rows] == [8, 8, 4]
+    assert [row.dead for row in rows] == [0, 2, 0]
+    assert [row.foldable for row in rows] == [True, False, True]
+    assert rows[1].fold_note == "'hidden' has a non-linear activation before it"
+    ghost = rows[1]
+    assert ghost.mean_range == (-1.5, 2.5)
+    assert ghost.variance_range == pytest.approx((1e-5, 3.0))
+    assert ghost.warnings == [
+        "non-finite moving_variance in 1/8 channels",
+        "collapsed: moving variance < epsilon in 1/8 channels",
+    ]
+    for row in (rows[0], rows[2]):
+        assert row.warnings == [
+            "statistics at their initial values (never trained?)"
+        ]
+
+
+def test_inspect_prints_one_row_per_layer(saved_model, capsys):
+    status, out, err = run_cli(capsys, "inspect", saved_model)
+    assert status == 0, err
+    assert f"{saved_model}: Functional 'mixed'" in out
+    assert "3 batch normalization layers" in out
+    lines = out.splitlines()
+    rows = [
+        line.split()
+        for line in lines
+        if line.strip()[:1].isdigit() and ": " not in line
+    ]
+    assert [row[:3] for row in rows] == [
+        ["1", "block/batch_normalization", "plain"],
+        ["2", "ghost_bn", "ghost(4)"],
+        ["3", "inner/renorm_bn", "renorm"],
+    ]
+    assert rows[1][3:] == [
+        "Dense(relu)", "->", "-1.5..2.5", "1e-05..3", "2/8", "no", "2"
+    ]
+    assert (
+        "  2  ghost_bn: not foldable: 'hidden' has a non-linear activation "
+        "before it" in lines
+    )
+    assert (
+        "  2  ghost_bn: warning: non-finite moving_variance in 1/8 channels"
+        in lines
+    )
+    assert all(len(line.rstrip()) <= 100 for line in lines[1:])
+
+
+def test_inspect_fold_writes_an_equivalent_model(tmp_path, capsys):
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8, use_bias=False, name="dense"),
+            bn_keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(name="relu"),
+            keras.layers.Dense(3, name="head"),
+            bn_keras.layers.BatchNormalization(name="bn_out"),
+        ],
+        name="small",
+    )
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(64, 5)).astype("float32")
+    model.fit(x, x[:, :3], epochs=2, batch_size=16, verbose=0)
+    source, out_path = tmp_path / "small.keras", tmp_path / "folded.keras"
+    model.save(source)
+
+    status, out, err = run_cli(
+        capsys, "inspect", source, "--fold", out_path
+    )
+    assert status == 0, err
+    assert f"folded 2 of 2 BN layers (0 kept); wrote {out_path}" in out
+    assert "largest |output difference| from the original" in out
+    folded = keras.saving.load_model(out_path)
+    assert bn_keras.find_batchnorm(folded) == []
+    np.testing.assert_allclose(
+        folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5
+    )
+
+
+def test_inspect_model_without_batchnorm(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = tmp_path / "plain.keras"
+    model.save(path)
+    status, out, _ = run_cli(capsys, "inspect", path)
+    assert status == 0
+    assert "0 batch normalization layers" in out
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("absent.keras", None, "{path}: no such file"),
+        ("model.h5", b"x", "{path}: expected a model saved as .keras"),
+        ("broken.keras", b"not a zip file", "{path}: cannot load the model"),
+    ],
+)
+def test_inspect_unreadable_model(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    status, _, err = run_cli(capsys, "inspect", path)
+    assert status == 2
+    assert err.startswith("bn-keras inspect: error: ")
+    assert message.format(path=path) in err
+
+
+def test_inspect_fold_needs_a_keras_file(saved_model, tmp_path, capsys):
+    status, _, err = run_cli(
+        capsys, "inspect", saved_model, "--fold", tmp_path / "out.h5"
+    )
+    assert status == 2
+    assert (
+        f"--fold {tmp_path / 'out.h5'}: the output must be a .keras file"
+        in err
+    )
+    assert not (tmp_path / "out.h5").exists()

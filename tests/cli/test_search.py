@@ -1,0 +1,111 @@
+"""`bn-keras search` end to end in quick mode, and its usage errors."""
+
+import os
+
+import keras
+import pytest
+
+import bn_keras
+from bn_keras.cli import datasets
+from tests.cli.helpers import event_files
+from tests.cli.helpers import read_scalars
+from tests.cli.helpers import run_cli
+from tests.cli.helpers import session_dirs
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only
+def test_search_placement_hypermodel(tmp_path, capsys):
+    status, out, err = run_cli(
+        capsys, "search", "--quick", "--trials", "2", "--epochs", "2",
+        "--placements", "layer-bn-act", "none", "--normalizations", "batch",
+        "renorm", "--logdir", tmp_path,
+    )
+    assert status == 0, err
+    (session,) = session_dirs(tmp_path, "search-digits")
+    session = tmp_path / session
+    assert "random search, 2 trials x 2 epochs" in out
+    assert "Batch normalization placements" in out
+    assert "2 completed trial(s), best first" in out
+    assert out.rstrip().splitlines()[-1].strip() == (
+        f"tensorboard --logdir {session / 'logs'}"
+    )
+
+    # One TensorBoard run per trial: Keras's metrics and the BN monitor's.
+    trials = sorted(os.listdir(session / "logs"))
+    assert len(trials) == 2
+    for trial in trials:
+        execution = session / "logs" / trial / "execution0"
+        for run in ("train", "validation"):
+            assert event_files(execution / run)
+        validation = read_scalars(execution / "validation")
+        assert sorted(validation["epoch_accuracy"]) == [0, 1]
+
+    # The best model is saved, loads, and is the best trial's.
+    best = keras.saving.load_model(session / "best_model.keras")
+    layers = bn_keras.find_batchnorm(best)
+    kinds = {type(layer).__name__ for layer in layers}
+    assert kinds <= {"BatchNormalization", "BatchRenormalization"}
+    line = next(line for line in out.splitlines() if line.startswith("best"))
+    score = float(line.split()[-1])
+    data = datasets.load("digits", seed=0)
+    accuracy = best.evaluate(data.x_val, data.y_val, verbose=0)[1]
+    assert accuracy == pytest.approx(score, abs=6e-5)
+    status, inspected, err = run_cli(
+        capsys, "inspect", session / "best_model.keras"
+    )
+    assert status == 0, err
+    assert f"{len(layers)} batch normalization layer" in inspected
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only
+def test_search_ready_made_mlp_regression(tmp_path, capsys):
+    status, out, err = run_cli(
+        capsys, "search", "--dataset", "scales", "--hypermodel", "mlp",
+        "--tuner", "grid", "--quick", "--trials", "2", "--epochs", "1",
+        "--placements", "layer-bn-act", "--normalizations", "batch",
+        "--logdir", tmp_path,
+    )
+    assert status == 0, err
+    assert "scales: 1500 train / 500 validation samples" in out
+    assert "hypermodel mlp, grid search, 2 trials x 1 epochs" in out
+    assert "val_loss (min)" in out
+    assert "block_0" in out
+    (session,) = session_dirs(tmp_path, "search-scales")
+    assert (tmp_path / session / "best_model.keras").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tuner", "annealing"], "invalid choice: 'annealing'"),
+        (["--trials", "0"], "--trials must be a positive integer; got 0"),
+        (
+            ["--placements", "everywhere"],
+            "unknown placement 'everywhere'. Valid placements: layer-bn-act",
+        ),
+        (
+            ["--normalizations", "layer"],
+            "unknown normalization 'layer'. Valid normalizations: batch, "
+            "ghost, renorm",
+        ),
+        (["--dataset", "cifar10"], "unknown dataset 'cifar10'"),
+        (
+            ["--dataset", "wine", "--hypermodel", "cnn"],
+            "--hypermodel cnn needs image data",
+        ),
+        (
+            ["--tuner", "hyperband", "--epochs", "1"],
+            "--tuner hyperband needs --epochs of at least 2",
+        ),
+    ],
+)
+def test_search_usage_errors(argv, message, tmp_path, capsys):
+    logdir = tmp_path / "runs"
+    status, _, err = run_cli(
+        capsys, "search", *argv, "--quick", "--logdir", logdir
+    )
+    assert status == 2
+    assert message in err
+    assert not logdir.exists()
