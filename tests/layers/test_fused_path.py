@@ -1,0 +1,110 @@
+"""The fused-kernel fast path is taken where it applies, and only there."""
+
+import numpy as np
+import pytest
+
+import bn_keras
+
+tf = pytest.importorskip("tensorflow")
+
+
+def _op_types(layer, x, training, mask=None):
+    """Op types of a traced training/inference call, function bodies included."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *x.shape[1:]])])
+    def call(inputs):
+        return layer(inputs, training=training, mask=mask)
+
+    graph_def = call.get_concrete_function().graph.as_graph_def()
+    types = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        types |= {node.op for node in function.node_def}
+    return types
+
+
+CASES = [
+    ((8, 6), -1, {}),
+    ((8, 3, 6), -1, {}),
+    ((8, 4, 4, 6), -1, {}),
+    ((8, 6, 4, 4), 1, {}),
+    ((8, 4, 4, 6), -1, {"renorm": True}),
+    ((64, 4, 4, 6), -1, {"virtual_batch_size": 16}),
+    ((64, 6, 4, 4), 1, {"virtual_batch_size": 16, "renorm": True}),
+]
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("shape,axis,kwargs", CASES)
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_kernel_is_used_for_supported_inputs(shape, axis, kwargs, training):
+    layer = bn_keras.layers.BatchNormalization(axis=axis, **kwargs)
+    layer.build(shape)
+    x = np.zeros(shape, "float32")
+    assert "FusedBatchNormV3" in _op_types(layer, x, training)
+    layer_off = bn_keras.layers.BatchNormalization(axis=axis, fused=False, **kwargs)
+    layer_off.build(shape)
+    assert "FusedBatchNormV3" not in _op_types(layer_off, x, training)
+
+
+@pytest.mark.tensorflow_only
+def test_general_path_for_masks_and_small_epsilon():
+    shape = (8, 5, 6)
+    x = np.zeros(shape, "float32")
+    layer = bn_keras.layers.BatchNormalization()
+    layer.build(shape)
+    mask = tf.ones((8, 5), "bool")
+    assert "FusedBatchNormV3" not in _op_types(layer, x, True, mask=mask)
+    small = bn_keras.layers.BatchNormalization(epsilon=1e-6)
+    small.build(shape)
+    assert "FusedBatchNormV3" not in _op_types(small, x, True)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"renorm": True, "renorm_clipping": {"rmax": 1.2, "dmax": 0.2}},
+     {"virtual_batch_size": 8}, {"virtual_batch_size": 8, "renorm": True}],
+)
+def test_fused_path_equals_general_path(kwargs):
+    rng = np.random.default_rng(0)
+    layers = [
+        bn_keras.layers.BatchNormalization(fused=fused, **kwargs)
+        for fused in (None, False)
+    ]
+    results = []
+    for layer in layers:
+        layer.build((32, 4, 4, 3))
+        outputs, grads = [], []
+        for step in range(3):
+            x = tf.constant(rng.normal(step, 2.0, (32, 4, 4, 3)).astype("float32"))
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(y * tf.sin(y))
+            grads.append(tape.gradient(loss, [x, *layer.trainable_weights]))
+            outputs.append(y)
+        results.append((outputs, grads, [w.numpy() for w in layer.weights]))
+        rng = np.random.default_rng(0)
+    (out_a, grad_a, w_a), (out_b, grad_b, w_b) = results
+    for a, b in zip(out_a, out_b):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    for ga, gb in zip(grad_a, grad_b):
+        for a, b in zip(ga, gb):
+            np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
+    for a, b in zip(w_a, w_b):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"fused": "yes"}, "Received: fused='yes'"),
+     ({"fused": True, "epsilon": 1e-6}, r"Received: epsilon=1e-06, fused=True")],
+)
+def test_fused_argument_errors(kwargs, match):
+    if kwargs.get("fused") is True:
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            match = "Received: fused=True"
+    with pytest.raises(ValueError, match=match):
+        bn_keras.layers.BatchNormalization(**kwargs)
