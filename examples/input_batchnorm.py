@@ -152,7 +152,12 @@ def run(quick=False, out=".", seed=0):
         keras.utils.set_random_seed(seed + 1)  # the same batches for all
         model, inputs, validation = make()
         losses, seconds = train(
-            model, inputs, y_train, validation, epochs, batch_size,
+            model,
+            inputs,
+            y_train,
+            validation,
+            epochs,
+            batch_size,
             learning_rate,
         )
         epoch = first_epoch_below(losses, target)

@@ -120,7 +120,7 @@ class BNBlock(keras.layers.Layer):
                 f"Received: layer={layer!r}"
             )
         if isinstance(layer, keras.layers.BatchNormalization):
-            raise ValueError(
+            raise TypeError(
                 "Argument `layer` is the layer that BNBlock normalizes, not "
                 "the normalization: pass the BN as `normalization`. "
                 f"Received: layer={_describe(layer)}"
@@ -266,5 +266,13 @@ class BNBlock(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        # Sub-layers are built by the block's `build` (inside its name
+        # scope, so their weights keep paths like "block/dense/kernel"),
+        # not as they are deserialized.
+        for key in ("layer", "normalization"):
+            if isinstance(config.get(key), dict):
+                config[key] = {
+                    k: v for k, v in config[key].items() if k != "build_config"
+                }
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         return cls(**config)

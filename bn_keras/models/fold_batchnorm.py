@@ -255,7 +255,9 @@ def fold_batchnorm(model, return_report=False):
         )
     for entry in report["kept"]:
         logger.info(
-            "fold_batchnorm: kept '%s': %s.", entry["batchnorm"], entry["reason"]
+            "fold_batchnorm: kept '%s': %s.",
+            entry["batchnorm"],
+            entry["reason"],
         )
     if return_report:
         return folded, report

@@ -188,6 +188,30 @@ class _LayerGraph:
         )
 
 
+def _input_names(model, kind):
+    """Names of the model's input layers, in the order of `model.inputs`."""
+    tensors = list(model.inputs)
+    try:
+        config = model.get_config()
+        if kind == "sequential":
+            first = config["layers"][0]
+            names = (
+                [first["config"]["name"]]
+                if first["class_name"] == "InputLayer"
+                else []
+            )
+        else:
+            names = _output_refs(config["input_layers"])
+    except (KeyError, IndexError, TypeError, NotImplementedError):
+        # a model with a custom config: use the tensor names
+        names = []
+    if len(names) != len(tensors) or (
+        kind == "functional" and isinstance(model.input, dict)
+    ):
+        names = [tensor.name for tensor in tensors]
+    return names
+
+
 def _unique_name(base, taken):
     name, i = base, 1
     while name in taken:
@@ -237,13 +261,12 @@ def _rebuild(model, kind, replace, input_layers=None):
         inputs = []
         if model.built and getattr(model, "inputs", None):
             spec = model.inputs[0]
+            name = _input_names(model, kind)[0]
             inputs = [
-                keras.Input(
-                    batch_shape=spec.shape, dtype=spec.dtype, name=spec.name
-                )
+                keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=name)
             ]
             if input_layers is not None:
-                extra = input_layers(spec.name, spec.dtype)
+                extra = input_layers(name, spec.dtype)
                 if extra is not None:
                     inputs.append(extra)
         new_layers = []
@@ -261,14 +284,19 @@ def _rebuild(model, kind, replace, input_layers=None):
             if step.main is not None:
                 _set_weights(step.main, step.weights)
     else:
+        names = iter(_input_names(model, kind))
         new_inputs = keras.tree.map_structure(
-            lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name),
+            lambda x: keras.Input(
+                batch_shape=x.shape, dtype=x.dtype, name=next(names)
+            ),
             model.input,
         )
         input_map, weights_set = {}, set()
         if input_layers is not None:
-            for tensor in keras.tree.flatten(new_inputs):
-                layer = input_layers(tensor.name, tensor.dtype)
+            for name, tensor in zip(
+                _input_names(model, kind), keras.tree.flatten(new_inputs)
+            ):
+                layer = input_layers(name, tensor.dtype)
                 if layer is not None:
                     input_map[id(tensor)] = layer(tensor)
 
@@ -306,7 +334,7 @@ def _rebuild(model, kind, replace, input_layers=None):
     return new_model
 
 
-# -- insert_batchnorm -----------------------------------------------------------
+# -- insert_batchnorm ---------------------------------------------------------
 
 
 def _select(model, layers):
@@ -322,7 +350,7 @@ def _select(model, layers):
     ):
         raise TypeError(
             "Argument `layers` must be None, a list of layer names or a "
-            "callable `layer -> bool`. Received: layers={!r}".format(layers)
+            f"callable `layer -> bool`. Received: layers={layers!r}"
         )
     names = set(layers)
     known = _all_layer_names(model)
@@ -359,7 +387,9 @@ def _all_layer_names(model):
 def _contains_dense_conv(layer):
     if isinstance(layer, DENSE_CONV_LAYERS):
         return True
-    return any(_contains_dense_conv(sub) for sub in getattr(layer, "layers", []))
+    return any(
+        _contains_dense_conv(sub) for sub in getattr(layer, "layers", [])
+    )
 
 
 def _insert(model, order, make_bn, select, at_output, input_bn):
@@ -367,7 +397,8 @@ def _insert(model, order, make_bn, select, at_output, input_bn):
     kind = _model_kind(model, "insert_batchnorm")
     graph = _LayerGraph(model, kind)
     taken = {layer.name for layer in _all_layers(model)}
-    taken |= {t.name for t in getattr(model, "inputs", None) or []}
+    if model.built:
+        taken |= set(_input_names(model, kind))
 
     # Layers after which no Dense/conv layer follows (in this model, and in
     # the enclosing ones when `at_output`) are output layers: by default BN
@@ -529,8 +560,9 @@ def insert_batchnorm(
             standardizes the data in place of doing it by hand: with batch
             statistics in training, with its moving statistics in
             inference. It has no `gamma` and `beta` (`center=False`,
-            `scale=False`, unless `normalization` sets them), as the next
-            layer's kernel and bias make them redundant. Integer inputs
+            `scale=False`; a dict in `normalization` may set them, a layer
+            template keeps its own), as the next layer's kernel and bias
+            make them redundant. Integer inputs
             (token ids) are left alone. Defaults to `False`.
 
     Returns:
@@ -548,8 +580,7 @@ def insert_batchnorm(
     ['hidden', 'hidden_bn', 'hidden_act', 'out']
     """
     order = registry.placement_order(placement)
-    # Resolve `normalization` once, so that a bad value fails here.
-    template = registry.get_normalization(normalization)
+    registry.get_normalization(normalization)  # a bad value fails here
     kind = _model_kind(model, "insert_batchnorm")
     if not isinstance(input_batchnorm, bool):
         raise TypeError(
@@ -557,7 +588,6 @@ def insert_batchnorm(
             f"Received: input_batchnorm={input_batchnorm!r}"
         )
     select = _select(model, layers)
-    del template
 
     def make_bn(axis, name):
         return registry.get_normalization(normalization, axis=axis, name=name)
