@@ -99,33 +99,7 @@ def add_parser(subparsers):
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default=None,
-        metavar="NAME",
-        help=f"built-in dataset: {datasets.valid_datasets()} "
-        "(default: digits)",
-    )
-    data.add_argument(
-        "--data",
-        metavar="FILE",
-        help="your own data instead: a .csv file with a header row, or a .npz "
-        "file of named arrays",
-    )
-    data.add_argument(
-        "--target",
-        metavar="COLUMN",
-        help="with --data: the column (CSV) or array (NPZ) holding the target",
-    )
-    data.add_argument(
-        "--task",
-        choices=datasets.TASKS,
-        default="auto",
-        help="with --data: 'auto' treats text targets and numeric targets "
-        f"with at most {datasets.MAX_AUTO_CLASSES} distinct integer values "
-        "as classes, other numeric targets as regression (default: auto)",
-    )
+    datasets.add_data_arguments(parser)
     runs = parser.add_argument_group("configurations")
     runs.add_argument(
         "--model",

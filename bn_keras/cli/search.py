@@ -69,27 +69,7 @@ def add_parser(subparsers):
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        metavar="NAME",
-        help=f"built-in dataset: {datasets.valid_datasets()} "
-        "(default: digits)",
-    )
-    data.add_argument(
-        "--data", metavar="FILE", help="your own .csv or .npz file instead"
-    )
-    data.add_argument(
-        "--target",
-        metavar="COLUMN",
-        help="with --data: the column (CSV) or array (NPZ) holding the target",
-    )
-    data.add_argument(
-        "--task",
-        choices=datasets.TASKS,
-        default="auto",
-        help="with --data: as for 'bn-keras compare' (default: auto)",
-    )
+    datasets.add_data_arguments(parser)
     space = parser.add_argument_group("search space")
     space.add_argument(
         "--hypermodel",
