@@ -8,10 +8,13 @@ import bn_keras
 tf = pytest.importorskip("tensorflow")
 
 
-def _op_types(layer, x, training, mask=None):
+def _op_types(layer, x, training, mask=None, jit_compile=None):
     """Op types of a traced training/inference call, function bodies included."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *x.shape[1:]])])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, *x.shape[1:]])],
+        jit_compile=jit_compile,
+    )
     def call(inputs):
         return layer(inputs, training=training, mask=mask)
 
@@ -44,6 +47,17 @@ def test_fused_kernel_is_used_for_supported_inputs(shape, axis, kwargs, training
     layer_off = bn_keras.layers.BatchNormalization(axis=axis, fused=False, **kwargs)
     layer_off.build(shape)
     assert "FusedBatchNormV3" not in _op_types(layer_off, x, training)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("shape,axis,kwargs", CASES)
+def test_general_path_under_xla(shape, axis, kwargs):
+    """XLA compiles the general path to faster code than the fused kernel."""
+    layer = bn_keras.layers.BatchNormalization(axis=axis, **kwargs)
+    layer.build(shape)
+    x = np.zeros(shape, "float32")
+    assert "FusedBatchNormV3" not in _op_types(layer, x, True, jit_compile=True)
+    assert "FusedBatchNormV3" in _op_types(layer, x, True, jit_compile=False)
 
 
 @pytest.mark.tensorflow_only

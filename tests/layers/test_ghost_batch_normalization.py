@@ -13,6 +13,7 @@ import bn_keras
 from tests import reference
 from tests.layer_test_case import LAYER_CHECKS
 from tests.layer_test_case import call_compiled
+from tests.layer_test_case import gradients
 from tests.layer_test_case import randomize_weights
 from tests.layer_test_case import sample_inputs
 from tests.layer_test_case import to_numpy
@@ -119,6 +120,54 @@ def test_matches_reference(batches, layout, renorm, fused):
     np.testing.assert_allclose(
         to_numpy(layer(x, training=False)), expected.inference(x), atol=1e-5
     )
+
+
+class _KerasBNPerGhost(keras.layers.Layer):
+    """Keras's own layer applied to each ghost batch in turn: a reference
+    for the gradients, independent of how ours groups the ghost batches."""
+
+    def __init__(self, m, axis):
+        super().__init__()
+        self.m = m
+        self.bn = keras.layers.BatchNormalization(axis=axis)
+
+    def build(self, input_shape):
+        self.bn.build(input_shape)
+
+    def call(self, x, training=None):
+        chunks = reference.ghost_chunks(x.shape[0], self.m)
+        return keras.ops.concatenate(
+            [self.bn(x[a:b], training=training) for a, b in chunks], axis=0
+        )
+
+
+@pytest.mark.parametrize("fused", FUSED)
+@pytest.mark.parametrize(
+    "batches, layout",
+    REFERENCE_CASES,
+    ids=["-".join(c) for c in REFERENCE_CASES],
+)
+def test_gradients_match_keras_layer_per_ghost_batch(batches, layout, fused):
+    """Equal ghost batches (reshaped into groups), unequal ones (one-hot
+    assignment) and the fused layout all give the gradients of Keras's
+    layer run on each ghost batch."""
+    batch, m = BATCHES[batches]
+    sample_shape, axis = LAYOUTS[layout]
+    shape = (batch, *sample_shape)
+    ours = BN(axis=axis, virtual_batch_size=m, fused=fused)
+    theirs = _KerasBNPerGhost(m, axis)
+    ours.build(shape)
+    theirs.build(shape)
+    randomize_weights(ours)
+    theirs.bn.set_weights(ours.get_weights())
+    x = sample_inputs(shape, scale=2.0, shift=1.0)
+    upstream = sample_inputs(shape, seed=5)
+    dx, dw = gradients(ours, x, upstream)
+    dx_expected, dw_expected = gradients(theirs, x, upstream)
+    assert np.abs(dx).max() > 1e-3  # the gradients are not all zero
+    np.testing.assert_allclose(dx, dx_expected, atol=1e-4, rtol=1e-4)
+    for actual, expected in zip(dw, dw_expected, strict=True):
+        np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("batches", ["indivisible", "last_chunk_of_one"])
