@@ -74,27 +74,26 @@ def timed_hooks(callback, spent):
         setattr(callback, hook, timed)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=1024)
-    args = parser.parse_args()
+def measure(rounds=7, epochs=5, samples=20_000, batch_size=1024):
+    """Times `fit` with and without the monitor, interleaved in rounds.
 
+    Returns `{config: {"fit": [s per round], "hooks": [share per round]}}`
+    for the configs `"no monitor"`, `'monitor, update_freq="epoch"'` and
+    `"monitor, every 10 batches"`; "hooks" is the share of each `fit` spent
+    in the monitor's hooks.
+    """
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.samples, 256)).astype("float32")
-    y = rng.integers(0, 10, size=args.samples)
+    x = rng.normal(size=(samples, 256)).astype("float32")
+    y = rng.integers(0, 10, size=samples)
     model = build_model()
     log_root = tempfile.mkdtemp(prefix="bench_callbacks_")
-
     configs = {
         "no monitor": None,
         'monitor, update_freq="epoch"': "epoch",
         "monitor, every 10 batches": 10,
     }
     names = list(configs)
-    hook_time = {name: [] for name in names}
+    results = {name: {"fit": [], "hooks": []} for name in names}
 
     def timed_fit(name, run):
         callbacks, spent = [], [0.0]
@@ -108,44 +107,52 @@ def main():
         model.fit(
             x,
             y,
-            batch_size=args.batch_size,
-            epochs=args.epochs,
+            batch_size=batch_size,
+            epochs=epochs,
             verbose=0,
             callbacks=callbacks,
         )
         total = time.perf_counter() - start
-        hook_time[name].append(spent[0] / total)
-        return total
+        return total, spent[0] / total
 
     for name in names:  # warm-up: tracing, first event files
         timed_fit(name, f"warmup_{names.index(name)}")
-
-    times = {name: [] for name in names}
-    for round_index in range(args.rounds):
+    for round_index in range(rounds):
         order = names[round_index % 3 :] + names[: round_index % 3]
         for name in order:
-            times[name].append(
-                timed_fit(name, f"r{round_index}_{names.index(name)}")
-            )
+            total, share = timed_fit(name, f"r{round_index}_{names.index(name)}")
+            results[name]["fit"].append(total)
+            results[name]["hooks"].append(share)
+    return results
 
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    args = parser.parse_args()
+    results = measure(args.rounds, args.epochs, args.samples, args.batch_size)
     print(
         f"backend={keras.backend.backend()} samples={args.samples} "
         f"batch={args.batch_size} epochs={args.epochs} rounds={args.rounds}"
     )
-    base = times["no monitor"]
+    base = results["no monitor"]["fit"]
     print(
         f"{'no monitor':32s} fit {statistics.median(base):.3f} s "
         f"(min {min(base):.3f}, max {max(base):.3f})"
     )
-    for name in names[1:]:
-        ratios = [t / b for t, b in zip(times[name], base)]
+    for name, result in list(results.items())[1:]:
+        times, hooks = result["fit"], result["hooks"]
+        ratios = [t / b for t, b in zip(times, base)]
         print(
-            f"{name:32s} fit {statistics.median(times[name]):.3f} s, "
+            f"{name:32s} fit {statistics.median(times):.3f} s, "
             f"ratio median {statistics.median(ratios):.3f} "
             f"(min {min(ratios):.3f}, max {max(ratios):.3f}), "
-            f"best-of-rounds ratio {min(times[name]) / min(base):.3f}; "
-            f"time in its hooks {100 * statistics.median(hook_time[name]):.2f}%"
-            f" of fit (max {100 * max(hook_time[name]):.2f}%)"
+            f"best-of-rounds ratio {min(times) / min(base):.3f}; "
+            f"time in its hooks {100 * statistics.median(hooks):.2f}%"
+            f" of fit (max {100 * max(hooks):.2f}%)"
         )
 
 

@@ -1,9 +1,21 @@
-"""Training-step time of bn-keras's BatchNormalization against Keras's own.
+"""The speed report: bn-keras's BatchNormalization against Keras's own.
 
-Every figure is a ratio to Keras's `BatchNormalization` measured in the same
-process, on the same model, data and optimizer: medians over several rounds
-(variants interleaved round-robin, so that slow drifts of the machine hit all
-of them alike), with the min and max over the rounds.
+Every figure is a ratio measured in the same process, on the same model, data
+and optimizer: medians over several rounds (variants interleaved round-robin,
+so that slow drifts of the machine hit all of them alike), with the min and
+max over the rounds. It measures
+
+- the training step (`train_on_batch`) of each variant, as a ratio to the
+  model with Keras's `BatchNormalization` (renorm: with Keras's renorm), with
+  and without `jit_compile`;
+- `fold_batchnorm`: the conv model's inference step (`predict_on_batch`)
+  unfolded over folded, with our layer and with Keras's;
+- `BatchNormMonitor(update_freq="epoch")`: the share of `fit` spent in its
+  hooks, and `fit`'s time with it over without it
+  (`benchmarks/bench_callbacks.py`);
+
+and ends with each target of the speed issue, its measured figure, and PASS
+or MISS.
 
 Models (from the project's issues):
 - conv: input 32x32x16, [Conv2D(32, 3) - BN - ReLU] x 2, global average
@@ -30,7 +42,7 @@ import bn_keras  # noqa: E402
 MODELS = {
     # name: (input shape, batch size, number of batches per timed round)
     "conv": ((32, 32, 16), 256, 8),
-    "mlp": ((256,), 1024, 20),
+    "mlp": ((256,), 1024, 40),
 }
 
 
@@ -133,13 +145,12 @@ def summarize(times):
     return rows
 
 
-def bn_overhead_ratio(times, ours="bn_keras plain", theirs="keras BN"):
-    """(our step - no-BN step) / (Keras step - no-BN step), median of rounds."""
-    ratios = [
+def bn_overhead_ratios(times, ours="bn_keras plain", theirs="keras BN"):
+    """(our step - no-BN step) / (Keras step - no-BN step), per round."""
+    return [
         (o - n) / (k - n)
         for o, k, n in zip(times[ours], times[theirs], times["no BN"])
     ]
-    return statistics.median(ratios)
 
 
 def print_table(model_name, jit_compile, rows):
@@ -156,14 +167,122 @@ def print_table(model_name, jit_compile, rows):
         )
 
 
+def fold_speedup(rounds):
+    """Inference step of the conv model, unfolded over folded.
+
+    Returns `{"keras BN": [ratio per round], "bn_keras plain": [...]}`: the
+    time of `predict_on_batch` over the benchmark's batches for the model
+    with each layer (trained for one epoch, so that the moving statistics
+    are not the initial ones), divided by that of its `fold_batchnorm` copy.
+    """
+    x, y = make_data("conv")
+    _, batch_size, steps = MODELS["conv"]
+    batches = [x[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+    models = {}
+    for name in ("keras BN", "bn_keras plain"):
+        keras.utils.set_random_seed(0)
+        model = build_model("conv", VARIANTS[name][0])
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+        models[name] = model
+        models[name + " folded"] = bn_keras.fold_batchnorm(model)
+    for model in models.values():  # warm up: trace and compile
+        for xb in batches:
+            model.predict_on_batch(xb)
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            for xb in batches:
+                model.predict_on_batch(xb)
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: [u / f for u, f in zip(times[name], times[name + " folded"])]
+        for name in ("keras BN", "bn_keras plain")
+    }
+
+
+def monitor_overhead(rounds):
+    """`BatchNormMonitor(update_freq="epoch")` on `fit`: the share of each
+    `fit` spent in its hooks, and `fit` time with it over without it."""
+    import bench_callbacks
+
+    results = bench_callbacks.measure(rounds=rounds, epochs=3)
+    monitored = results['monitor, update_freq="epoch"']
+    base = results["no monitor"]["fit"]
+    return {
+        "hooks": monitored["hooks"],
+        "fit": [t / b for t, b in zip(monitored["fit"], base)],
+    }
+
+
+def _spread(values):
+    """'median [min-max]' of a list of ratios."""
+    return (
+        f"{statistics.median(values):.3f} "
+        f"[{min(values):.3f}-{max(values):.3f}]"
+    )
+
+
+def print_targets(targets):
+    """Each target of the speed issue with its measured median, PASS/MISS."""
+    print("\nTargets (CPU; medians over rounds [min-max])")
+    print(f"{'case':<46}{'target':>9}  {'measured':<22}result")
+    for case, values, bound, upper in targets:
+        median = statistics.median(values)
+        passed = median <= bound if upper else median >= bound
+        sign = "<=" if upper else ">="
+        print(
+            f"{case:<46}{sign + ' ' + format(bound, '.2f'):>9}  "
+            f"{_spread(values):<22}{'PASS' if passed else 'MISS'}"
+        )
+
+
+def step_targets(model_name, jit_compile, times):
+    """The issue's step-time targets for one model and jit setting."""
+    rows = []
+    jit = ", jit" if jit_compile else ""
+
+    def ratios(name):
+        base = VARIANTS[name][1]
+        return [t / b for t, b in zip(times[name], times[base])]
+
+    names = {
+        "bn_keras plain": "plain",
+        "bn_keras ghost m=32": "ghost m=32",
+        "bn_keras renorm": "renorm (vs Keras renorm)",
+    }
+    for name, label in names.items():
+        if name not in times:
+            continue
+        if model_name == "conv" and not jit_compile:
+            bound = {"plain": 0.80}.get(label, 0.85)
+        else:
+            bound = 1.02
+        rows.append((f"{model_name}{jit}: {label}", ratios(name), bound, True))
+    if model_name == "conv" and not jit_compile and "bn_keras plain" in times:
+        rows.append(
+            ("conv: plain, BN overhead vs Keras's", bn_overhead_ratios(times),
+             0.5, True)
+        )
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="conv,mlp",
                         help="comma-separated: conv, mlp (default: both)")
     parser.add_argument("--jit", choices=["off", "on", "both"], default="both",
                         help="jit_compile setting(s) to measure")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="timed rounds per variant (default 5)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="timed rounds per variant (default 7)")
+    parser.add_argument("--no-fold", action="store_true",
+                        help="skip the fold_batchnorm measurement")
+    parser.add_argument("--no-monitor", action="store_true",
+                        help="skip the BatchNormMonitor measurement")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated variant names")
     args = parser.parse_args(argv)
@@ -182,6 +301,7 @@ def main(argv=None):
         f"backend {keras.backend.backend()}, python {platform.python_version()}, "
         f"{os.cpu_count()} CPU cores, {platform.machine()}"
     )
+    targets = []
     for model_name in args.models.split(","):
         if model_name not in MODELS:
             parser.error(f"unknown model {model_name!r}; valid: {list(MODELS)}")
@@ -192,9 +312,34 @@ def main(argv=None):
             if "bn_keras plain" in times:
                 print(
                     "BN overhead (step - no-BN step), ours / Keras's: "
-                    f"{bn_overhead_ratio(times):.3f}"
+                    f"{statistics.median(bn_overhead_ratios(times)):.3f}"
                 )
+            targets += step_targets(model_name, jit_compile, times)
             sys.stdout.flush()
+    if not args.no_fold:
+        speedups = fold_speedup(args.rounds)
+        print("\nfold_batchnorm, conv model, predict_on_batch: unfolded / folded")
+        for name, values in speedups.items():
+            print(f"{'model with ' + name:<28}{_spread(values)}")
+            targets.append(
+                (f"fold_batchnorm speed-up, with {name}", values, 1.3, False)
+            )
+    if not args.no_monitor:
+        overhead = monitor_overhead(args.rounds)
+        print(
+            '\nBatchNormMonitor(update_freq="epoch"), MLP fit, 3 epochs: '
+            f"time in its hooks {_spread(overhead['hooks'])} of fit; "
+            f"fit time with / without it {_spread(overhead['fit'])}"
+        )
+        targets.append(
+            ("monitor per epoch: share of fit in its hooks", overhead["hooks"],
+             0.02, True)
+        )
+        targets.append(
+            ("monitor per epoch: fit time with / without", overhead["fit"],
+             1.02, True)
+        )
+    print_targets(targets)
 
 
 if __name__ == "__main__":
