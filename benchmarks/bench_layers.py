@@ -8,6 +8,8 @@ max over the rounds. It measures
 - the training step (`train_on_batch`) of each variant, as a ratio to the
   model with Keras's `BatchNormalization` (renorm: with Keras's renorm), with
   and without `jit_compile`;
+- one epoch of `fit` on data whose last batch is partial (the batch size is
+  then unknown when the step is traced), over Keras's;
 - `fold_batchnorm`: the conv model's inference step (`predict_on_batch`)
   unfolded over folded, with our layer and with Keras's;
 - `BatchNormMonitor(update_freq="epoch")`: the share of `fit` spent in its
@@ -87,6 +89,18 @@ def build_model(model_name, make_bn):
     return keras.Model(inputs, outputs)
 
 
+def compiled_model(model_name, variant, jit_compile):
+    """The benchmark model with `variant`'s BN, compiled with SGD."""
+    keras.utils.set_random_seed(0)
+    model = build_model(model_name, VARIANTS[variant][0])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
+    return model
+
+
 def make_data(model_name, seed=0):
     input_shape, batch_size, steps = MODELS[model_name]
     rng = np.random.default_rng(seed)
@@ -106,13 +120,7 @@ def time_variants(model_name, variants, jit_compile, rounds):
         for i in range(steps)
     ]
     for name in variants:
-        keras.utils.set_random_seed(0)
-        model = build_model(model_name, VARIANTS[name][0])
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.01),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=jit_compile,
-        )
+        model = compiled_model(model_name, name, jit_compile)
         # Warm up: trace and compile, then one pass over the batches.
         for xb, yb in batches:
             model.train_on_batch(xb, yb)
@@ -167,6 +175,37 @@ def print_table(model_name, jit_compile, rows):
         )
 
 
+def fit_ratios(model_name, jit_compile, rounds):
+    """One epoch of `fit` whose last batch is partial, over Keras BN's.
+
+    Such a dataset makes Keras trace the training step with a batch size of
+    `None`, which `train_on_batch` above never does: the layer must choose
+    its ghost-batch layout at run time. Returns `{variant: [ratio per
+    round]}` for our plain and ghost layers.
+    """
+    input_shape, batch_size, steps = MODELS[model_name]
+    rng = np.random.default_rng(0)
+    n = batch_size * steps + batch_size // 3
+    x = rng.normal(size=(n, *input_shape)).astype("float32")
+    y = rng.integers(0, 10, size=(n,))
+    names = ["keras BN", "bn_keras plain", "bn_keras ghost m=32"]
+    models = {}
+    for name in names:
+        model = compiled_model(model_name, name, jit_compile)
+        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # warm up
+        models[name] = model
+    times = {name: [] for name in names}
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: [t / k for t, k in zip(times[name], times["keras BN"])]
+        for name in names[1:]
+    }
+
+
 def fold_speedup(rounds):
     """Inference step of the conv model, unfolded over folded.
 
@@ -180,12 +219,7 @@ def fold_speedup(rounds):
     batches = [x[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
     models = {}
     for name in ("keras BN", "bn_keras plain"):
-        keras.utils.set_random_seed(0)
-        model = build_model("conv", VARIANTS[name][0])
-        model.compile(
-            optimizer=keras.optimizers.SGD(0.01),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
+        model = compiled_model("conv", name, jit_compile=False)
         model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
         models[name] = model
         models[name + " folded"] = bn_keras.fold_batchnorm(model)
@@ -283,6 +317,8 @@ def main(argv=None):
                         help="skip the fold_batchnorm measurement")
     parser.add_argument("--no-monitor", action="store_true",
                         help="skip the BatchNormMonitor measurement")
+    parser.add_argument("--no-fit", action="store_true",
+                        help="skip the fit-with-a-partial-batch measurement")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated variant names")
     args = parser.parse_args(argv)
@@ -315,6 +351,16 @@ def main(argv=None):
                     f"{statistics.median(bn_overhead_ratios(times)):.3f}"
                 )
             targets += step_targets(model_name, jit_compile, times)
+            if not args.no_fit:
+                ratios = fit_ratios(model_name, jit_compile, args.rounds)
+                print(
+                    "fit, one epoch with a partial last batch (batch size "
+                    "unknown when traced), over Keras BN: "
+                    + ", ".join(
+                        f"{name} {_spread(values)}"
+                        for name, values in ratios.items()
+                    )
+                )
             sys.stdout.flush()
     if not args.no_fold:
         speedups = fold_speedup(args.rounds)

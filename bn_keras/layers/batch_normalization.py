@@ -16,10 +16,12 @@ _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 _MASK_COUNT_FUZZ = 1e-7
 # TensorFlow's fused batch-norm kernel refuses smaller epsilons (cuDNN's).
 _FUSED_MIN_EPSILON = 1.001e-5
-# Ghost batches of at least this many values get a fused-kernel call each;
-# smaller ones are transposed into one call (measured on CPU: at 32x32x32x32
-# per ghost, one call each took 0.7x the time of the transposed layout; at
-# 32x512, 2x).
+# Equal ghost batches of at least this many values, of a batch size known
+# when tracing, get a fused-kernel call each; smaller ones take the general
+# path (measured on CPU: at 32x32x32x32 values per ghost, one call each took
+# 0.7x the time of the fused kernel on the transposed layout, and 0.55x the
+# general path's; at 32x512, 1.8x and 2x, and the general path 0.98x the
+# transposed layout's).
 _SLICED_GHOST_SIZE = 2**16
 
 
@@ -567,6 +569,19 @@ class BatchNormalization(keras.layers.BatchNormalization):
         rank = len(x.shape)
         if rank < 2 or self._channel_axis not in (1, rank - 1):
             return False
+        if training and self.virtual_batch_size is not None:
+            groups = self._num_groups(x, True)
+            sample_shape = x.shape[1:]
+            if (
+                groups is not None
+                and groups > 1
+                and None not in sample_shape
+                and self.virtual_batch_size * math.prod(sample_shape)
+                < _SLICED_GHOST_SIZE
+            ):
+                # Small equal ghost batches: the general path's grouped
+                # view beats the fused kernel's transposed layout.
+                return False
         # Under XLA the general path compiles to faster code (and XLA cannot
         # compile the fused ghost layout's data-dependent choice).
         return not _in_xla_context()
@@ -666,13 +681,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
         Used when the batch divides into equal ghost batches (decided at run
         time when the batch size is unknown at trace time); otherwise the
-        general path runs. Large ghost batches of a batch size known when
-        tracing get one kernel call each, on slices of the batch (which
-        TensorFlow takes without a copy). Otherwise the `G` ghost batches of
-        `m` samples become `G * C` channels of a batch of `m` samples (a
-        transpose there and back), so that one kernel call normalizes every
-        ghost batch; r and d are then per (ghost, channel). Returns the
-        output and the pooled statistics.
+        general path runs. Ghost batches of a batch size known when tracing
+        get one kernel call each, on slices of the batch (which TensorFlow
+        takes without a copy). Otherwise the `G` ghost batches of `m` samples
+        become `G * C` channels of a batch of `m` samples (a transpose there
+        and back), so that one kernel call normalizes every ghost batch; r
+        and d are then per (ghost, channel). Returns the output and the
+        pooled statistics.
         """
         import tensorflow as tf  # only reachable on the TensorFlow backend
 
@@ -727,12 +742,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 return self._fused_renormed(x, gamma, beta)
             if static_batch % size:
                 return self._general_ghosts(x)
-            sample_shape = x.shape[1:]
-            if None not in sample_shape and (
-                size * math.prod(sample_shape) >= _SLICED_GHOST_SIZE
-            ):
-                return sliced(static_batch // size)
-            return chunked()
+            # Small ones took the general path (see `_fusable`).
+            return sliced(static_batch // size)
         # An empty batch (a replica's share of a partial last batch under a
         # distribution strategy) has no ghost batches to chunk.
         return tf.cond(
