@@ -742,7 +742,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 return self._fused_renormed(x, gamma, beta)
             if static_batch % size:
                 return self._general_ghosts(x)
-            # Small ones took the general path (see `_fusable`).
+            # Equal ghost batches; small ones of a known size took the
+            # general path instead (see `_fusable`).
             return sliced(static_batch // size)
         # An empty batch (a replica's share of a partial last batch under a
         # distribution strategy) has no ghost batches to chunk.
