@@ -15,6 +15,8 @@ max over the rounds. It measures
 - `BatchNormMonitor(update_freq="epoch")`: the share of `fit` spent in its
   hooks, and `fit`'s time with it over without it
   (`benchmarks/bench_callbacks.py`);
+- the achieved memory bandwidth of each layer's training forward pass,
+  against the device's copy bandwidth;
 
 and ends with each target of the speed issue, its measured figure, and PASS
 or MISS.
@@ -175,6 +177,74 @@ def print_table(model_name, jit_compile, rows):
         )
 
 
+def bandwidth(shape, rounds, repeats=20):
+    """Achieved memory bandwidth of the BN layers' training forward pass.
+
+    A training forward pass of batch normalization reads its input twice
+    (statistics, then normalization) and writes its output once: three
+    passes over `shape` float32 values, however it is fused. Achieved
+    bandwidth is those bytes over the measured time; the device's copy
+    bandwidth is that of `x + 1` (one read, one write), compiled the same
+    way. Returns `{name: [GB/s per round]}` for "copy", "keras BN" and
+    "bn_keras plain" (compiled with `jax.jit` on JAX, `tf.function` with XLA
+    on TensorFlow).
+    """
+    backend = keras.backend.backend()
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).normal(size=shape).astype("float32")
+    )
+    nbytes = 4 * int(np.prod(shape))
+    functions = {}
+    for name in ("keras BN", "bn_keras plain"):
+        layer = VARIANTS[name][0]()
+        layer.build(shape)
+        if backend == "jax":
+            import jax
+
+            state = (
+                [v.value for v in layer.trainable_variables],
+                [v.value for v in layer.non_trainable_variables],
+            )
+            step = jax.jit(
+                lambda t, n, x, layer=layer: layer.stateless_call(
+                    t, n, x, training=True
+                )[0]
+            )
+            functions[name] = (lambda x, s=step, st=state: s(*st, x), 3)
+        else:
+            import tensorflow as tf
+
+            functions[name] = (
+                tf.function(
+                    lambda x, layer=layer: layer(x, training=True),
+                    jit_compile=True,
+                ),
+                3,
+            )
+    if backend == "jax":
+        import jax
+
+        functions["copy"] = (jax.jit(lambda x: x + 1.0), 2)
+        block = jax.block_until_ready
+    else:
+        import tensorflow as tf
+
+        functions["copy"] = (tf.function(lambda x: x + 1.0, jit_compile=True), 2)
+        block = keras.ops.convert_to_numpy
+    results = {name: [] for name in functions}
+    for function, _ in functions.values():  # compile
+        block(function(x))
+    for _ in range(rounds):
+        for name, (function, passes) in functions.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                y = function(x)
+            block(y)
+            seconds = (time.perf_counter() - start) / repeats
+            results[name].append(passes * nbytes / seconds / 1e9)
+    return results
+
+
 def fit_ratios(model_name, jit_compile, rounds):
     """One epoch of `fit` whose last batch is partial, over Keras BN's.
 
@@ -319,6 +389,10 @@ def main(argv=None):
                         help="skip the BatchNormMonitor measurement")
     parser.add_argument("--no-fit", action="store_true",
                         help="skip the fit-with-a-partial-batch measurement")
+    parser.add_argument("--bandwidth", default="64,32,32,64",
+                        help="input shape (comma-separated) of the memory-"
+                        "bandwidth measurement, or 'off' (default 64,32,32,64;"
+                        " use a larger one on a GPU, e.g. 256,56,56,256)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated variant names")
     args = parser.parse_args(argv)
@@ -362,6 +436,18 @@ def main(argv=None):
                     )
                 )
             sys.stdout.flush()
+    if args.bandwidth != "off":
+        shape = tuple(int(d) for d in args.bandwidth.split(","))
+        rates = bandwidth(shape, args.rounds)
+        copy = statistics.median(rates["copy"])
+        print(
+            f"\nBN training forward pass, input {shape}: achieved memory "
+            "bandwidth (3 passes over the input), GB/s, and share of the "
+            f"copy bandwidth ({copy:.1f} GB/s, x + 1)"
+        )
+        for name in ("keras BN", "bn_keras plain"):
+            median = statistics.median(rates[name])
+            print(f"{name:<16}{median:8.1f} GB/s  {median / copy:.2f} of copy")
     if not args.no_fold:
         speedups = fold_speedup(args.rounds)
         print("\nfold_batchnorm, conv model, predict_on_batch: unfolded / folded")
