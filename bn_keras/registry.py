@@ -56,6 +56,9 @@ PLACEMENT_ALIASES = {
     "none": "layer-act",
 }
 
+#: Tuner names that `bn_keras.tuner.get_tuner` knows.
+TUNERS = ("random", "grid", "hyperband", "bayesian")
+
 #: Normalization names and the layer class each one builds.
 NORMALIZATIONS = {
     "batch": BatchNormalization,

@@ -22,7 +22,6 @@ from bn_keras.cli.common import new_session_dir
 from bn_keras.cli.common import parse_names
 from bn_keras.cli.common import quiet_tensorflow_warnings
 
-TUNERS = ("random", "grid", "hyperband", "bayesian")
 HYPERMODELS = ("placement", "mlp", "cnn")
 DEFAULT_TRIALS = 10
 DEFAULT_EPOCHS = 10
@@ -105,7 +104,7 @@ def add_parser(subparsers):
     )
     tuning = parser.add_argument_group("tuner")
     tuning.add_argument(
-        "--tuner", choices=TUNERS, default="random", help="(default: random)"
+        "--tuner", choices=registry.TUNERS, default="random", help="(default: random)"
     )
     tuning.add_argument(
         "--trials",
@@ -157,29 +156,13 @@ def add_parser(subparsers):
 
 
 def _tuner_class(name):
-    """The tuner class of a `--tuner` name.
+    """The tuner class of a `--tuner` name."""
+    from bn_keras.tuner import get_tuner
 
-    The one place outside `bn_keras.tuner` that imports keras-tuner:
-    `bn_keras.tuner` offers hypermodels, the report and a grid search, but
-    no random, Hyperband or Bayesian tuner of its own.
-    """
-    import keras_tuner
-
-    from bn_keras.tuner import ResumableGridSearch
-
-    if name == "bayesian":
-        try:
-            import scipy  # noqa: F401
-        except ImportError:
-            raise UsageError(
-                "--tuner bayesian needs scipy: pip install 'bn-keras[bayesian]'"
-            ) from None
-    return {
-        "random": keras_tuner.RandomSearch,
-        "grid": ResumableGridSearch,
-        "hyperband": keras_tuner.Hyperband,
-        "bayesian": keras_tuner.BayesianOptimization,
-    }[name]
+    try:
+        return get_tuner(name)
+    except ImportError as error:
+        raise UsageError(f"--tuner {name}: {error}") from None
 
 
 def _objective(task):

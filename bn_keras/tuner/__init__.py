@@ -14,6 +14,8 @@ Everything in bn-keras that imports `keras_tuner` lives in this package:
 - `placement_report(tuner)`: the completed trials and their choices.
 - `ResumableGridSearch`: `keras_tuner.GridSearch` that resumes after an
   interruption (keras-tuner 1.4.8's does not: keras-team/keras-tuner#1055).
+- `get_tuner(name)`: the tuner class behind `"random"`, `"grid"`,
+  `"hyperband"` or `"bayesian"`.
 """
 
 from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
@@ -21,6 +23,7 @@ from bn_keras.tuner.bn_hypermodel import BNHyperModel
 from bn_keras.tuner.bn_placement_hypermodel import BNPlacementHyperModel
 from bn_keras.tuner.bn_search_cnn import BNSearchCNN
 from bn_keras.tuner.bn_search_mlp import BNSearchMLP
+from bn_keras.tuner.get_tuner import get_tuner
 from bn_keras.tuner.placement_report import placement_report
 from bn_keras.tuner.resumable_grid_search import ResumableGridSearch
 
@@ -31,5 +34,6 @@ __all__ = [
     "BNSearchMLP",
     "ResumableGridSearch",
     "bn_hyperparameters",
+    "get_tuner",
     "placement_report",
 ]

@@ -16,6 +16,7 @@ MODULES = [
     "bn_keras.tuner.bn_placement_hypermodel",
     "bn_keras.tuner.bn_search_mlp",
     "bn_keras.tuner.bn_search_cnn",
+    "bn_keras.tuner.get_tuner",
 ]
 
 

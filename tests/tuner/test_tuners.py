@@ -315,3 +315,19 @@ def test_a_tensorboard_subclass_lands_there_too_per_execution(tmp_path):
     ]
     for execution in ["execution0", "execution1"]:
         _check_trial_folder(tuner, trial, log_dir / trial_id / execution)
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [("random", keras_tuner.RandomSearch),
+     ("grid", bn_keras.tuner.ResumableGridSearch),
+     ("hyperband", keras_tuner.Hyperband),
+     ("bayesian", keras_tuner.BayesianOptimization)],
+)
+def test_get_tuner(name, expected):
+    assert bn_keras.tuner.get_tuner(name) is expected
+
+
+def test_get_tuner_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match=r"Received: name='annealing'"):
+        bn_keras.tuner.get_tuner("annealing")
