@@ -25,6 +25,18 @@ _FUSED_MIN_EPSILON = 1.001e-5
 _SLICED_GHOST_SIZE = 2**16
 
 
+def _ghost_count(batch, size):
+    """How many ghost batches of `size` a batch of `batch` samples makes.
+
+    Consecutive chunks of `size`; a last chunk of one sample joins the chunk
+    before it: `G = max(1, (B - 2) // size + 1)`. `batch` is an integer or a
+    scalar tensor.
+    """
+    if isinstance(batch, int):
+        return max(1, (batch - 2) // size + 1)
+    return ops.maximum((batch - 2) // size + 1, 1)
+
+
 def _in_xla_context():
     """Whether TensorFlow is tracing for XLA (`jit_compile=True`).
 
@@ -479,7 +491,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return 1
         if batch is None:
             return None
-        num_ghosts = max(1, (batch - 2) // size + 1)
+        num_ghosts = _ghost_count(batch, size)
         if num_ghosts == 1 or batch == num_ghosts * size:
             return num_ghosts
         return None
@@ -730,21 +742,19 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return tf.concat(y, 0), *pooled(tf.stack(means), tf.stack(variances))
 
         def pooled(means, variances):  # of equal-size ghosts, (G, C)
-            pooled_mean = tf.reduce_mean(means, axis=0)
-            pooled_variance = tf.reduce_mean(variances, axis=0) + tf.reduce_mean(
-                tf.square(means - pooled_mean), axis=0
-            )
-            return pooled_mean, pooled_variance
+            # Equal counts: a count of 1 each weighs them alike, and makes
+            # each variance its sum of squares.
+            return self._pooled(means, variances, tf.ones_like(means))
 
-        static_batch = x.shape[0]
-        if static_batch is not None:
-            if static_batch <= size + 1:  # a single ghost batch
-                return self._fused_renormed(x, gamma, beta)
-            if static_batch % size:
+        if x.shape[0] is not None:
+            groups = self._num_groups(x, True)
+            if groups is None:  # unequal ghost batches
                 return self._general_ghosts(x)
-            # Equal ghost batches; small ones of a known size took the
-            # general path instead (see `_fusable`).
-            return sliced(static_batch // size)
+            if groups == 1:
+                return self._fused_renormed(x, gamma, beta)
+            # Small equal ghost batches of a known size took the general
+            # path instead (see `_fusable`).
+            return sliced(groups)
         # An empty batch (a replica's share of a partial last batch under a
         # distribution strategy) has no ghost batches to chunk.
         return tf.cond(
@@ -831,11 +841,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         )
         variance = squares / nonzero_counts
         if groups == 1 and not self.synchronized:
-            pooled_mean, pooled_variance = mean[0], variance[0]
-        else:
-            pooled_mean, pooled_variance = self._pooled(
-                mean, squares, counts
-            )
+            # One group on one replica: its statistics are the batch's.
+            return mean, variance, mean[0], variance[0]
+        pooled_mean, pooled_variance = self._pooled(mean, squares, counts)
         if self.virtual_batch_size is None:  # normalized as one group
             return (
                 ops.expand_dims(pooled_mean, 0),
@@ -870,12 +878,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         dtype = x.dtype
         size = self.virtual_batch_size
         batch = ops.shape(x)[0]
-        # Consecutive chunks of `size`; a last chunk of one sample joins the
-        # chunk before it: G = max(1, (B - 2) // size + 1).
-        if isinstance(batch, int):
-            num_ghosts = max(1, (batch - 2) // size + 1)
-        else:
-            num_ghosts = ops.maximum((batch - 2) // size + 1, 1)
+        num_ghosts = _ghost_count(batch, size)
         ghost_ids = ops.minimum(ops.arange(batch) // size, num_ghosts - 1)
         assign = ops.cast(
             ops.equal(
