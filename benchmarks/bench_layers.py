@@ -103,53 +103,78 @@ def compiled_model(model_name, variant, jit_compile):
     return model
 
 
-def make_data(model_name, seed=0):
+def make_data(model_name, seed=0, extra=0):
+    """`steps` batches of generated data, plus `extra` samples."""
     input_shape, batch_size, steps = MODELS[model_name]
     rng = np.random.default_rng(seed)
-    n = batch_size * steps
+    n = batch_size * steps + extra
     x = rng.normal(size=(n, *input_shape)).astype("float32")
     y = rng.integers(0, 10, size=(n,))
     return x, y
+
+
+def interleaved(tasks, rounds):
+    """Times each task (a callable) once per round, round-robin.
+
+    Each task runs once first, untimed (tracing, compiling). Returns
+    `{name: [seconds, one per round]}`.
+    """
+    for task in tasks.values():
+        task()
+    times = {name: [] for name in tasks}
+    for _ in range(rounds):
+        for name, task in tasks.items():
+            start = time.perf_counter()
+            task()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratios(times, name, base):
+    """Per-round ratios of `name`'s times to `base`'s."""
+    return [t / b for t, b in zip(times[name], times[base])]
 
 
 def time_variants(model_name, variants, jit_compile, rounds):
     """Returns {variant: [seconds per step, one per round]}."""
     x, y = make_data(model_name)
     _, batch_size, steps = MODELS[model_name]
-    models = {}
     batches = [
         (x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
         for i in range(steps)
     ]
-    for name in variants:
-        model = compiled_model(model_name, name, jit_compile)
-        # Warm up: trace and compile, then one pass over the batches.
-        for xb, yb in batches:
-            model.train_on_batch(xb, yb)
-        models[name] = model
-    # train_on_batch times the training step itself, without fit's
-    # per-epoch set-up (iterators, callbacks), which is the same for all.
-    times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
+
+    def steps_of(model):
+        def run():
             for xb, yb in batches:
                 model.train_on_batch(xb, yb)
-            times[name].append((time.perf_counter() - start) / steps)
-    return times
+
+        return run
+
+    # train_on_batch times the training step itself, without fit's
+    # per-epoch set-up (iterators, callbacks), which is the same for all.
+    times = interleaved(
+        {
+            name: steps_of(compiled_model(model_name, name, jit_compile))
+            for name in variants
+        },
+        rounds,
+    )
+    return {name: [t / steps for t in per_round]
+            for name, per_round in times.items()}
 
 
 def summarize(times):
     """Ratios of each variant to its baseline: (median, min, max) per round."""
     rows = {}
-    for name, per_round in times.items():
+    for name, seconds in times.items():
         base = VARIANTS[name][1]
-        ratios = [t / b for t, b in zip(per_round, times[base])]
+        to_base = ratios(times, name, base)
         rows[name] = {
-            "ms": 1000 * statistics.median(per_round),
-            "ratio": statistics.median(ratios),
-            "min": min(ratios),
-            "max": max(ratios),
+            "ms": 1000 * statistics.median(seconds),
+            "ratio": statistics.median(to_base),
+            "min": min(to_base),
+            "max": max(to_base),
             "baseline": base,
         }
     return rows
@@ -189,60 +214,58 @@ def bandwidth(shape, rounds, repeats=20):
     "bn_keras plain" (compiled with `jax.jit` on JAX, `tf.function` with XLA
     on TensorFlow).
     """
-    backend = keras.backend.backend()
     x = keras.ops.convert_to_tensor(
         np.random.default_rng(0).normal(size=shape).astype("float32")
     )
     nbytes = 4 * int(np.prod(shape))
-    functions = {}
-    for name in ("keras BN", "bn_keras plain"):
-        layer = VARIANTS[name][0]()
-        layer.build(shape)
-        if backend == "jax":
-            import jax
+    if keras.backend.backend() == "jax":
+        import jax
 
+        compile_, block = jax.jit, jax.block_until_ready
+
+        def training_call(layer):
             state = (
                 [v.value for v in layer.trainable_variables],
                 [v.value for v in layer.non_trainable_variables],
             )
-            step = jax.jit(
-                lambda t, n, x, layer=layer: layer.stateless_call(
-                    t, n, x, training=True
-                )[0]
+            step = compile_(
+                lambda t, n, x: layer.stateless_call(t, n, x, training=True)[0]
             )
-            functions[name] = (lambda x, s=step, st=state: s(*st, x), 3)
-        else:
-            import tensorflow as tf
-
-            functions[name] = (
-                tf.function(
-                    lambda x, layer=layer: layer(x, training=True),
-                    jit_compile=True,
-                ),
-                3,
-            )
-    if backend == "jax":
-        import jax
-
-        functions["copy"] = (jax.jit(lambda x: x + 1.0), 2)
-        block = jax.block_until_ready
+            return lambda x: step(*state, x)
     else:
         import tensorflow as tf
 
-        functions["copy"] = (tf.function(lambda x: x + 1.0, jit_compile=True), 2)
         block = keras.ops.convert_to_numpy
-    results = {name: [] for name in functions}
-    for function, _ in functions.values():  # compile
-        block(function(x))
-    for _ in range(rounds):
-        for name, (function, passes) in functions.items():
-            start = time.perf_counter()
+
+        def compile_(function):
+            return tf.function(function, jit_compile=True)
+
+        def training_call(layer):
+            return compile_(lambda x: layer(x, training=True))
+
+    # name: (compiled function, passes over the input it makes)
+    functions = {"copy": (compile_(lambda x: x + 1.0), 2)}
+    for name in ("keras BN", "bn_keras plain"):
+        layer = VARIANTS[name][0]()
+        layer.build(shape)
+        functions[name] = (training_call(layer), 3)
+
+    def repeated(function):
+        def run():
             for _ in range(repeats):
                 y = function(x)
             block(y)
-            seconds = (time.perf_counter() - start) / repeats
-            results[name].append(passes * nbytes / seconds / 1e9)
-    return results
+
+        return run
+
+    times = interleaved(
+        {name: repeated(function) for name, (function, _) in functions.items()},
+        rounds,
+    )
+    return {
+        name: [passes * nbytes * repeats / t / 1e9 for t in times[name]]
+        for name, (_, passes) in functions.items()
+    }
 
 
 def fit_ratios(model_name, jit_compile, rounds):
@@ -253,27 +276,21 @@ def fit_ratios(model_name, jit_compile, rounds):
     its ghost-batch layout at run time. Returns `{variant: [ratio per
     round]}` for our plain and ghost layers.
     """
-    input_shape, batch_size, steps = MODELS[model_name]
-    rng = np.random.default_rng(0)
-    n = batch_size * steps + batch_size // 3
-    x = rng.normal(size=(n, *input_shape)).astype("float32")
-    y = rng.integers(0, 10, size=(n,))
+    _, batch_size, _ = MODELS[model_name]
+    x, y = make_data(model_name, extra=batch_size // 3)
     names = ["keras BN", "bn_keras plain", "bn_keras ghost m=32"]
-    models = {}
-    for name in names:
-        model = compiled_model(model_name, name, jit_compile)
-        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)  # warm up
-        models[name] = model
-    times = {name: [] for name in names}
-    for _ in range(rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
-            times[name].append(time.perf_counter() - start)
-    return {
-        name: [t / k for t, k in zip(times[name], times["keras BN"])]
-        for name in names[1:]
-    }
+
+    def epoch_of(model):
+        return lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+
+    times = interleaved(
+        {
+            name: epoch_of(compiled_model(model_name, name, jit_compile))
+            for name in names
+        },
+        rounds,
+    )
+    return {name: ratios(times, name, "keras BN") for name in names[1:]}
 
 
 def fold_speedup(rounds):
@@ -293,18 +310,19 @@ def fold_speedup(rounds):
         model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
         models[name] = model
         models[name + " folded"] = bn_keras.fold_batchnorm(model)
-    for model in models.values():  # warm up: trace and compile
-        for xb in batches:
-            model.predict_on_batch(xb)
-    times = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
+
+    def predictions_of(model):
+        def run():
             for xb in batches:
                 model.predict_on_batch(xb)
-            times[name].append(time.perf_counter() - start)
+
+        return run
+
+    times = interleaved(
+        {name: predictions_of(model) for name, model in models.items()}, rounds
+    )
     return {
-        name: [u / f for u, f in zip(times[name], times[name + " folded"])]
+        name: ratios(times, name, name + " folded")
         for name in ("keras BN", "bn_keras plain")
     }
 
@@ -349,24 +367,20 @@ def step_targets(model_name, jit_compile, times):
     """The issue's step-time targets for one model and jit setting."""
     rows = []
     jit = ", jit" if jit_compile else ""
-
-    def ratios(name):
-        base = VARIANTS[name][1]
-        return [t / b for t, b in zip(times[name], times[base])]
-
-    names = {
-        "bn_keras plain": "plain",
-        "bn_keras ghost m=32": "ghost m=32",
-        "bn_keras renorm": "renorm (vs Keras renorm)",
+    # variant: (label, bound on the conv model without XLA)
+    variants = {
+        "bn_keras plain": ("plain", 0.80),
+        "bn_keras ghost m=32": ("ghost m=32", 0.85),
+        "bn_keras renorm": ("renorm (vs Keras renorm)", 0.85),
     }
-    for name, label in names.items():
+    for name, (label, conv_bound) in variants.items():
         if name not in times:
             continue
-        if model_name == "conv" and not jit_compile:
-            bound = {"plain": 0.80}.get(label, 0.85)
-        else:
-            bound = 1.02
-        rows.append((f"{model_name}{jit}: {label}", ratios(name), bound, True))
+        bound = conv_bound if model_name == "conv" and not jit_compile else 1.02
+        rows.append(
+            (f"{model_name}{jit}: {label}",
+             ratios(times, name, VARIANTS[name][1]), bound, True)
+        )
     if model_name == "conv" and not jit_compile and "bn_keras plain" in times:
         rows.append(
             ("conv: plain, BN overhead vs Keras's", bn_overhead_ratios(times),

@@ -50,6 +50,7 @@ def test_report_prints_each_target_with_pass_or_miss(capsys):
     assert f"backend {keras.backend.backend()}" in out
 
 
-def test_unknown_variant_is_refused():
+def test_unknown_variant_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench_layers.main(["--variants", "nope"])
+    assert "unknown variants ['nope']" in capsys.readouterr().err
