@@ -2,7 +2,6 @@
 
 import itertools
 import math
-import numbers
 import os
 import re
 import socket
@@ -23,6 +22,8 @@ from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from bn_keras._validation import check_bool
+from bn_keras._validation import is_integer
 from bn_keras.models.find_batchnorm import find_batchnorm
 from bn_keras.models.recalibrate import _channels_last_2d
 from bn_keras.models.recalibrate import _is_array_like
@@ -463,23 +464,14 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 f"os.PathLike). Received: log_dir={log_dir!r}"
             )
         if update_freq != "epoch" and (
-            isinstance(update_freq, bool)
-            or not isinstance(update_freq, numbers.Integral)
-            or update_freq < 1
+            not is_integer(update_freq) or update_freq < 1
         ):
             raise ValueError(
                 "Argument `update_freq` must be 'epoch' or a positive integer "
                 f"(a number of batches). Received: update_freq={update_freq!r}"
             )
-        for name, value in (
-            ("histograms", histograms),
-            ("stop_on_nonfinite", stop_on_nonfinite),
-        ):
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(
-                    f"Argument `{name}` must be a boolean. "
-                    f"Received: {name}={value!r}"
-                )
+        histograms = check_bool("histograms", histograms)
+        stop_on_nonfinite = check_bool("stop_on_nonfinite", stop_on_nonfinite)
         if probe_data is not None and not _is_array_like(
             _model_inputs(probe_data)
         ):

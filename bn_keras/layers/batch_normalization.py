@@ -2,12 +2,16 @@
 schedules and a guard against non-finite batches."""
 
 import math
-import numbers
 
 import keras
 import numpy as np
 from keras import ops
 
+from bn_keras._validation import check_bool
+from bn_keras._validation import check_fraction
+from bn_keras._validation import check_positive_int
+from bn_keras._validation import is_integer
+from bn_keras._validation import is_number
 from bn_keras.layers.renorm_clipping import RenormClipping
 
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
@@ -59,20 +63,6 @@ def _in_xla_context():
         return True
 
 
-def _check_fraction(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"Argument `{name}` must be a float in [0, 1). "
-            f"Received: {name}={value!r}"
-        )
-    if not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"Argument `{name}` must be a float in [0, 1). "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
-
-
 def _check_clipping_dict(renorm_clipping):
     unknown = sorted(set(renorm_clipping) - set(_CLIPPING_KEYS))
     if unknown:
@@ -86,7 +76,7 @@ def _check_clipping_dict(renorm_clipping):
     for key, value in renorm_clipping.items():
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not is_number(value):
             raise TypeError(
                 f"`renorm_clipping['{key}']` must be a number. "
                 f"Received: renorm_clipping={renorm_clipping}"
@@ -263,40 +253,28 @@ class BatchNormalization(keras.layers.BatchNormalization):
         fused=None,
         **kwargs,
     ):
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        if not is_integer(axis):
             raise TypeError(
                 "Argument `axis` must be an integer (the features axis). "
                 f"Received: axis={axis!r}"
             )
-        momentum = _check_fraction("momentum", momentum)
-        renorm_momentum = _check_fraction("renorm_momentum", renorm_momentum)
-        if (
-            isinstance(epsilon, bool)
-            or not isinstance(epsilon, numbers.Real)
-            or not epsilon > 0
-        ):
+        momentum = check_fraction("momentum", momentum)
+        renorm_momentum = check_fraction("renorm_momentum", renorm_momentum)
+        if not is_number(epsilon) or not epsilon > 0:
             raise ValueError(
                 "Argument `epsilon` must be a positive float. "
                 f"Received: epsilon={epsilon!r}"
             )
-        if virtual_batch_size is not None:
-            if (
-                isinstance(virtual_batch_size, bool)
-                or not isinstance(virtual_batch_size, numbers.Integral)
-                or virtual_batch_size < 1
-            ):
-                raise ValueError(
-                    "Argument `virtual_batch_size` must be a positive integer "
-                    f"or None. Received: virtual_batch_size={virtual_batch_size!r}"
-                )
-            if axis == 0:
-                raise ValueError(
-                    "Argument `virtual_batch_size` splits the batch axis into "
-                    "ghost batches, so `axis` (the features axis) cannot be "
-                    f"0. Received: axis={axis}, "
-                    f"virtual_batch_size={virtual_batch_size}"
-                )
-            virtual_batch_size = int(virtual_batch_size)
+        virtual_batch_size = check_positive_int(
+            "virtual_batch_size", virtual_batch_size, allow_none=True
+        )
+        if virtual_batch_size is not None and axis == 0:
+            raise ValueError(
+                "Argument `virtual_batch_size` splits the batch axis into "
+                "ghost batches, so `axis` (the features axis) cannot be "
+                f"0. Received: axis={axis}, "
+                f"virtual_batch_size={virtual_batch_size}"
+            )
         if synchronized and keras.backend.backend() != "tensorflow":
             raise ValueError(
                 "Argument `synchronized=True` needs the TensorFlow backend "
@@ -304,11 +282,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 f"'{keras.backend.backend()}'. "
                 f"Received: synchronized={synchronized}"
             )
-        if not isinstance(skip_nonfinite, (bool, np.bool_)):
-            raise TypeError(
-                "Argument `skip_nonfinite` must be a boolean. "
-                f"Received: skip_nonfinite={skip_nonfinite!r}"
-            )
+        skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
         if fused not in (None, True, False):
             raise ValueError(
                 "Argument `fused` must be None (use the fused kernel where it "

@@ -5,30 +5,10 @@ import numbers
 import keras
 from keras import ops
 
-
-def _check_number(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"Argument `{name}` must be a number. Received: {name}={value!r}"
-        )
-    if not value >= minimum:
-        raise ValueError(
-            f"Argument `{name}` must be at least {minimum}. "
-            f"Received: {name}={value!r}"
-        )
+from bn_keras._validation import check_nonnegative_int
+from bn_keras._validation import check_number
 
 
-def _check_steps(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"Argument `{name}` must be a non-negative integer number of "
-            f"steps. Received: {name}={value!r}"
-        )
-    if value < 0:
-        raise ValueError(
-            f"Argument `{name}` must be a non-negative integer number of "
-            f"steps. Received: {name}={value!r}"
-        )
 
 
 @keras.saving.register_keras_serializable(package="bn_keras")
@@ -89,14 +69,14 @@ class RenormClipping:
         rmax_steps=40000,
         dmax_steps=25000,
     ):
-        _check_number("rmax", rmax, 1.0)
-        _check_number("dmax", dmax, 0.0)
+        check_number("rmax", rmax, 1.0)
+        check_number("dmax", dmax, 0.0)
         for name, value in (
             ("warmup_steps", warmup_steps),
             ("rmax_steps", rmax_steps),
             ("dmax_steps", dmax_steps),
         ):
-            _check_steps(name, value)
+            check_nonnegative_int(name, value, "integer number of steps")
         for name, value in (("rmax_steps", rmax_steps), ("dmax_steps", dmax_steps)):
             if value < warmup_steps:
                 raise ValueError(

@@ -5,6 +5,7 @@ import logging
 import keras
 import numpy as np
 
+from bn_keras._validation import check_bool
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.models.insert_batchnorm import _copy_layer
 from bn_keras.models.insert_batchnorm import _LayerGraph
@@ -240,11 +241,7 @@ def fold_batchnorm(model, return_report=False):
     >>> report["folded"]
     [{'layer': 'dense', 'batchnorm': 'bn'}]
     """
-    if not isinstance(return_report, bool):
-        raise TypeError(
-            "Argument `return_report` must be a boolean. "
-            f"Received: return_report={return_report!r}"
-        )
+    return_report = check_bool("return_report", return_report)
     report = {"folded": [], "kept": []}
     folded = _fold(model, "", report)
     for entry in report["folded"]:

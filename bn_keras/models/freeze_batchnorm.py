@@ -1,5 +1,6 @@
 """Put the batch normalization layers of a model in inference mode."""
 
+from bn_keras._validation import check_bool
 from bn_keras.models.find_batchnorm import find_batchnorm
 
 
@@ -43,10 +44,7 @@ def freeze_batchnorm(model, frozen=True):
     >>> model.layers[0].trainable
     True
     """
-    if not isinstance(frozen, bool):
-        raise TypeError(
-            f"Argument `frozen` must be a boolean. Received: frozen={frozen!r}"
-        )
+    frozen = check_bool("frozen", frozen)
     layers = find_batchnorm(model)
     for layer in layers:
         layer.trainable = not frozen

@@ -9,6 +9,7 @@ import logging
 import keras
 
 from bn_keras import registry
+from bn_keras._validation import check_bool
 
 logger = logging.getLogger("bn_keras")
 
@@ -582,11 +583,7 @@ def insert_batchnorm(
     order = registry.placement_order(placement)
     registry.get_normalization(normalization)  # a bad value fails here
     kind = _model_kind(model, "insert_batchnorm")
-    if not isinstance(input_batchnorm, bool):
-        raise TypeError(
-            "Argument `input_batchnorm` must be a boolean. "
-            f"Received: input_batchnorm={input_batchnorm!r}"
-        )
+    input_batchnorm = check_bool("input_batchnorm", input_batchnorm)
     select = _select(model, layers)
 
     def make_bn(axis, name):

@@ -2,12 +2,12 @@
 model (precise BN)."""
 
 import contextlib
-import numbers
 import warnings
 
 import keras
 import numpy as np
 
+from bn_keras._validation import check_positive_int
 from bn_keras.models.find_batchnorm import find_batchnorm
 
 _DEFAULT_BATCH_SIZE = 32
@@ -125,15 +125,7 @@ def _batch_source(data, batch_size):
     themselves (such as a `tf.data.Dataset` with shuffling): each pass then
     sees the batches the source gives it.
     """
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise ValueError(
-            "Argument `batch_size` must be a positive integer or None. "
-            f"Received: batch_size={batch_size!r}"
-        )
+    check_positive_int("batch_size", batch_size, allow_none=True)
     if _is_array_like(_model_inputs(data)):
         x = _model_inputs(data)
         size = batch_size or _DEFAULT_BATCH_SIZE
@@ -192,16 +184,7 @@ def _batch_source(data, batch_size):
 
 
 def _check_steps(steps):
-    if (
-        isinstance(steps, bool)
-        or not isinstance(steps, numbers.Integral)
-        or steps < 1
-    ):
-        raise ValueError(
-            "Argument `steps` must be a positive integer. "
-            f"Received: steps={steps!r}"
-        )
-    return int(steps)
+    return check_positive_int("steps", steps)
 
 
 def _assign_statistics(layer, mean, variance):

@@ -6,6 +6,7 @@ import keras
 import keras_tuner
 
 from bn_keras import registry
+from bn_keras._validation import check_bool
 from bn_keras.models.insert_batchnorm import DENSE_CONV_LAYERS
 from bn_keras.models.insert_batchnorm import insert_batchnorm
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
@@ -221,12 +222,7 @@ class BNPlacementHyperModel(BNHyperModel):
                 + (" (returned by the function)" if self._model_fn else "")
             )
         self._template = None if self._model_fn else template
-        if not isinstance(per_layer, bool):
-            raise TypeError(
-                "Argument `per_layer` must be a boolean. "
-                f"Received: per_layer={per_layer!r}"
-            )
-        self.per_layer = per_layer
+        self.per_layer = check_bool("per_layer", per_layer)
         self.placements = canonical_placements(placements)
         self.choices = dict(choices)
         values = (
