@@ -25,11 +25,11 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from bn_keras._validation import check_bool
 from bn_keras._validation import is_integer
 from bn_keras.models.find_batchnorm import find_batchnorm
-from bn_keras.models.recalibrate import _channels_last_2d
-from bn_keras.models.recalibrate import _is_array_like
-from bn_keras.models.recalibrate import _model_inputs
-from bn_keras.models.recalibrate import _PooledMoments
-from bn_keras.models.recalibrate import _record_inputs
+from bn_keras.models._tracing import channels_last_2d
+from bn_keras.models._tracing import is_array_like
+from bn_keras.models._tracing import model_inputs
+from bn_keras.models._tracing import PooledMoments
+from bn_keras.models._tracing import record_inputs
 
 RUN_NAME = "batchnorm"
 DEAD_GAMMA = 1e-3
@@ -226,7 +226,7 @@ def _ghost_moments(layer, inputs, mask):
     """Batch statistics of the layer's inputs, per ghost batch if it has
     them: arrays of shape `(G, C)`, the ghost batches as the layer forms
     them (consecutive chunks, a last chunk of one sample merged)."""
-    rows, weights = _channels_last_2d(layer, inputs, mask)
+    rows, weights = channels_last_2d(layer, inputs, mask)
     batch = int(inputs.shape[0])
     size = getattr(layer, "virtual_batch_size", None)
     if size is None:
@@ -237,7 +237,7 @@ def _ghost_moments(layer, inputs, mask):
     ghost_of_row = np.repeat(ghost_of_sample, rows.shape[0] // batch)
     means, variances = [], []
     for ghost in range(ghost_of_sample.max() + 1):
-        pooled = _PooledMoments()
+        pooled = PooledMoments()
         selected = ghost_of_row == ghost
         pooled.add(
             rows[selected], None if weights is None else weights[selected]
@@ -472,8 +472,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
             )
         histograms = check_bool("histograms", histograms)
         stop_on_nonfinite = check_bool("stop_on_nonfinite", stop_on_nonfinite)
-        if probe_data is not None and not _is_array_like(
-            _model_inputs(probe_data)
+        if probe_data is not None and not is_array_like(
+            model_inputs(probe_data)
         ):
             raise TypeError(
                 "Argument `probe_data` must be one batch of model inputs: an "
@@ -731,8 +731,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
 
     def _probe(self):
         """Probe-batch figures per layer, moving statistics left unchanged."""
-        x = _model_inputs(self.probe_data)
-        with _record_inputs(self._layers) as calls:
+        x = model_inputs(self.probe_data)
+        with record_inputs(self._layers) as calls:
             self.model(x, training=False)
         first = {}
         for layer, inputs, mask in calls:
@@ -751,8 +751,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 ):
                     variable.assign(value.astype(variable.dtype))
             y_moving = layer(inputs, training=False, mask=mask)
-            batch_rows, weights = _channels_last_2d(layer, y_batch, mask)
-            moving_rows, _ = _channels_last_2d(layer, y_moving, mask)
+            batch_rows, weights = channels_last_2d(layer, y_batch, mask)
+            moving_rows, _ = channels_last_2d(layer, y_moving, mask)
             rms = np.sqrt(
                 _weighted_mean(np.square(batch_rows - moving_rows), weights)
             )

@@ -2,8 +2,8 @@
 
 import keras
 
-from bn_keras.models.recalibrate import _batch_source
-from bn_keras.models.recalibrate import _check_steps
+from bn_keras.models._tracing import batch_source
+from bn_keras.models._tracing import check_steps
 from bn_keras.models.recalibrate import recalibrate
 
 _WHEN = ("train_end", "epoch_end")
@@ -59,8 +59,8 @@ class PreciseBN(keras.callbacks.Callback):
                 f"Argument `on` must be one of {list(_WHEN)}. "
                 f"Received: on={on!r}"
             )
-        self.steps = _check_steps(steps)
-        _batch_source(data, batch_size)  # validates `data` and `batch_size`
+        self.steps = check_steps(steps)
+        batch_source(data, batch_size)  # validates `data` and `batch_size`
         self.data = data
         self.on = on
         self.batch_size = batch_size

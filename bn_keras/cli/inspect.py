@@ -20,8 +20,8 @@ from bn_keras.models import find_batchnorm
 from bn_keras.models import fold_batchnorm
 
 # The graph reader that fold_batchnorm and insert_batchnorm share.
-from bn_keras.models.insert_batchnorm import _LayerGraph
-from bn_keras.models.insert_batchnorm import _model_kind
+from bn_keras.models._graph import LayerGraph
+from bn_keras.models._graph import model_kind
 
 #: |gamma| below this is a dead channel (as BatchNormMonitor counts them).
 DEAD_GAMMA = 1e-3
@@ -180,7 +180,7 @@ def _neighbour(graph, names, outside):
 def _walk(model, prefix, outer_before, outer_after, found):
     """Records `(path, bn, before, after)` for every BN in forward order."""
     try:
-        graph = _LayerGraph(model, _model_kind(model, "inspect"))
+        graph = LayerGraph(model, model_kind(model, "inspect"))
     except TypeError:
         return  # subclassed: find_batchnorm still lists its BN layers
     for layer in graph.layers:

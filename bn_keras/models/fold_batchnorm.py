@@ -7,11 +7,11 @@ import numpy as np
 
 from bn_keras._validation import check_bool
 from bn_keras.layers.bn_block import BNBlock
-from bn_keras.models.insert_batchnorm import _copy_layer
-from bn_keras.models.insert_batchnorm import _LayerGraph
-from bn_keras.models.insert_batchnorm import _model_kind
-from bn_keras.models.insert_batchnorm import _rebuild
-from bn_keras.models.insert_batchnorm import _Replacement
+from bn_keras.models._graph import LayerGraph
+from bn_keras.models._graph import Replacement
+from bn_keras.models._graph import copy_layer
+from bn_keras.models._graph import model_kind
+from bn_keras.models._graph import rebuild
 
 logger = logging.getLogger("bn_keras")
 
@@ -103,8 +103,8 @@ def _folded_weights(layer, bn):
 
 
 def _fold(model, prefix, report):
-    kind = _model_kind(model, "fold_batchnorm")
-    graph = _LayerGraph(model, kind)
+    kind = model_kind(model, "fold_batchnorm")
+    graph = LayerGraph(model, kind)
     into = {}  # producer layer name -> the BN folded into it
     folded = set()  # names of the BN layers that disappear
     for bn in graph.layers:
@@ -136,20 +136,20 @@ def _fold(model, prefix, report):
 
     def replace(layer):
         if layer.name in folded:
-            return _Replacement(None)
+            return Replacement(None)
         if layer.name in into:
             bn = into[layer.name]
-            return _Replacement(
-                _copy_layer(layer, use_bias=True), _folded_weights(layer, bn)
+            return Replacement(
+                copy_layer(layer, use_bias=True), _folded_weights(layer, bn)
             )
         if isinstance(layer, keras.Model):
-            return _Replacement(_fold(layer, f"{prefix}{layer.name}/", report))
+            return Replacement(_fold(layer, f"{prefix}{layer.name}/", report))
         block = _fold_block(layer, prefix, report)
         if block is not None:
             return block
-        return _Replacement(_copy_layer(layer), layer.get_weights())
+        return Replacement(copy_layer(layer), layer.get_weights())
 
-    return _rebuild(model, kind, replace)
+    return rebuild(model, kind, replace)
 
 
 def _fold_block(block, prefix, report):
@@ -176,7 +176,7 @@ def _fold_block(block, prefix, report):
         if block.activation is None
         else keras.activations.serialize(block.activation)
     )
-    layer = _copy_layer(
+    layer = copy_layer(
         block.layer, use_bias=True, activation=activation, name=block.name
     )
     report["folded"].append(
@@ -185,7 +185,7 @@ def _fold_block(block, prefix, report):
             "batchnorm": f"{prefix}{block.name}/{bn.name}",
         }
     )
-    return _Replacement(layer, _folded_weights(block.layer, bn))
+    return Replacement(layer, _folded_weights(block.layer, bn))
 
 
 def fold_batchnorm(model, return_report=False):

@@ -1,0 +1,348 @@
+"""The graph of layers of a Sequential or Functional model, and rebuilding it.
+
+Shared by `insert_batchnorm`, `fold_batchnorm`, the placement hypermodel
+and `bn-keras inspect`: which kind of model it is, which layer feeds which,
+the kinds of layers BN is placed around, and a rebuild that swaps each
+layer for a replacement while keeping weights.
+"""
+
+import keras
+
+#: The Dense and convolution layers that BN is inserted around by default.
+DENSE_CONV_LAYERS = (
+    keras.layers.Dense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+)
+
+#: Stand-alone activation layers (`layer-act-bn` puts BN after them).
+ACTIVATION_LAYERS = (
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.PReLU,
+    keras.layers.Softmax,
+)
+
+
+def model_kind(model, function_name):
+    """'sequential' or 'functional'; a clear error for anything else."""
+    if isinstance(model, keras.Sequential):
+        return "sequential"
+    if isinstance(model, keras.Model) and isinstance(model, keras.Function):
+        return "functional"
+    if isinstance(model, keras.Model):
+        raise TypeError(
+            f"`{function_name}` rewrites a model's graph of layers, and a "
+            "subclassed model has none to rewrite: its forward pass is the "
+            "Python code of its `call()` method, which bn_keras cannot read "
+            "or change. Add the layers in `call()` yourself (for example "
+            "with `bn_keras.layers.BNBlock`), or build the model with the "
+            "Sequential or Functional API. "
+            f"Received: model=<subclassed model {type(model).__name__} "
+            f"name={model.name}>"
+        )
+    raise TypeError(
+        f"`{function_name}` expects a Sequential or Functional "
+        f"`keras.Model`. Received: model={model!r}"
+    )
+
+
+def is_linear(layer):
+    activation = getattr(layer, "activation", None)
+    return activation is None or activation is keras.activations.linear
+
+
+def channel_axis(layer):
+    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+
+
+def copy_layer(layer, **changes):
+    """A new, unbuilt layer of the same class with `changes` to its config."""
+    config = layer.get_config()
+    config.update(changes)
+    try:
+        return type(layer).from_config(config)
+    except Exception as error:  # a custom layer without a usable config
+        raise TypeError(
+            f"Cannot copy layer '{layer.name}' ({type(layer).__name__}) from "
+            f"its config, which rebuilding the model needs: {error}. Give the "
+            "layer a `get_config()` that lists its constructor arguments. "
+            f"Received: layer={layer.name}"
+        ) from error
+
+
+def _set_weights(layer, weights):
+    if weights is not None and layer.built:
+        layer.set_weights(weights)
+
+
+def _history_refs(value):
+    """Layer names of the tensors referenced in a serialized node."""
+    refs = []
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            refs.append(value["config"]["keras_history"][0])
+        else:
+            for item in value.values():
+                refs.extend(_history_refs(item))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            refs.extend(_history_refs(item))
+    return refs
+
+
+def _output_refs(value):
+    """Layer names in a functional config's `output_layers` entry."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _output_refs(v)]
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    ):
+        return [value[0]]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _output_refs(v)]
+    return []
+
+
+class LayerGraph:
+    """Which layer feeds which, for a Sequential or Functional model.
+
+    Built from public information only (the layer list of a Sequential
+    model, the `inbound_nodes` of a Functional model's config). Attributes:
+
+    - `layers`: the model's layers, without its `InputLayer`s;
+    - `calls[name]`: how many times the layer is called in the model;
+    - `producers[name]`: names of the layers whose outputs it consumes, one
+      entry per tensor (model inputs are left out);
+    - `consumers[name]`: names of the layers that consume its outputs, one
+      entry per use;
+    - `outputs`: names of the layers that produce a model output, once per
+      output.
+    """
+
+    def __init__(self, model, kind):
+        self.layers = [
+            layer
+            for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer)
+        ]
+        names = [layer.name for layer in self.layers]
+        self.by_name = dict(zip(names, self.layers))
+        self.calls = {name: 1 for name in names}
+        self.producers = {name: [] for name in names}
+        self.consumers = {name: [] for name in names}
+        if kind == "sequential":
+            for before, after in zip(names, names[1:]):
+                self.producers[after].append(before)
+                self.consumers[before].append(after)
+            self.outputs = names[-1:]
+            return
+        config = model.get_config()
+        if not isinstance(config, dict) or "layers" not in config:
+            raise TypeError(
+                "This Functional model's `get_config()` does not describe "
+                "its layers, so its graph cannot be read. "
+                f"Received: model=<{type(model).__name__} name={model.name}>"
+            )
+        for entry in config["layers"]:
+            name = entry["name"]
+            if name not in self.by_name:
+                continue  # an input layer
+            nodes = entry.get("inbound_nodes", [])
+            self.calls[name] = len(nodes)
+            for node in nodes:
+                for ref in _history_refs(node):
+                    if ref in self.by_name:
+                        self.producers[name].append(ref)
+                        self.consumers[ref].append(name)
+        self.outputs = _output_refs(config.get("output_layers", []))
+
+    def single_path(self, producer, consumer):
+        """Whether `producer`'s output feeds `consumer` only, once each."""
+        return (
+            self.calls[producer] == 1
+            and self.calls[consumer] == 1
+            and self.consumers[producer] == [consumer]
+            and self.producers[consumer] == [producer]
+            and producer not in self.outputs
+        )
+
+
+def input_names(model, kind):
+    """Names of the model's input layers, in the order of `model.inputs`."""
+    tensors = list(model.inputs)
+    try:
+        config = model.get_config()
+        if kind == "sequential":
+            first = config["layers"][0]
+            names = (
+                [first["config"]["name"]]
+                if first["class_name"] == "InputLayer"
+                else []
+            )
+        else:
+            names = _output_refs(config["input_layers"])
+    except (KeyError, IndexError, TypeError, NotImplementedError):
+        # a model with a custom config: use the tensor names
+        names = []
+    if len(names) != len(tensors) or (
+        kind == "functional" and isinstance(model.input, dict)
+    ):
+        names = [tensor.name for tensor in tensors]
+    return names
+
+
+def unique_name(base, taken):
+    name, i = base, 1
+    while name in taken:
+        name = f"{base}_{i}"
+        i += 1
+    taken.add(name)
+    return name
+
+
+class Replacement:
+    """What one layer becomes in the rebuilt model.
+
+    `before` layers apply to the layer's first input, `main` is called like
+    the original layer (or is `None` to drop it: its first input passes
+    through), `after` layers apply to its output. `weights`, if not `None`,
+    are set on `main` once it is built. `make_extra` builds fresh `before`
+    and `after` layers, once per call of a shared layer.
+    """
+
+    def __init__(self, main, weights=None, make_extra=None):
+        self.main = main
+        self.weights = weights
+        self.make_extra = make_extra or (lambda: ((), ()))
+
+
+def rebuild(model, kind, replace, input_layers=None):
+    """A new model in which each layer is swapped for `replace(layer)`.
+
+    Args:
+        model: A Sequential or Functional model.
+        kind: `model_kind(model)`.
+        replace: Function from an original layer to a `Replacement`.
+        input_layers: Optional function from a model input's name to a
+            layer applied to that input (e.g. BN), or None.
+
+    Returns:
+        The new model, of the same kind, compiled as the old one if it was.
+    """
+    replacements = {}
+
+    def replacement(layer):
+        if id(layer) not in replacements:
+            replacements[id(layer)] = replace(layer)
+        return replacements[id(layer)]
+
+    if kind == "sequential":
+        inputs = []
+        if model.built and getattr(model, "inputs", None):
+            spec = model.inputs[0]
+            name = input_names(model, kind)[0]
+            inputs = [
+                keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=name)
+            ]
+            if input_layers is not None:
+                extra = input_layers(name, spec.dtype)
+                if extra is not None:
+                    inputs.append(extra)
+        new_layers = []
+        for i, layer in enumerate(model.layers):
+            step = replacement(layer)
+            before, after = step.make_extra()
+            if i == 0 and len(inputs) == 2:
+                before = ()  # the input is normalized already
+            main = [] if step.main is None else [step.main]
+            new_layers += [*before, *main, *after]
+        new_model = keras.Sequential(
+            inputs + new_layers, name=model.name, trainable=model.trainable
+        )
+        for step in replacements.values():
+            if step.main is not None:
+                _set_weights(step.main, step.weights)
+    else:
+        names = iter(input_names(model, kind))
+        new_inputs = keras.tree.map_structure(
+            lambda x: keras.Input(
+                batch_shape=x.shape, dtype=x.dtype, name=next(names)
+            ),
+            model.input,
+        )
+        input_map, weights_set = {}, set()
+        if input_layers is not None:
+            for name, tensor in zip(
+                input_names(model, kind), keras.tree.flatten(new_inputs)
+            ):
+                layer = input_layers(name, tensor.dtype)
+                if layer is not None:
+                    input_map[id(tensor)] = layer(tensor)
+
+        def call_function(layer, *args, **kwargs):
+            if input_map:
+                args, kwargs = keras.tree.map_structure(
+                    lambda t: input_map.get(id(t), t), (args, kwargs)
+                )
+            step = replacement(layer)
+            before, after = step.make_extra()
+            args = list(args)
+            if any(args[0] is t for t in input_map.values()):
+                before = ()  # the input is normalized already
+            for extra in before:
+                args[0] = extra(args[0])
+            if step.main is None:
+                outputs = args[0]
+            else:
+                outputs = step.main(*args, **kwargs)
+                if id(step.main) not in weights_set:
+                    _set_weights(step.main, step.weights)
+                    weights_set.add(id(step.main))
+            for extra in after:
+                outputs = extra(outputs)
+            return outputs
+
+        new_model = keras.models.clone_model(
+            model,
+            input_tensors=new_inputs,
+            clone_function=lambda layer: layer,
+            call_function=call_function,
+        )
+    if model.compiled and not new_model.compiled:
+        new_model.compile_from_config(model.get_compile_config())
+    return new_model
+
+
+def all_layers(model):
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(all_layers(layer))
+    return found
+
+
+def all_layer_names(model):
+    return {layer.name for layer in all_layers(model)}
+
+
+def contains_dense_conv(layer):
+    if isinstance(layer, DENSE_CONV_LAYERS):
+        return True
+    return any(
+        contains_dense_conv(sub) for sub in getattr(layer, "layers", [])
+    )
