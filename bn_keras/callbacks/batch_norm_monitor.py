@@ -1,7 +1,6 @@
 """TensorBoard monitoring of batch normalization layers during `fit`."""
 
 import itertools
-import math
 import os
 import re
 import socket
@@ -24,6 +23,10 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from bn_keras._validation import check_bool
 from bn_keras._validation import is_integer
+from bn_keras.layers._formulas import ghost_ids
+from bn_keras.layers._formulas import moving_average_input
+from bn_keras.layers._formulas import renorm_clipped
+from bn_keras.layers._formulas import renorm_ratios
 from bn_keras.models.find_batchnorm import find_batchnorm
 from bn_keras.models._tracing import channels_last_2d
 from bn_keras.models._tracing import is_array_like
@@ -204,36 +207,25 @@ def _clipped_fraction(
     """Fraction of r and d pairs that the bounds clip.
 
     `mean` and `stddev` are the batch (or per-ghost, shape `(G, C)`)
-    statistics, `renorm_*` the renorm statistics before the batch. The
-    formulas are Keras's: `r = stddev / renorm_stddev`,
-    `d = (mean - renorm_mean) / renorm_stddev`, with `renorm_stddev` floored
-    at `sqrt(epsilon)`.
+    statistics, `renorm_*` the renorm statistics before the batch; r and d
+    are the layer's (Keras's) formulas, computed in float64.
     """
-    denominator = np.maximum(renorm_stddev, math.sqrt(epsilon))
-    r = stddev / denominator
-    d = (mean - renorm_mean) / denominator
-    clipped = np.zeros(np.broadcast(r, d).shape, dtype=bool)
-    if "rmin" in bounds:
-        clipped |= r < bounds["rmin"]
-    if "rmax" in bounds:
-        clipped |= r > bounds["rmax"]
-    if "dmax" in bounds:
-        clipped |= np.abs(d) > bounds["dmax"]
-    return float(np.mean(clipped))
+    r, d = renorm_ratios(mean, stddev, renorm_mean, renorm_stddev, epsilon)
+    return float(np.mean(renorm_clipped(r, d, bounds)))
 
 
 def _ghost_moments(layer, inputs, mask):
     """Batch statistics of the layer's inputs, per ghost batch if it has
     them: arrays of shape `(G, C)`, the ghost batches as the layer forms
-    them (consecutive chunks, a last chunk of one sample merged)."""
+    them."""
     rows, weights = channels_last_2d(layer, inputs, mask)
     batch = int(inputs.shape[0])
     size = getattr(layer, "virtual_batch_size", None)
     if size is None:
         ghost_of_sample = np.zeros(batch, dtype=int)
     else:
-        num_ghosts = max(1, (batch - 2) // size + 1)
-        ghost_of_sample = np.minimum(np.arange(batch) // size, num_ghosts - 1)
+        ids, _ = ghost_ids(batch, size)
+        ghost_of_sample = keras.ops.convert_to_numpy(ids)
     ghost_of_row = np.repeat(ghost_of_sample, rows.shape[0] // batch)
     means, variances = [], []
     for ghost in range(ghost_of_sample.max() + 1):
@@ -707,13 +699,13 @@ class BatchNormMonitor(keras.callbacks.Callback):
         }
         if snapshot is not None and name in snapshot and layer.trainable:
             old_mean, old_stddev = snapshot[name]
-            # renorm_x = old * momentum + batch_x * (1 - momentum), undone.
+            # The batch's statistics, from the update they made.
             momentum = layer.renorm_momentum
-            batch_mean = (now["renorm_mean"] - momentum * old_mean) / (
-                1 - momentum
+            batch_mean = moving_average_input(
+                old_mean, now["renorm_mean"], momentum
             )
-            batch_stddev = (now["renorm_stddev"] - momentum * old_stddev) / (
-                1 - momentum
+            batch_stddev = moving_average_input(
+                old_stddev, now["renorm_stddev"], momentum
             )
             # The bounds of the last batch: the step before the current one.
             step = None

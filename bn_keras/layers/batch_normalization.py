@@ -12,6 +12,11 @@ from bn_keras._validation import check_fraction
 from bn_keras._validation import check_positive_int
 from bn_keras._validation import is_integer
 from bn_keras._validation import is_number
+from bn_keras.layers._formulas import clip_renorm
+from bn_keras.layers._formulas import ghost_count
+from bn_keras.layers._formulas import ghost_ids
+from bn_keras.layers._formulas import moving_average
+from bn_keras.layers._formulas import renorm_ratios
 from bn_keras.layers.renorm_clipping import RenormClipping
 
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
@@ -27,18 +32,6 @@ _FUSED_MIN_EPSILON = 1.001e-5
 # general path's; at 32x512, 1.8x and 2x, and the general path 0.98x the
 # transposed layout's).
 _SLICED_GHOST_SIZE = 2**16
-
-
-def _ghost_count(batch, size):
-    """How many ghost batches of `size` a batch of `batch` samples makes.
-
-    Consecutive chunks of `size`; a last chunk of one sample joins the chunk
-    before it: `G = max(1, (B - 2) // size + 1)`. `batch` is an integer or a
-    scalar tensor.
-    """
-    if isinstance(batch, int):
-        return max(1, (batch - 2) // size + 1)
-    return ops.maximum((batch - 2) // size + 1, 1)
 
 
 def _in_xla_context():
@@ -465,7 +458,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return 1
         if batch is None:
             return None
-        num_ghosts = _ghost_count(batch, size)
+        num_ghosts = ghost_count(batch, size)
         if num_ghosts == 1 or batch == num_ghosts * size:
             return num_ghosts
         return None
@@ -850,13 +843,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
         assigns each sample to its ghost batch.
         """
         dtype = x.dtype
-        size = self.virtual_batch_size
-        batch = ops.shape(x)[0]
-        num_ghosts = _ghost_count(batch, size)
-        ghost_ids = ops.minimum(ops.arange(batch) // size, num_ghosts - 1)
+        ids, num_ghosts = ghost_ids(ops.shape(x)[0], self.virtual_batch_size)
         assign = ops.cast(
             ops.equal(
-                ops.expand_dims(ghost_ids, 1),
+                ops.expand_dims(ids, 1),
                 ops.expand_dims(ops.arange(num_ghosts), 0),
             ),
             dtype,
@@ -909,26 +899,16 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return self.renorm_schedule(self.renorm_step)
 
     def _renorm_correction(self, mean, variance):
-        """Renorm's r and d for batch (or per-ghost) statistics."""
+        """Renorm's r and d for batch (or per-ghost) statistics, clipped."""
         dtype = mean.dtype
-        stddev = ops.sqrt(variance + self.epsilon)
-        renorm_mean = ops.cast(self.renorm_mean, dtype)
-        # Avoid dividing by zero early in training, as Keras does.
-        renorm_stddev = ops.maximum(
+        r, d = renorm_ratios(
+            mean,
+            ops.sqrt(variance + self.epsilon),
+            ops.cast(self.renorm_mean, dtype),
             ops.cast(self.renorm_stddev, dtype),
-            ops.sqrt(ops.cast(self.epsilon, dtype)),
+            self.epsilon,
         )
-        r = stddev / renorm_stddev
-        d = (mean - renorm_mean) / renorm_stddev
-        clipping = self.current_renorm_clipping()
-        if clipping.get("rmin") is not None:
-            r = ops.maximum(r, ops.cast(clipping["rmin"], dtype))
-        if clipping.get("rmax") is not None:
-            r = ops.minimum(r, ops.cast(clipping["rmax"], dtype))
-        if clipping.get("dmax") is not None:
-            dmax = ops.cast(clipping["dmax"], dtype)
-            d = ops.clip(d, -dmax, dmax)
-        return r, d
+        return clip_renorm(r, d, self.current_renorm_clipping())
 
     # -- moving statistics ------------------------------------------------------
 
@@ -954,8 +934,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
             variable.assign(value)
 
         def moved(variable, value, momentum):
-            old = ops.cast(variable, value.dtype)
-            return old * momentum + value * (1.0 - momentum)
+            return moving_average(
+                ops.cast(variable, value.dtype), value, momentum
+            )
 
         if not self.renorm:
             assign(self.moving_mean, moved(self.moving_mean, mean, self.momentum))
