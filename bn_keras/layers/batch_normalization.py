@@ -72,26 +72,99 @@ def _check_clipping_dict(renorm_clipping):
     return clipping
 
 
-def _standardize_clipping(renorm_clipping):
-    """Returns None, a dict of floats or a `RenormClipping` schedule."""
+def _standardize_clipping(renorm, renorm_clipping):
+    """Returns None, a dict of floats or a `RenormClipping` schedule.
+
+    An empty dict (no clipping) with `renorm=True` and no bounds given.
+    """
     if renorm_clipping is None or isinstance(renorm_clipping, RenormClipping):
-        return renorm_clipping
-    if isinstance(renorm_clipping, dict):
-        if "class_name" in renorm_clipping:  # a serialized schedule
-            schedule = keras.saving.deserialize_keras_object(renorm_clipping)
-            if not isinstance(schedule, RenormClipping):
-                raise TypeError(
-                    "Argument `renorm_clipping` must be a dict of floats or a "
-                    "`bn_keras.layers.RenormClipping`. "
-                    f"Received: renorm_clipping={renorm_clipping}"
-                )
-            return schedule
-        return _check_clipping_dict(renorm_clipping)
-    raise TypeError(
-        "Argument `renorm_clipping` must be None, a dict with keys "
-        f"{list(_CLIPPING_KEYS)}, or a `bn_keras.layers.RenormClipping`. "
-        f"Received: renorm_clipping={renorm_clipping!r}"
+        clipping = renorm_clipping
+    elif isinstance(renorm_clipping, dict) and "class_name" in renorm_clipping:
+        clipping = keras.saving.deserialize_keras_object(renorm_clipping)
+        if not isinstance(clipping, RenormClipping):
+            raise TypeError(
+                "Argument `renorm_clipping` must be a dict of floats or a "
+                "`bn_keras.layers.RenormClipping`. "
+                f"Received: renorm_clipping={renorm_clipping}"
+            )
+    elif isinstance(renorm_clipping, dict):
+        clipping = _check_clipping_dict(renorm_clipping)
+    else:
+        raise TypeError(
+            "Argument `renorm_clipping` must be None, a dict with keys "
+            f"{list(_CLIPPING_KEYS)}, or a `bn_keras.layers.RenormClipping`. "
+            f"Received: renorm_clipping={renorm_clipping!r}"
+        )
+    if clipping is not None and not renorm:
+        raise ValueError(
+            "Argument `renorm_clipping` only applies with `renorm=True`. "
+            f"Received: renorm=False, renorm_clipping={clipping}"
+        )
+    if renorm and clipping is None:
+        return {}
+    return clipping
+
+
+def _check_axis(axis):
+    if not is_integer(axis):
+        raise TypeError(
+            "Argument `axis` must be an integer (the features axis). "
+            f"Received: axis={axis!r}"
+        )
+
+
+def _check_epsilon(epsilon):
+    if not is_number(epsilon) or not epsilon > 0:
+        raise ValueError(
+            "Argument `epsilon` must be a positive float. "
+            f"Received: epsilon={epsilon!r}"
+        )
+
+
+def _check_virtual_batch_size(virtual_batch_size, axis):
+    """Returns `virtual_batch_size` as an `int`, or None."""
+    virtual_batch_size = check_positive_int(
+        "virtual_batch_size", virtual_batch_size, allow_none=True
     )
+    if virtual_batch_size is not None and axis == 0:
+        raise ValueError(
+            "Argument `virtual_batch_size` splits the batch axis into "
+            "ghost batches, so `axis` (the features axis) cannot be "
+            f"0. Received: axis={axis}, "
+            f"virtual_batch_size={virtual_batch_size}"
+        )
+    return virtual_batch_size
+
+
+def _check_synchronized(synchronized):
+    if synchronized and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "Argument `synchronized=True` needs the TensorFlow backend "
+            "(tf.distribute); the current backend is "
+            f"'{keras.backend.backend()}'. "
+            f"Received: synchronized={synchronized}"
+        )
+
+
+def _check_fused(fused, epsilon):
+    if fused not in (None, True, False):
+        raise ValueError(
+            "Argument `fused` must be None (use the fused kernel where it "
+            "applies), True or False. "
+            f"Received: fused={fused!r}"
+        )
+    if fused and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "Argument `fused=True` needs the TensorFlow backend (its "
+            "fused batch-norm kernel); the current backend is "
+            f"'{keras.backend.backend()}'. Received: fused={fused}"
+        )
+    if fused and float(epsilon) < FUSED_MIN_EPSILON:
+        raise ValueError(
+            "Argument `fused=True` needs `epsilon` of at least "
+            f"{FUSED_MIN_EPSILON} (the fused kernel's minimum). "
+            f"Received: epsilon={epsilon}, fused={fused}"
+        )
 
 
 @keras.saving.register_keras_serializable(package="bn_keras")
@@ -224,63 +297,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
         fused=None,
         **kwargs,
     ):
-        if not is_integer(axis):
-            raise TypeError(
-                "Argument `axis` must be an integer (the features axis). "
-                f"Received: axis={axis!r}"
-            )
+        _check_axis(axis)
         momentum = check_fraction("momentum", momentum)
         renorm_momentum = check_fraction("renorm_momentum", renorm_momentum)
-        if not is_number(epsilon) or not epsilon > 0:
-            raise ValueError(
-                "Argument `epsilon` must be a positive float. "
-                f"Received: epsilon={epsilon!r}"
-            )
-        virtual_batch_size = check_positive_int(
-            "virtual_batch_size", virtual_batch_size, allow_none=True
-        )
-        if virtual_batch_size is not None and axis == 0:
-            raise ValueError(
-                "Argument `virtual_batch_size` splits the batch axis into "
-                "ghost batches, so `axis` (the features axis) cannot be "
-                f"0. Received: axis={axis}, "
-                f"virtual_batch_size={virtual_batch_size}"
-            )
-        if synchronized and keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "Argument `synchronized=True` needs the TensorFlow backend "
-                "(tf.distribute); the current backend is "
-                f"'{keras.backend.backend()}'. "
-                f"Received: synchronized={synchronized}"
-            )
+        _check_epsilon(epsilon)
+        virtual_batch_size = _check_virtual_batch_size(virtual_batch_size, axis)
+        _check_synchronized(synchronized)
         skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
-        if fused not in (None, True, False):
-            raise ValueError(
-                "Argument `fused` must be None (use the fused kernel where it "
-                "applies), True or False. "
-                f"Received: fused={fused!r}"
-            )
-        if fused and keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "Argument `fused=True` needs the TensorFlow backend (its "
-                "fused batch-norm kernel); the current backend is "
-                f"'{keras.backend.backend()}'. Received: fused={fused}"
-            )
-        if fused and float(epsilon) < FUSED_MIN_EPSILON:
-            raise ValueError(
-                "Argument `fused=True` needs `epsilon` of at least "
-                f"{FUSED_MIN_EPSILON} (the fused kernel's minimum). "
-                f"Received: epsilon={epsilon}, fused={fused}"
-            )
-        renorm_clipping = _standardize_clipping(renorm_clipping)
-        if renorm_clipping is not None and not renorm:
-            raise ValueError(
-                "Argument `renorm_clipping` only applies with `renorm=True`. "
-                f"Received: renorm=False, renorm_clipping={renorm_clipping}"
-            )
-        if renorm and renorm_clipping is None:
-            renorm_clipping = {}
-
+        _check_fused(fused, epsilon)
+        renorm_clipping = _standardize_clipping(renorm, renorm_clipping)
         super().__init__(
             axis=int(axis),
             momentum=momentum,
