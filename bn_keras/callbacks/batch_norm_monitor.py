@@ -734,14 +734,15 @@ class BatchNormMonitor(keras.callbacks.Callback):
             if id(layer) not in first:
                 continue
             inputs, mask = first[id(layer)]
-            saved = [_value(v) for v in layer.non_trainable_variables]
-            try:
-                y_batch = layer(inputs, training=True, mask=mask)
-            finally:
-                for variable, value in zip(
-                    layer.non_trainable_variables, saved
-                ):
-                    variable.assign(value.astype(variable.dtype))
+            # The training transform without its state update: the updated
+            # statistics that `stateless_call` returns are dropped.
+            y_batch, _ = layer.stateless_call(
+                [v.value for v in layer.trainable_variables],
+                [v.value for v in layer.non_trainable_variables],
+                inputs,
+                training=True,
+                mask=mask,
+            )
             y_moving = layer(inputs, training=False, mask=mask)
             batch_rows, weights = channels_last_2d(layer, y_batch, mask)
             moving_rows, _ = channels_last_2d(layer, y_moving, mask)
