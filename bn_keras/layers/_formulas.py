@@ -18,7 +18,7 @@ def _namespace(value):
     return np if isinstance(value, (np.ndarray, np.generic)) else ops
 
 
-# -- ghost batches -------------------------------------------------------------
+# -- ghost batches ------------------------------------------------------------
 
 
 def ghost_count(batch, size):
@@ -53,7 +53,7 @@ def ghost_ids(batch, size):
     return ops.minimum(ops.arange(batch) // size, count - 1), count
 
 
-# -- batch renormalization -------------------------------------------------------
+# -- batch renormalization ----------------------------------------------------
 
 
 def renorm_ratios(mean, stddev, renorm_mean, renorm_stddev, epsilon):
@@ -108,7 +108,7 @@ def renorm_clipped(r, d, clipping):
     return clipped
 
 
-# -- moving averages ---------------------------------------------------------------
+# -- moving averages ----------------------------------------------------------
 
 
 def moving_average(old, value, momentum):

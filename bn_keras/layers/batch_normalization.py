@@ -575,7 +575,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1:
             return values
-        return tuple(context.all_reduce(tf.distribute.ReduceOp.SUM, list(values)))
+        return tuple(
+            context.all_reduce(tf.distribute.ReduceOp.SUM, list(values))
+        )
 
     def _grouped_moments(self, view, weights, axes, groups):
         """Statistics of each group of a grouped view, and of all groups.
@@ -716,7 +718,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         )
         return clip_renorm(r, d, self.current_renorm_clipping())
 
-    # -- moving statistics ------------------------------------------------------
+    # -- moving statistics ----------------------------------------------------
 
     def _update_statistics(self, mean, variance, training):
         """Moves the moving (and renorm) statistics towards `mean`, `variance`.
@@ -744,8 +746,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 ops.cast(variable, value.dtype), value, momentum
             )
 
+        assign(self.moving_mean, moved(self.moving_mean, mean, self.momentum))
         if not self.renorm:
-            assign(self.moving_mean, moved(self.moving_mean, mean, self.momentum))
             assign(
                 self.moving_variance,
                 moved(self.moving_variance, variance, self.momentum),
@@ -760,7 +762,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 self.renorm_stddev,
                 moved(self.renorm_stddev, stddev, self.renorm_momentum),
             )
-            assign(self.moving_mean, moved(self.moving_mean, mean, self.momentum))
             moving_stddev = moved(self.moving_stddev, stddev, self.momentum)
             assign(self.moving_stddev, moving_stddev)
             # As Keras: the variance derives from the stddev, ReLU against
