@@ -19,13 +19,14 @@ from bn_keras._validation import check_fraction
 from bn_keras._validation import check_positive_int
 from bn_keras._validation import is_integer
 from bn_keras._validation import is_number
-from bn_keras.layers import _tf_fused
 from bn_keras.layers._formulas import clip_renorm
 from bn_keras.layers._formulas import ghost_count
 from bn_keras.layers._formulas import ghost_ids
 from bn_keras.layers._formulas import moving_average
 from bn_keras.layers._formulas import renorm_ratios
 from bn_keras.layers._tf_fused import FUSED_MIN_EPSILON
+from bn_keras.layers._tf_fused import fusable
+from bn_keras.layers._tf_fused import fused_call
 from bn_keras.layers.renorm_clipping import RenormClipping
 
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
@@ -400,8 +401,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 compute_dtype,
             )
         training = self._training_flag(training)
-        if weights is None and _tf_fused.fusable(self, x, training):
-            outputs = _tf_fused.fused_call(self, x, training)
+        if weights is None and fusable(self, x, training):
+            outputs = fused_call(self, x, training)
         else:
             outputs = self._general_call(x, weights, training)
         return ops.cast(outputs, self.compute_dtype)

@@ -9,9 +9,11 @@ from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
 import bn_keras
-from bn_keras.callbacks import _statistics
 from bn_keras.callbacks._event_writer import SummaryWriter
 from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
+from bn_keras.callbacks._statistics import dead_channels
+from bn_keras.callbacks._statistics import nonfinite
+from bn_keras.callbacks._statistics import read_statistics
 
 
 def _renorm_layer(rng, channels=4):
@@ -27,7 +29,7 @@ def _renorm_layer(rng, channels=4):
 
 def test_read_statistics_reads_every_statistic_as_float64(rng):
     layer, values = _renorm_layer(rng)
-    statistics = _statistics.read_statistics(layer)
+    statistics = read_statistics(layer)
     assert list(statistics) == [
         "moving_mean",
         "moving_variance",
@@ -44,12 +46,12 @@ def test_read_statistics_reads_every_statistic_as_float64(rng):
         )
     plain = keras.layers.BatchNormalization(center=False)
     plain.build((None, 3))
-    assert list(_statistics.read_statistics(plain)) == [
+    assert list(read_statistics(plain)) == [
         "moving_mean",
         "moving_variance",
         "gamma",
     ]
-    assert _statistics.read_statistics(keras.layers.BatchNormalization()) == {}
+    assert read_statistics(keras.layers.BatchNormalization()) == {}
 
 
 def test_nonfinite_counts_nan_and_inf_per_array(rng):
@@ -62,16 +64,16 @@ def test_nonfinite_counts_nan_and_inf_per_array(rng):
         name: int(np.isnan(v).sum() + np.isinf(v).sum())
         for name, v in values.items()
     }
-    assert _statistics.nonfinite(values) == {
+    assert nonfinite(values) == {
         name: count for name, count in expected.items() if count
     }
-    assert list(_statistics.nonfinite(values)) == ["b", "c"]
+    assert list(nonfinite(values)) == ["b", "c"]
 
 
 def test_dead_channels_below_the_threshold():
     gamma = np.array([0.0, 9e-4, -9e-4, 1e-3, -2e-3, 0.5])
     np.testing.assert_array_equal(
-        _statistics.dead_channels(gamma),
+        dead_channels(gamma),
         [True, True, True, False, False, False],
     )
 

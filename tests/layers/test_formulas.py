@@ -9,7 +9,13 @@ import keras
 import numpy as np
 import pytest
 
-from bn_keras.layers import _formulas
+from bn_keras.layers._formulas import clip_renorm
+from bn_keras.layers._formulas import ghost_count
+from bn_keras.layers._formulas import ghost_ids
+from bn_keras.layers._formulas import moving_average
+from bn_keras.layers._formulas import moving_average_input
+from bn_keras.layers._formulas import renorm_clipped
+from bn_keras.layers._formulas import renorm_ratios
 from tests import reference
 
 
@@ -21,11 +27,13 @@ def test_ghost_ids_are_the_reference_chunks(batch, size):
         reference.ghost_chunks(batch, size)
     ):
         expected[start:stop] = ghost
-    ids, count = _formulas.ghost_ids(batch, size)
+    ids, count = ghost_ids(batch, size)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(ids), expected)
     assert count == len(reference.ghost_chunks(batch, size))
     # The same count from a scalar tensor (a batch size known at run time).
-    tensor_count = _formulas.ghost_count(keras.ops.convert_to_tensor(batch), size)
+    tensor_count = ghost_count(
+        keras.ops.convert_to_tensor(batch), size
+    )
     assert int(keras.ops.convert_to_numpy(tensor_count)) == count
 
 
@@ -70,11 +78,11 @@ def _reference_correction(mean, variance, renorm_mean, renorm_stddev, bounds):
 def test_renorm_correction_on_numpy_matches_the_reference(rng, clipping):
     mean, variance, renorm_mean, renorm_stddev = _renorm_case(rng)
     epsilon = 1e-3
-    r, d = _formulas.renorm_ratios(
+    r, d = renorm_ratios(
         mean, np.sqrt(variance + epsilon), renorm_mean, renorm_stddev, epsilon
     )
     assert r.dtype == np.float64 and isinstance(r, np.ndarray)
-    clipped_r, clipped_d = _formulas.clip_renorm(r, d, clipping)
+    clipped_r, clipped_d = clip_renorm(r, d, clipping)
     expected_r, expected_d = _reference_correction(
         mean, variance, renorm_mean, renorm_stddev, clipping
     )
@@ -83,7 +91,7 @@ def test_renorm_correction_on_numpy_matches_the_reference(rng, clipping):
     # `renorm_clipped` marks exactly the pairs that clipping changed.
     changed = (clipped_r != r) | (clipped_d != d)
     np.testing.assert_array_equal(
-        _formulas.renorm_clipped(r, d, clipping), changed
+        renorm_clipped(r, d, clipping), changed
     )
     if clipping.get("rmax"):
         assert changed.any()  # the case exercises clipping
@@ -97,8 +105,8 @@ def test_renorm_correction_on_tensors_matches_the_reference(rng, clipping):
         keras.ops.convert_to_tensor(v.astype("float32"))
         for v in (mean, np.sqrt(variance + epsilon), renorm_mean, renorm_stddev)
     ]
-    r, d = _formulas.clip_renorm(
-        *_formulas.renorm_ratios(*as32, epsilon), clipping
+    r, d = clip_renorm(
+        *renorm_ratios(*as32, epsilon), clipping
     )
     assert keras.backend.standardize_dtype(r.dtype) == "float32"
     expected_r, expected_d = _reference_correction(
@@ -120,10 +128,10 @@ def test_moving_average_and_its_inverse(rng, momentum):
     ref.set_state(moving_mean=old)
     # Rows whose mean is batch_mean (two samples, symmetric).
     ref.train_step(np.stack([batch_mean - 1.0, batch_mean + 1.0]))
-    new = _formulas.moving_average(old, batch_mean, momentum)
+    new = moving_average(old, batch_mean, momentum)
     np.testing.assert_allclose(new, ref.moving_mean, rtol=1e-12)
     np.testing.assert_allclose(
-        _formulas.moving_average_input(old, new, momentum),
+        moving_average_input(old, new, momentum),
         batch_mean,
         rtol=1e-9,
         atol=1e-12,
