@@ -62,17 +62,14 @@ def canonical_normalizations(normalizations, argument="normalizations"):
     """Registered normalization names, lowercase, duplicates removed."""
     values = _as_tuple(normalizations)
     _check_nonempty(argument, values, normalizations)
-    canonical = []
-    for value in values:
-        try:
-            canonical.append(registry.get_normalization_name(value))
-        except ValueError:
-            raise ValueError(
-                f"Argument `{argument}` must list names among "
-                f"{registry.normalization_names()}. "
-                f"Received: {argument}={normalizations!r}"
-            ) from None
-    return _unique(canonical)
+    try:
+        return _unique(registry.get_normalization_name(v) for v in values)
+    except ValueError:
+        raise ValueError(
+            f"Argument `{argument}` must list names among "
+            f"{registry.normalization_names()}. "
+            f"Received: {argument}={normalizations!r}"
+        ) from None
 
 
 def number_candidates(argument, value, kind, minimum, below=None):
