@@ -55,6 +55,14 @@ class Dataset:
     def num_features(self):
         return int(np.prod(self.x_train.shape[1:]))
 
+    def flatten_images(self):
+        """Turns images into rows of features, in place (for an MLP)."""
+        if self.image_shape is None:
+            return
+        self.x_train = self.x_train.reshape(len(self.x_train), -1)
+        self.x_val = self.x_val.reshape(len(self.x_val), -1)
+        self.image_shape = None
+
     def describe(self):
         """One line: name, sizes and task."""
         shape = (
@@ -105,6 +113,14 @@ def add_data_arguments(parser):
 
 def valid_datasets():
     return ", ".join(DATASETS)
+
+
+def check_source(dataset, data, target):
+    """Checks that `--dataset`, `--data` and `--target` go together."""
+    if data is not None and dataset is not None:
+        raise UsageError("give either --dataset or --data, not both")
+    if target is not None and data is None:
+        raise UsageError("--target goes with --data FILE")
 
 
 def scales_data(num_samples=SCALES_SAMPLES, seed=0):
