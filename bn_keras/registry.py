@@ -330,9 +330,7 @@ def get_normalization(normalization=None, **defaults):
     if normalization is None:
         return BatchNormalization(**defaults)
     if isinstance(normalization, str):
-        return NORMALIZATIONS[get_normalization_name(normalization)](
-            **defaults
-        )
+        return NORMALIZATIONS[get_normalization_name(normalization)](**defaults)
     if isinstance(normalization, dict):
         if "class_name" in normalization:
             layer = keras.saving.deserialize_keras_object(normalization)

@@ -243,19 +243,25 @@ def _write(path, text):
 ERRORS = {
     "unknown dataset": (
         ["--dataset", "mnist"],
-        "unknown dataset 'mnist'. Valid datasets: digits, wine, breast_cancer, "
-        "scales",
+        (
+            "unknown dataset 'mnist'. Valid datasets: digits, wine, "
+            "breast_cancer, scales"
+        ),
     ),
     "unknown placement": (
         ["--placements", "layer-bn-act", "after_dense"],
-        "unknown placement 'after_dense'. Valid placements: layer-bn-act "
-        "(or before_activation), layer-act-bn (or after_activation), "
-        "bn-act-layer (or pre_activation), layer-act (or none)",
+        (
+            "unknown placement 'after_dense'. Valid placements: layer-bn-act "
+            "(or before_activation), layer-act-bn (or after_activation), "
+            "bn-act-layer (or pre_activation), layer-act (or none)"
+        ),
     ),
     "unknown normalization": (
         ["--normalizations", "batch", "group"],
-        "unknown normalization 'group'. Valid normalizations: batch, ghost, "
-        "renorm",
+        (
+            "unknown normalization 'group'. Valid normalizations: batch, "
+            "ghost, renorm"
+        ),
     ),
     "dataset and data": (
         ["--dataset", "wine", "--data", "x.csv", "--target", "y"],
@@ -285,8 +291,10 @@ ERRORS = {
     ),
     "unknown file type": (
         ["--data", "{tmp}/data.txt", "--target", "y"],
-        "--data {tmp}/data.txt: unknown file type '.txt'; expected a .csv or "
-        ".npz file",
+        (
+            "--data {tmp}/data.txt: unknown file type '.txt'; expected a "
+            ".csv or .npz file"
+        ),
     ),
 }
 
@@ -297,7 +305,7 @@ def test_compare_usage_errors(case, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     message = message.replace("{tmp}", str(tmp_path))
     logdir = tmp_path / "runs"
-    status, out, err = run_cli(
+    status, _, err = run_cli(
         capsys, "compare", *argv, "--quick", "--logdir", logdir
     )
     assert status == 2
