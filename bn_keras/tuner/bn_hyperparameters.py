@@ -62,17 +62,14 @@ def canonical_normalizations(normalizations, argument="normalizations"):
     """Registered normalization names, lowercase, duplicates removed."""
     values = _as_tuple(normalizations)
     _check_nonempty(argument, values, normalizations)
-    valid = registry.normalization_names()
-    canonical = []
-    for value in values:
-        name = value.strip().lower() if isinstance(value, str) else value
-        if name not in valid:
-            raise ValueError(
-                f"Argument `{argument}` must list names among {valid}. "
-                f"Received: {argument}={normalizations!r}"
-            )
-        canonical.append(name)
-    return _unique(canonical)
+    try:
+        return _unique(registry.get_normalization_name(v) for v in values)
+    except ValueError:
+        raise ValueError(
+            f"Argument `{argument}` must list names among "
+            f"{registry.normalization_names()}. "
+            f"Received: {argument}={normalizations!r}"
+        ) from None
 
 
 def number_candidates(argument, value, kind, minimum, below=None):
@@ -290,13 +287,7 @@ def bn_hyperparameters(
 
 def _normalization(kind, settings, extra):
     """The dict of `BatchNormalization` arguments for one choice."""
-    kind = kind.strip().lower()
-    if kind not in registry.NORMALIZATIONS:
-        raise ValueError(
-            "The normalization choice must be one of "
-            f"{registry.normalization_names()}. "
-            f"Received: normalization={kind!r}"
-        )
+    kind = registry.get_normalization_name(kind)
     config = dict(extra)
     if settings.get("momentum") is not None:
         config["momentum"] = settings["momentum"]
@@ -308,7 +299,10 @@ def _normalization(kind, settings, extra):
             if settings.get(key) is not None:
                 clipping[key] = settings[key]
         if settings.get(RAMP_STEPS) is not None:
-            end = clipping.get(WARMUP_STEPS, 5000) + settings[RAMP_STEPS]
+            # The ramps start where the warm-up ends (RenormClipping's
+            # default warm-up where none was chosen).
+            warmup = clipping.get(WARMUP_STEPS, RenormClipping().warmup_steps)
+            end = warmup + settings[RAMP_STEPS]
             clipping.update(rmax_steps=end, dmax_steps=end)
         config["renorm"] = True
         config["renorm_clipping"] = RenormClipping(**clipping)
