@@ -525,3 +525,11 @@ def _twice_named():
 def test_errors(make, error, message):
     with pytest.raises(error, match=re.escape(message) + "$"):
         make()
+
+
+def test_arguments_after_model_are_keyword_only():
+    with pytest.raises(
+        TypeError,
+        match=re.escape("BNPlacementHyperModel.__init__() takes 2 positional"),
+    ):
+        BNPlacementHyperModel(user_model(), ["layer-act"])

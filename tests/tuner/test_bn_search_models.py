@@ -209,3 +209,19 @@ def test_cnn_deep_on_small_images():
 def test_errors(make, error, message):
     with pytest.raises(error, match=re.escape(message) + "$"):
         make()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: BNSearchMLP(3, (8,)), "BNSearchMLP.__init__()"),
+        (lambda: BNSearchCNN(3, (1, 2)), "BNSearchCNN.__init__()"),
+        (
+            lambda: bn_keras.tuner.BNHyperModel("name"),
+            "BNHyperModel.__init__()",
+        ),
+    ],
+)
+def test_arguments_after_the_first_are_keyword_only(make, message):
+    with pytest.raises(TypeError, match=re.escape(message) + " takes "):
+        make()
