@@ -56,7 +56,8 @@ def test_mlp_pinned_structure():
     assert second.layer.units == 8
     # BN right after the layer takes the place of its bias.
     assert first.layer.use_bias is False and second.layer.use_bias is True
-    assert [(kind(l), l.momentum) for l in bn_keras.find_batchnorm(model)] == [
+    layers = bn_keras.find_batchnorm(model)
+    assert [(kind(bn), bn.momentum) for bn in layers] == [
         ("batch", 0.99),  # the input BN: plain, default momentum
         ("ghost16", 0.9),
         ("renorm", 0.99),
