@@ -16,6 +16,8 @@ from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import console
 from bn_keras.cli.common import table
 from bn_keras.layers import BNBlock
+from bn_keras.layers._layer_kinds import ACTIVATION_LAYERS
+from bn_keras.layers._layer_kinds import is_linear
 from bn_keras.models import find_batchnorm
 from bn_keras.models import fold_batchnorm
 
@@ -48,15 +50,6 @@ warning: non-finite statistics; collapsed channels (moving variance below
 epsilon: constant inputs); statistics still at their initial values (never
 trained).
 """
-
-_ACTIVATION_LAYERS = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.PReLU,
-    keras.layers.Softmax,
-)
 
 
 def add_parser(subparsers):
@@ -125,12 +118,7 @@ def kind_of(layer):
 def _is_activation(layer):
     if layer is None:
         return False
-    if isinstance(layer, _ACTIVATION_LAYERS):
-        return True
-    activation = getattr(layer, "activation", None)
-    return activation is not None and activation is not (
-        keras.activations.linear
-    )
+    return isinstance(layer, ACTIVATION_LAYERS) or not is_linear(layer)
 
 
 def _describe(layer):
@@ -141,12 +129,11 @@ def _describe(layer):
         return layer
     if isinstance(layer, keras.layers.Activation):
         return keras.activations.serialize(layer.activation)
-    if isinstance(layer, _ACTIVATION_LAYERS):
+    if isinstance(layer, ACTIVATION_LAYERS):
         return type(layer).__name__
     label = type(layer).__name__
-    activation = getattr(layer, "activation", None)
-    if activation is not None and activation is not keras.activations.linear:
-        label += f"({keras.activations.serialize(activation)})"
+    if not is_linear(layer):
+        label += f"({keras.activations.serialize(layer.activation)})"
     return label
 
 
@@ -157,7 +144,7 @@ def _position(before, after):
     the activation; before such a layer does not (its activation comes
     after its kernel).
     """
-    if isinstance(after, _ACTIVATION_LAYERS):
+    if isinstance(after, ACTIVATION_LAYERS):
         return "before act"
     if _is_activation(before):
         return "after act"

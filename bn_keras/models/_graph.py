@@ -2,36 +2,15 @@
 
 Shared by `insert_batchnorm`, `fold_batchnorm`, the placement hypermodel
 and `bn-keras inspect`: which kind of model it is, which layer feeds which,
-the kinds of layers BN is placed around, and a rebuild that swaps each
-layer for a replacement while keeping weights.
+which layers compute its outputs, and a rebuild that swaps each layer for
+a replacement while keeping weights. The kinds of layers (Dense and
+convolution, activation) come from `bn_keras.layers._layer_kinds`, which
+`BNBlock` shares.
 """
 
 import keras
 
-#: The Dense and convolution layers that BN is inserted around by default.
-DENSE_CONV_LAYERS = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-)
-
-#: Stand-alone activation layers (`layer-act-bn` puts BN after them).
-ACTIVATION_LAYERS = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.PReLU,
-    keras.layers.Softmax,
-)
+from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
 
 
 def model_kind(model, function_name):
@@ -55,15 +34,6 @@ def model_kind(model, function_name):
         f"`{function_name}` expects a Sequential or Functional "
         f"`keras.Model`. Received: model={model!r}"
     )
-
-
-def is_linear(layer):
-    activation = getattr(layer, "activation", None)
-    return activation is None or activation is keras.activations.linear
-
-
-def channel_axis(layer):
-    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
 
 
 def copy_layer(layer, **changes):

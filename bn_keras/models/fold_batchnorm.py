@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from bn_keras._validation import check_bool
+from bn_keras.layers._layer_kinds import is_linear
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.models._graph import LayerGraph
 from bn_keras.models._graph import Replacement
@@ -46,7 +47,7 @@ def _why_not_foldable(layer, bn):
     spec = _fold_spec(layer)
     if spec is None:
         return f"it follows '{layer.name}' ({type(layer).__name__})"
-    if getattr(layer, "activation", None) is not keras.activations.linear:
+    if not is_linear(layer):
         return f"'{layer.name}' has a non-linear activation before it"
     if getattr(layer, "lora_enabled", False):
         return f"'{layer.name}' uses LoRA"

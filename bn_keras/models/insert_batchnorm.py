@@ -6,17 +6,17 @@ import keras
 
 from bn_keras import registry
 from bn_keras._validation import check_bool
-from bn_keras.models._graph import ACTIVATION_LAYERS
-from bn_keras.models._graph import DENSE_CONV_LAYERS
+from bn_keras.layers._layer_kinds import ACTIVATION_LAYERS
+from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
+from bn_keras.layers._layer_kinds import channel_axis
+from bn_keras.layers._layer_kinds import is_linear
 from bn_keras.models._graph import LayerGraph
 from bn_keras.models._graph import Replacement
 from bn_keras.models._graph import all_layer_names
 from bn_keras.models._graph import all_layers
-from bn_keras.models._graph import channel_axis
 from bn_keras.models._graph import contains_dense_conv
 from bn_keras.models._graph import copy_layer
 from bn_keras.models._graph import input_names
-from bn_keras.models._graph import is_linear
 from bn_keras.models._graph import model_kind
 from bn_keras.models._graph import rebuild
 from bn_keras.models._graph import unique_name

@@ -7,7 +7,7 @@ import keras_tuner
 
 from bn_keras import registry
 from bn_keras._validation import check_bool
-from bn_keras.models._graph import DENSE_CONV_LAYERS
+from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
 from bn_keras.models.insert_batchnorm import insert_batchnorm
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
