@@ -316,3 +316,53 @@ def contains_dense_conv(layer):
     return any(
         contains_dense_conv(sub) for sub in getattr(layer, "layers", [])
     )
+
+
+def output_layers(model, function_name="output_layers"):
+    """The layers after which no Dense or convolution layer follows.
+
+    These compute a model output (the logits or the regression target) or
+    come after the layer that does, so by default BN does not go after
+    them. A layer of a nested model is one when no Dense or convolution
+    layer follows it inside the nested model, and the nested model is one
+    in the model around it.
+
+    Args:
+        model: A Sequential or Functional model.
+        function_name: The function named in the error for a model whose
+            graph cannot be read (see `model_kind`).
+
+    Returns:
+        The output layers, nested models' included, in the order of
+        `all_layers(model)`.
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(8, name="hidden"),
+    ...     keras.layers.Dense(1, name="out"),
+    ...     keras.layers.Activation("sigmoid", name="prob"),
+    ... ])
+    >>> found = bn_keras.models._graph.output_layers(model)
+    >>> [layer.name for layer in found]
+    ['out', 'prob']
+    """
+    graph = LayerGraph(model, model_kind(model, function_name))
+    feeds_dense_conv = {}
+
+    def dense_conv_downstream(name):
+        if name not in feeds_dense_conv:
+            feeds_dense_conv[name] = False  # cycles cannot occur; guards anyway
+            feeds_dense_conv[name] = any(
+                contains_dense_conv(graph.by_name[consumer])
+                or dense_conv_downstream(consumer)
+                for consumer in graph.consumers[name]
+            )
+        return feeds_dense_conv[name]
+
+    found = []
+    for layer in graph.layers:
+        if not dense_conv_downstream(layer.name):
+            found.append(layer)
+            if isinstance(layer, keras.Model):
+                found.extend(output_layers(layer, function_name))
+    return found
