@@ -206,9 +206,10 @@ def rebuild(model, kind, replace, input_layers=None):
     Args:
         model: A Sequential or Functional model.
         kind: `model_kind(model)`.
-        replace: Function from an original layer to a `Replacement`.
-        input_layers: Optional function from a model input's name to a
-            layer applied to that input (e.g. BN), or None.
+        replace: Function from an original layer to a `Replacement`; it is
+            called once per layer, however many times the layer is called.
+        input_layers: Optional function `(input name, dtype) -> layer or
+            None`, the layer (e.g. BN) applied to that model input.
 
     Returns:
         The new model, of the same kind, compiled as the old one if it was.
@@ -221,80 +222,103 @@ def rebuild(model, kind, replace, input_layers=None):
         return replacements[id(layer)]
 
     if kind == "sequential":
-        inputs = []
-        if model.built and getattr(model, "inputs", None):
-            spec = model.inputs[0]
-            name = input_names(model, kind)[0]
-            inputs = [
-                keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=name)
-            ]
-            if input_layers is not None:
-                extra = input_layers(name, spec.dtype)
-                if extra is not None:
-                    inputs.append(extra)
-        new_layers = []
-        for i, layer in enumerate(model.layers):
-            step = replacement(layer)
-            before, after = step.make_extra()
-            if i == 0 and len(inputs) == 2:
-                before = ()  # the input is normalized already
-            main = [] if step.main is None else [step.main]
-            new_layers += [*before, *main, *after]
-        new_model = keras.Sequential(
-            inputs + new_layers, name=model.name, trainable=model.trainable
-        )
-        for step in replacements.values():
-            if step.main is not None:
-                _set_weights(step.main, step.weights)
+        new_model = _rebuild_sequential(model, replacement, input_layers)
     else:
-        names = iter(input_names(model, kind))
-        new_inputs = keras.tree.map_structure(
-            lambda x: keras.Input(
-                batch_shape=x.shape, dtype=x.dtype, name=next(names)
-            ),
-            model.input,
-        )
-        input_map, weights_set = {}, set()
-        if input_layers is not None:
-            for name, tensor in zip(
-                input_names(model, kind), keras.tree.flatten(new_inputs)
-            ):
-                layer = input_layers(name, tensor.dtype)
-                if layer is not None:
-                    input_map[id(tensor)] = layer(tensor)
-
-        def call_function(layer, *args, **kwargs):
-            if input_map:
-                args, kwargs = keras.tree.map_structure(
-                    lambda t: input_map.get(id(t), t), (args, kwargs)
-                )
-            step = replacement(layer)
-            before, after = step.make_extra()
-            args = list(args)
-            if any(args[0] is t for t in input_map.values()):
-                before = ()  # the input is normalized already
-            for extra in before:
-                args[0] = extra(args[0])
-            if step.main is None:
-                outputs = args[0]
-            else:
-                outputs = step.main(*args, **kwargs)
-                if id(step.main) not in weights_set:
-                    _set_weights(step.main, step.weights)
-                    weights_set.add(id(step.main))
-            for extra in after:
-                outputs = extra(outputs)
-            return outputs
-
-        new_model = keras.models.clone_model(
-            model,
-            input_tensors=new_inputs,
-            clone_function=lambda layer: layer,
-            call_function=call_function,
-        )
+        new_model = _rebuild_functional(model, replacement, input_layers)
     if model.compiled and not new_model.compiled:
         new_model.compile_from_config(model.get_compile_config())
     return new_model
+
+
+def _sequential_inputs(model, input_layers):
+    """The new model's `Input` and the layer applied to it, if known."""
+    if not (model.built and getattr(model, "inputs", None)):
+        return []
+    spec = model.inputs[0]
+    name = input_names(model, "sequential")[0]
+    inputs = [keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=name)]
+    if input_layers is not None:
+        extra = input_layers(name, spec.dtype)
+        if extra is not None:
+            inputs.append(extra)
+    return inputs
+
+
+def _rebuild_sequential(model, replacement, input_layers):
+    inputs = _sequential_inputs(model, input_layers)
+    new_layers, steps = [], {}
+    for i, layer in enumerate(model.layers):
+        step = steps[id(layer)] = replacement(layer)
+        before, after = step.make_extra()
+        if i == 0 and len(inputs) == 2:
+            before = ()  # the input is normalized already
+        main = [] if step.main is None else [step.main]
+        new_layers += [*before, *main, *after]
+    new_model = keras.Sequential(
+        inputs + new_layers, name=model.name, trainable=model.trainable
+    )
+    for step in steps.values():
+        if step.main is not None:
+            _set_weights(step.main, step.weights)
+    return new_model
+
+
+def _rebuild_functional(model, replacement, input_layers):
+    names = input_names(model, "functional")
+    remaining = iter(names)
+    new_inputs = keras.tree.map_structure(
+        lambda x: keras.Input(
+            batch_shape=x.shape, dtype=x.dtype, name=next(remaining)
+        ),
+        model.input,
+    )
+    normalized = {}  # id of a new input -> the output of its input layer
+    if input_layers is not None:
+        for name, tensor in zip(names, keras.tree.flatten(new_inputs)):
+            layer = input_layers(name, tensor.dtype)
+            if layer is not None:
+                normalized[id(tensor)] = layer(tensor)
+    return keras.models.clone_model(
+        model,
+        input_tensors=new_inputs,
+        clone_function=lambda layer: layer,
+        call_function=_functional_call(replacement, normalized),
+    )
+
+
+def _functional_call(replacement, normalized):
+    """The `call_function` of `clone_model` that applies the replacements.
+
+    Every call of a layer in the original graph goes through it, with the
+    new model's tensors: inputs that have an input layer are swapped for
+    its output, and the layer's replacement is called in its place.
+    """
+    weights_set = set()
+
+    def call_function(layer, *args, **kwargs):
+        if normalized:
+            args, kwargs = keras.tree.map_structure(
+                lambda t: normalized.get(id(t), t), (args, kwargs)
+            )
+        step = replacement(layer)
+        before, after = step.make_extra()
+        args = list(args)
+        if any(args[0] is t for t in normalized.values()):
+            before = ()  # the input is normalized already
+        for extra in before:
+            args[0] = extra(args[0])
+        if step.main is None:
+            outputs = args[0]
+        else:
+            outputs = step.main(*args, **kwargs)
+            if id(step.main) not in weights_set:
+                _set_weights(step.main, step.weights)
+                weights_set.add(id(step.main))
+        for extra in after:
+            outputs = extra(outputs)
+        return outputs
+
+    return call_function
 
 
 def all_layers(model):
