@@ -13,26 +13,40 @@ import keras
 from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
 
 
+class GraphError(TypeError):
+    """A model whose graph of layers cannot be read or rewritten.
+
+    The message is `reason`, then what to do and the value received, in
+    the house style; `reason` alone (one sentence, no final period) is what
+    `bn-keras inspect` shows beside each BN layer it cannot fold.
+    """
+
+    def __init__(self, reason, rest):
+        super().__init__(f"{reason}. {rest}")
+        self.reason = reason
+
+
 def model_kind(model, function_name):
-    """'sequential' or 'functional'; a clear error for anything else."""
+    """'sequential' or 'functional'; a `GraphError` for anything else."""
     if isinstance(model, keras.Sequential):
         return "sequential"
     if isinstance(model, keras.Model) and isinstance(model, keras.Function):
         return "functional"
     if isinstance(model, keras.Model):
-        raise TypeError(
+        raise GraphError(
             f"`{function_name}` rewrites a model's graph of layers, and a "
             "subclassed model has none to rewrite: its forward pass is the "
             "Python code of its `call()` method, which bn_keras cannot read "
-            "or change. Add the layers in `call()` yourself (for example "
+            "or change",
+            "Add the layers in `call()` yourself (for example "
             "with `bn_keras.layers.BNBlock`), or build the model with the "
             "Sequential or Functional API. "
             f"Received: model=<subclassed model {type(model).__name__} "
-            f"name={model.name}>"
+            f"name={model.name}>",
         )
-    raise TypeError(
-        f"`{function_name}` expects a Sequential or Functional "
-        f"`keras.Model`. Received: model={model!r}"
+    raise GraphError(
+        f"`{function_name}` expects a Sequential or Functional `keras.Model`",
+        f"Received: model={model!r}",
     )
 
 
@@ -122,10 +136,10 @@ class LayerGraph:
             return
         config = model.get_config()
         if not isinstance(config, dict) or "layers" not in config:
-            raise TypeError(
+            raise GraphError(
                 "This Functional model's `get_config()` does not describe "
-                "its layers, so its graph cannot be read. "
-                f"Received: model=<{type(model).__name__} name={model.name}>"
+                "its layers, so its graph cannot be read",
+                f"Received: model=<{type(model).__name__} name={model.name}>",
             )
         for entry in config["layers"]:
             name = entry["name"]
