@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Keep TensorFlow's C++ logging quiet; errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-tf test-jax bench demo clean
+.PHONY: install lint test test-tf test-jax bench demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,16 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# The whole suite on the TensorFlow backend, then the layer tests again on
-# JAX so that the layers stay backend-agnostic (keras.ops only).
+# ruff (pinned in the dev extra, configured in pyproject.toml) over the
+# package, the tests, the examples and the benchmarks.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bn_keras tests examples benchmarks
+
+# Lint first, then the whole suite on the TensorFlow backend, then the layer
+# tests again on JAX so that the layers stay backend-agnostic (keras.ops
+# only).
 test: $(STAMP)
+	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-tf
 	$(MAKE) --no-print-directory test-jax
 

@@ -24,6 +24,12 @@ Normalizations:
 | `"ghost"`  | `bn_keras.layers.GhostBatchNormalization`     |
 | `"renorm"` | `bn_keras.layers.BatchRenormalization`        |
 
+`normalization_for_run` builds these for a training run of known length
+(the ghost batch size, the momentum, and the renorm schedule scaled to the
+run by `bn_keras.layers.RenormClipping.scaled`); `placement_table` and
+`valid_placement_names` render the placement names for help texts and
+error messages.
+
 Example:
 
 >>> bn_keras.registry.get_placement("before_activation")
@@ -40,6 +46,7 @@ import keras
 from bn_keras.layers.batch_normalization import BatchNormalization
 from bn_keras.layers.batch_renormalization import BatchRenormalization
 from bn_keras.layers.ghost_batch_normalization import GhostBatchNormalization
+from bn_keras.layers.renorm_clipping import RenormClipping
 
 #: Canonical placement names; each spells its order of operations.
 PLACEMENTS = ("layer-bn-act", "layer-act-bn", "bn-act-layer", "layer-act")
@@ -65,18 +72,6 @@ NORMALIZATIONS = {
     "ghost": GhostBatchNormalization,
     "renorm": BatchRenormalization,
 }
-
-
-def _valid_placements():
-    aliases = {name: [] for name in PLACEMENTS}
-    for alias, name in PLACEMENT_ALIASES.items():
-        if alias != name:
-            aliases[name].append(alias)
-    aliases["layer-act"].append(None)
-    return ", ".join(
-        f"{name!r} (or {' or '.join(repr(a) for a in aliases[name])})"
-        for name in PLACEMENTS
-    )
 
 
 def get_placement(placement):
@@ -106,7 +101,7 @@ def get_placement(placement):
         if name is not None:
             return name
     raise ValueError(
-        f"Unknown placement. Valid placements: {_valid_placements()}. "
+        f"Unknown placement. Valid placements: {valid_placement_names()}. "
         f"Received: placement={placement!r}"
     )
 
@@ -130,9 +125,170 @@ def has_batchnorm(placement):
     return "bn" in placement_order(placement)
 
 
+#: How each step of a placement's order reads in `placement_table`.
+_STEP_WORDS = {"layer": "layer", "bn": "BN", "act": "activation"}
+
+
+def placement_aliases(placement):
+    """The other names of a placement, in the order of `PLACEMENT_ALIASES`.
+
+    Example:
+
+    >>> bn_keras.registry.placement_aliases("layer-act")
+    ['none']
+    """
+    name = get_placement(placement)
+    return [
+        alias
+        for alias, canonical in PLACEMENT_ALIASES.items()
+        if canonical == name and alias != name
+    ]
+
+
+def valid_placement_names(quoted=True):
+    """The placement names with their aliases, as one line for messages.
+
+    Args:
+        quoted: `True` for Python callers: names as `repr`s, and `None`
+            among the aliases of `"layer-act"`; `False` for the command
+            line: bare names, as they are typed.
+
+    Example:
+
+    >>> bn_keras.registry.valid_placement_names().split(", ")[-1]
+    "'layer-act' (or 'none' or None)"
+    >>> bn_keras.registry.valid_placement_names(quoted=False).split(", ")[0]
+    'layer-bn-act (or before_activation)'
+    """
+    entries = []
+    for name in PLACEMENTS:
+        aliases = placement_aliases(name)
+        if quoted:
+            aliases = [repr(a) for a in aliases]
+            if not has_batchnorm(name):
+                aliases.append("None")
+            name = repr(name)
+        entries.append(f"{name} (or {' or '.join(aliases)})")
+    return ", ".join(entries)
+
+
+def placement_table(indent=2, width=34):
+    """The placements as lines of text for a `--help`: names and order.
+
+    Args:
+        indent: Spaces before each line. Defaults to `2`.
+        width: Width of the names column (name and aliases). Defaults to
+            `34`.
+
+    Example:
+
+    >>> print(bn_keras.registry.placement_table())
+      layer-bn-act (before_activation)   layer, BN, activation
+      layer-act-bn (after_activation)    layer, activation, BN
+      bn-act-layer (pre_activation)      BN, activation, layer
+      layer-act (none)                   layer, activation (no BN)
+    """
+    lines = []
+    for name in PLACEMENTS:
+        label = f"{name} ({', '.join(placement_aliases(name))})"
+        order = ", ".join(_STEP_WORDS[step] for step in placement_order(name))
+        if not has_batchnorm(name):
+            order += " (no BN)"
+        lines.append(f"{' ' * indent}{label:<{width}} {order}")
+    return "\n".join(lines)
+
+
 def normalization_names():
     """The registered normalization names, sorted."""
     return sorted(NORMALIZATIONS)
+
+
+def get_normalization_name(normalization):
+    """Returns the registered name of a normalization.
+
+    The one check of normalization names: every module that takes one
+    (`get_normalization`, the tuner, the command line) validates it here.
+
+    Args:
+        normalization: A registered name, `"batch"`, `"ghost"` or
+            `"renorm"` (case-insensitive, surrounding spaces ignored).
+
+    Returns:
+        The name in lowercase.
+
+    Raises:
+        ValueError: for anything else; the message lists the valid names.
+
+    Example:
+
+    >>> bn_keras.registry.get_normalization_name(" Ghost")
+    'ghost'
+    """
+    if isinstance(normalization, str):
+        name = normalization.strip().lower()
+        if name in NORMALIZATIONS:
+            return name
+    raise ValueError(
+        "Unknown normalization. Valid names: "
+        f"{', '.join(repr(n) for n in normalization_names())}. "
+        f"Received: normalization={normalization!r}"
+    )
+
+
+def normalization_for_run(
+    normalization, momentum=0.99, ghost_batch_size=None, total_steps=None
+):
+    """Returns a fresh normalization layer set up for one training run.
+
+    What `bn-keras compare` trains with, for a name of the table above:
+
+    - `"batch"`: `BatchNormalization(momentum=momentum)`;
+    - `"ghost"`: `GhostBatchNormalization(virtual_batch_size=
+      ghost_batch_size, momentum=momentum)`;
+    - `"renorm"`: `BatchRenormalization(momentum=momentum,
+      renorm_momentum=momentum, renorm_clipping=schedule)`, where the
+      schedule is the paper's (`bn_keras.layers.RenormClipping()`) scaled
+      to the run with `RenormClipping.scaled(total_steps)`.
+
+    Args:
+        normalization: A registered name (case-insensitive).
+        momentum: Momentum of the moving statistics (and, for `"renorm"`,
+            of the renorm statistics). Defaults to `0.99`.
+        ghost_batch_size: The ghost batch size of `"ghost"`; the other
+            normalizations have none. Defaults to `None`: the layer's
+            default, 32.
+        total_steps: The run's number of training steps, to which the
+            renorm schedule is scaled; the other normalizations have no
+            schedule. Defaults to `None`: the paper's schedule as it is.
+
+    Returns:
+        A new, unbuilt layer.
+
+    Raises:
+        ValueError: for an unknown name or an invalid setting.
+
+    Example:
+
+    >>> layer = bn_keras.registry.normalization_for_run(
+    ...     "renorm", momentum=0.9, total_steps=800)
+    >>> layer.renorm_momentum, layer.renorm_clipping.rmax_steps
+    (0.9, 800)
+    """
+    name = get_normalization_name(normalization)
+    if name == "ghost" and ghost_batch_size is not None:
+        return GhostBatchNormalization(
+            virtual_batch_size=ghost_batch_size, momentum=momentum
+        )
+    if name == "renorm":
+        schedule = RenormClipping()
+        if total_steps is not None:
+            schedule = schedule.scaled(total_steps)
+        return BatchRenormalization(
+            renorm_clipping=schedule,
+            momentum=momentum,
+            renorm_momentum=momentum,
+        )
+    return NORMALIZATIONS[name](momentum=momentum)
 
 
 def get_normalization(normalization=None, **defaults):
@@ -174,15 +330,7 @@ def get_normalization(normalization=None, **defaults):
     if normalization is None:
         return BatchNormalization(**defaults)
     if isinstance(normalization, str):
-        cls = NORMALIZATIONS.get(normalization.strip().lower())
-        if cls is None:
-            raise ValueError(
-                "Unknown normalization. Valid names: "
-                f"{', '.join(repr(n) for n in normalization_names())} (or "
-                "None, a dict of BatchNormalization arguments, or a layer). "
-                f"Received: normalization={normalization!r}"
-            )
-        return cls(**defaults)
+        return NORMALIZATIONS[get_normalization_name(normalization)](**defaults)
     if isinstance(normalization, dict):
         if "class_name" in normalization:
             layer = keras.saving.deserialize_keras_object(normalization)

@@ -1,5 +1,7 @@
-"""Pieces shared by the subcommands: usage errors, output folders, tables."""
+"""Pieces shared by the subcommands: usage errors, the options `compare`
+and `search` both take and their checks, output folders, tables."""
 
+import argparse
 import contextlib
 import datetime
 import logging
@@ -58,6 +60,87 @@ def table(columns, rows, title=None):
     for row in rows:
         result.add_row(*[str(cell) for cell in row])
     return result
+
+
+def add_command(subparsers, name, help, description, epilog):
+    """A command's parser; its description and epilog keep their lines."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_model_arguments(
+    group, model_choices, model_help, placements_help, normalizations_help
+):
+    """Adds `--model`, `--placements` and `--normalizations`."""
+    group.add_argument(
+        "--model", choices=model_choices, default="mlp", help=model_help
+    )
+    for option, text in (
+        ("--placements", placements_help),
+        ("--normalizations", normalizations_help),
+    ):
+        group.add_argument(option, nargs="+", metavar="NAME", help=text)
+
+
+def add_training_arguments(group, epochs_help, learning_rate_help, seed_help):
+    """Adds `--epochs`, `--batch-size`, `--learning-rate` and `--seed`."""
+    group.add_argument("--epochs", type=int, metavar="N", help=epochs_help)
+    group.add_argument(
+        "--batch-size", type=int, default=32, metavar="N", help="(default: 32)"
+    )
+    group.add_argument(
+        "--learning-rate",
+        type=float,
+        default=1e-3,
+        metavar="LR",
+        help=learning_rate_help,
+    )
+    group.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def add_output_arguments(parser, logdir_help, quick_help, verbose_help):
+    """Adds the "output" group: `--logdir`, `--quick` and `--verbose`."""
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--logdir", default="runs", metavar="DIR", help=logdir_help
+    )
+    output.add_argument("--quick", action="store_true", help=quick_help)
+    output.add_argument("--verbose", action="store_true", help=verbose_help)
+    return output
+
+
+def settings_options(args):
+    """The options that both commands' settings take as they are."""
+    return {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "quick": args.quick,
+        "verbose": args.verbose,
+    }
+
+
+def check_positive(options):
+    """Checks that every given option is a positive integer.
+
+    Args:
+        options: A dict from option (`"--epochs"`) to its value; `None`
+            (not given, a default follows) passes.
+
+    Raises:
+        UsageError: for the first value below 1, naming the option.
+    """
+    for option, value in options.items():
+        if value is not None and value < 1:
+            raise UsageError(
+                f"{option} must be a positive integer; got {value}"
+            )
 
 
 def parse_names(values):

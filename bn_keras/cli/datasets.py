@@ -55,6 +55,14 @@ class Dataset:
     def num_features(self):
         return int(np.prod(self.x_train.shape[1:]))
 
+    def flatten_images(self):
+        """Turns images into rows of features, in place (for an MLP)."""
+        if self.image_shape is None:
+            return
+        self.x_train = self.x_train.reshape(len(self.x_train), -1)
+        self.x_val = self.x_val.reshape(len(self.x_val), -1)
+        self.image_shape = None
+
     def describe(self):
         """One line: name, sizes and task."""
         shape = (
@@ -78,7 +86,6 @@ def add_data_arguments(parser):
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
-        default=None,
         metavar="NAME",
         help=f"built-in dataset: {valid_datasets()} (default: digits)",
     )
@@ -106,6 +113,14 @@ def add_data_arguments(parser):
 
 def valid_datasets():
     return ", ".join(DATASETS)
+
+
+def check_source(dataset, data, target):
+    """Checks that `--dataset`, `--data` and `--target` go together."""
+    if data is not None and dataset is not None:
+        raise UsageError("give either --dataset or --data, not both")
+    if target is not None and data is None:
+        raise UsageError("--target goes with --data FILE")
 
 
 def scales_data(num_samples=SCALES_SAMPLES, seed=0):
@@ -148,18 +163,8 @@ def _is_number(text):
     return True
 
 
-def read_csv(path, target):
-    """Features and target column of a CSV file with a header row.
-
-    Returns:
-        `(x, y, feature_names)`: `x` float32 `(N, F)`; `y` a float64 array
-        if every target value is a number, else an array of strings.
-
-    Raises:
-        UsageError: naming the file and the problem (unreadable, empty, no
-            header, ragged rows, a value that is not a number, no column
-            `target`).
-    """
+def _read_text(path):
+    """The text of a UTF-8 file (a byte-order mark is dropped)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
             text = file.read()
@@ -174,12 +179,18 @@ def read_csv(path, target):
         ) from error
     if not text.strip():
         raise UsageError(f"{path}: the file is empty")
+    return text
+
+
+def _csv_rows(path, text):
+    """`(line number, cells)` of the non-blank rows, in the sniffed
+    dialect (comma, semicolon or tab)."""
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
     try:
-        rows = [
+        return [
             (number, row)
             for number, row in enumerate(
                 csv.reader(text.splitlines(), dialect), start=1
@@ -188,7 +199,10 @@ def read_csv(path, target):
         ]
     except csv.Error as error:
         raise UsageError(f"{path}: malformed CSV: {error}") from error
-    header = [cell.strip() for cell in rows[0][1]]
+
+
+def _check_header(path, header, target):
+    """A header names the columns, once each, the target among them."""
     if all(_is_number(cell) for cell in header):
         raise UsageError(
             f"{path}: the first line must be a header naming the columns; "
@@ -211,16 +225,32 @@ def read_csv(path, target):
             f"{path}: no feature columns: the only column is the target "
             f"{target!r}"
         )
-    data = rows[1:]
-    if len(data) < MIN_SAMPLES:
+
+
+def _feature_value(path, number, column, value):
+    """A feature cell as a finite float."""
+    try:
+        result = float(value)
+    except ValueError:
+        problem = "is empty" if not value else "is not a number"
         raise UsageError(
-            f"{path}: {len(data)} data rows; at least {MIN_SAMPLES} are "
-            "needed to split off a validation set"
+            f"{path}: line {number}, column {column!r}: {value!r} {problem} "
+            "(feature columns must be numeric)"
+        ) from None
+    if not math.isfinite(result):
+        raise UsageError(
+            f"{path}: line {number}, column {column!r}: {value!r} is not a "
+            "finite number"
         )
+    return result
+
+
+def _split_columns(path, data, header, target):
+    """`(x, targets)`: the features as float32, the target cells as text."""
     t = header.index(target)
     names = [name for i, name in enumerate(header) if i != t]
     x = np.empty((len(data), len(names)), dtype="float32")
-    y = []
+    targets = []
     for i, (number, row) in enumerate(data):
         if len(row) != len(header):
             raise UsageError(
@@ -228,53 +258,58 @@ def read_csv(path, target):
                 f"has {len(header)}"
             )
         values = [cell.strip() for cell in row]
-        y.append(values[t])
-        for j, value in enumerate(v for k, v in enumerate(values) if k != t):
-            try:
-                number_value = float(value)
-            except ValueError:
-                problem = "is empty" if not value else "is not a number"
-                raise UsageError(
-                    f"{path}: line {number}, column {names[j]!r}: "
-                    f"{value!r} {problem} (feature columns must be numeric)"
-                ) from None
-            if not math.isfinite(number_value):
-                raise UsageError(
-                    f"{path}: line {number}, column {names[j]!r}: {value!r} "
-                    "is not a finite number"
-                )
-            x[i, j] = number_value
-    if any(not value for value in y):
-        number = data[[not value for value in y].index(True)][0]
+        targets.append(values[t])
+        features = (v for k, v in enumerate(values) if k != t)
+        for j, value in enumerate(features):
+            x[i, j] = _feature_value(path, number, names[j], value)
+    return x, targets
+
+
+def _csv_target(path, data, targets, target):
+    """The target column: floats if every value is a number, else text."""
+    if not all(targets):
+        number = data[targets.index("")][0]
         raise UsageError(
             f"{path}: line {number}, target column {target!r} is empty"
         )
-    if all(_is_number(value) for value in y):
-        y = np.asarray([float(value) for value in y])
-        if not np.all(np.isfinite(y)):
-            raise UsageError(
-                f"{path}: target column {target!r} holds non-finite values"
-            )
-    else:
-        y = np.asarray(y)
-    return x, y, names
+    if not all(_is_number(value) for value in targets):
+        return np.asarray(targets)
+    y = np.asarray([float(value) for value in targets])
+    if not np.all(np.isfinite(y)):
+        raise UsageError(
+            f"{path}: target column {target!r} holds non-finite values"
+        )
+    return y
 
 
-def read_npz(path, target):
-    """Features and target arrays of a NumPy `.npz` file.
-
-    The array named `target` is the target (shape `(N,)` or `(N, 1)`). The
-    features are the one other array (shape `(N, ...)`; rank 3 or 4 is an
-    image: `(N, H, W)` or `(N, H, W, C)`), or, if there are several, the
-    other arrays of shape `(N,)` or `(N, k)` side by side as columns, in
-    name order.
+def read_csv(path, target):
+    """Features and target column of a CSV file with a header row.
 
     Returns:
-        `(x, y, image_shape)`.
+        `(x, y, feature_names)`: `x` float32 `(N, F)`; `y` a float64 array
+        if every target value is a number, else an array of strings.
 
     Raises:
-        UsageError: naming the file and the problem.
+        UsageError: naming the file and the problem (unreadable, empty, no
+            header, ragged rows, a value that is not a number, no column
+            `target`).
     """
+    rows = _csv_rows(path, _read_text(path))
+    header = [cell.strip() for cell in rows[0][1]]
+    _check_header(path, header, target)
+    data = rows[1:]
+    if len(data) < MIN_SAMPLES:
+        raise UsageError(
+            f"{path}: {len(data)} data rows; at least {MIN_SAMPLES} are "
+            "needed to split off a validation set"
+        )
+    x, targets = _split_columns(path, data, header, target)
+    names = [name for name in header if name != target]
+    return x, _csv_target(path, data, targets, target), names
+
+
+def _npz_arrays(path):
+    """The named arrays of an NPZ archive, read without pickles."""
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError as error:
@@ -299,6 +334,11 @@ def read_npz(path, target):
         ) from error
     if not arrays:
         raise UsageError(f"{path}: the NPZ file holds no arrays")
+    return arrays
+
+
+def _npz_target(path, arrays, target):
+    """Takes the target array out of `arrays`, as shape `(N,)`."""
     if target not in arrays:
         raise UsageError(
             f"{path}: no array {target!r} for --target; the arrays are: "
@@ -317,42 +357,70 @@ def read_npz(path, target):
             f"{path}: no feature arrays: the only array is the target "
             f"{target!r}"
         )
+    return y
+
+
+def _check_feature_arrays(path, arrays, target, num_samples):
+    """Every feature array is numeric, with one row per sample."""
     for name, array in arrays.items():
-        if array.ndim == 0 or len(array) != len(y):
+        if array.ndim == 0 or len(array) != num_samples:
             raise UsageError(
                 f"{path}: array {name!r} has shape {array.shape}; the target "
-                f"{target!r} has {len(y)} samples"
+                f"{target!r} has {num_samples} samples"
             )
-        if not (
-            np.issubdtype(array.dtype, np.number) or array.dtype == bool
-        ):
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
             raise UsageError(
                 f"{path}: array {name!r} is of type {array.dtype}; features "
                 "must be numeric"
             )
-    image_shape = None
+
+
+def _npz_features(path, arrays):
+    """`(x, image_shape)`: one array as it is (rank 3 or 4: images), or
+    several `(N,)` / `(N, k)` arrays side by side, in name order."""
     if len(arrays) == 1:
         (x,) = arrays.values()
         if x.ndim == 3:
             x = x[..., None]
         if x.ndim == 4:
-            image_shape = tuple(int(d) for d in x.shape[1:])
-        elif x.ndim != 2 and x.ndim != 1:
+            return x, tuple(int(d) for d in x.shape[1:])
+        if x.ndim not in (1, 2):
             raise UsageError(
                 f"{path}: the feature array has shape {x.shape}; expected "
                 "(N, features), (N, H, W) or (N, H, W, C)"
             )
-    else:
-        columns = []
-        for name in sorted(arrays):
-            array = arrays[name]
-            if array.ndim > 2:
-                raise UsageError(
-                    f"{path}: array {name!r} has shape {array.shape}; with "
-                    "several feature arrays each must be (N,) or (N, k)"
-                )
-            columns.append(array.reshape(len(array), -1))
-        x = np.concatenate(columns, axis=1)
+        return x, None
+    columns = []
+    for name in sorted(arrays):
+        array = arrays[name]
+        if array.ndim > 2:
+            raise UsageError(
+                f"{path}: array {name!r} has shape {array.shape}; with "
+                "several feature arrays each must be (N,) or (N, k)"
+            )
+        columns.append(array.reshape(len(array), -1))
+    return np.concatenate(columns, axis=1), None
+
+
+def read_npz(path, target):
+    """Features and target arrays of a NumPy `.npz` file.
+
+    The array named `target` is the target (shape `(N,)` or `(N, 1)`). The
+    features are the one other array (shape `(N, ...)`; rank 3 or 4 is an
+    image: `(N, H, W)` or `(N, H, W, C)`), or, if there are several, the
+    other arrays of shape `(N,)` or `(N, k)` side by side as columns, in
+    name order.
+
+    Returns:
+        `(x, y, image_shape)`.
+
+    Raises:
+        UsageError: naming the file and the problem.
+    """
+    arrays = _npz_arrays(path)
+    y = _npz_target(path, arrays, target)
+    _check_feature_arrays(path, arrays, target, len(y))
+    x, image_shape = _npz_features(path, arrays)
     x = x.reshape(len(x), -1) if x.ndim == 1 else x
     x = x.astype("float32")
     if not np.all(np.isfinite(x)):
@@ -388,6 +456,78 @@ def _resolve_task(y, task, source):
     return "regression"
 
 
+def _from_file(data, target, task):
+    """`(name, x, y, task, image_shape)` of a `.csv` or `.npz` file."""
+    source = os.fspath(data)
+    if target is None:
+        raise UsageError(
+            f"--data {source} needs --target, the column (CSV) or array "
+            "(NPZ) that holds the target"
+        )
+    extension = os.path.splitext(source)[1].lower()
+    if extension == ".csv":
+        x, y, _ = read_csv(source, target)
+        image_shape = None
+    elif extension == ".npz":
+        x, y, image_shape = read_npz(source, target)
+    else:
+        raise UsageError(
+            f"--data {source}: unknown file type {extension or '(none)'!r}"
+            "; expected a .csv or .npz file"
+        )
+    task = _resolve_task(y, task, source)
+    return os.path.basename(source), x, y, task, image_shape
+
+
+def _from_builtin(dataset, task):
+    """`(name, x, y, task, image_shape)` of a built-in dataset."""
+    name = (dataset or "digits").strip().lower()
+    if name not in DATASETS:
+        raise UsageError(
+            f"unknown dataset {dataset!r}. Valid datasets: "
+            f"{valid_datasets()} (or --data FILE.csv|FILE.npz "
+            "--target COLUMN)"
+        )
+    x, y, builtin_task, image_shape = _builtin(name)
+    if task not in ("auto", builtin_task):
+        raise UsageError(
+            f"--task {task}: dataset {name!r} is a {builtin_task} task"
+        )
+    return name, x, y, builtin_task, image_shape
+
+
+def _encode_classes(name, y):
+    """`(class ids as int32, class names)`; at least two classes."""
+    class_names, y = np.unique(y, return_inverse=True)
+    class_names = tuple(str(c) for c in class_names)
+    if len(class_names) < 2:
+        raise UsageError(
+            f"{name}: the target has a single class "
+            f"({class_names[0]!r}); classification needs at least two"
+        )
+    return y.astype("int32"), class_names
+
+
+def _split(x, y, stratify, seed):
+    """`Dataset`'s `x_train`, `y_train`, `x_val` and `y_val`, as a dict;
+    stratified where it can be."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        parts = train_test_split(
+            x,
+            y,
+            test_size=VALIDATION_FRACTION,
+            random_state=seed,
+            stratify=stratify,
+        )
+    except ValueError:  # too few samples per class to stratify
+        parts = train_test_split(
+            x, y, test_size=VALIDATION_FRACTION, random_state=seed
+        )
+    return dict(zip(("x_train", "x_val", "y_train", "y_val"), parts))
+
+
 def load(dataset=None, data=None, target=None, task="auto", seed=0):
     """Loads a dataset and splits it into training and validation sets.
 
@@ -407,82 +547,25 @@ def load(dataset=None, data=None, target=None, task="auto", seed=0):
     Raises:
         UsageError: for an unknown dataset or a bad file.
     """
-    from sklearn.model_selection import train_test_split
-
-    image_shape = None
     if data is not None:
-        source = os.fspath(data)
-        if target is None:
-            raise UsageError(
-                f"--data {source} needs --target, the column (CSV) or array "
-                "(NPZ) that holds the target"
-            )
-        extension = os.path.splitext(source)[1].lower()
-        if extension == ".csv":
-            x, y, _ = read_csv(source, target)
-        elif extension == ".npz":
-            x, y, image_shape = read_npz(source, target)
-        else:
-            raise UsageError(
-                f"--data {source}: unknown file type {extension or '(none)'!r}"
-                "; expected a .csv or .npz file"
-            )
-        task = _resolve_task(y, task, source)
-        name = os.path.basename(source)
+        name, x, y, task, image_shape = _from_file(data, target, task)
     else:
-        name = (dataset or "digits").strip().lower()
-        if name not in DATASETS:
-            raise UsageError(
-                f"unknown dataset {dataset!r}. Valid datasets: "
-                f"{valid_datasets()} (or --data FILE.csv|FILE.npz "
-                "--target COLUMN)"
-            )
-        x, y, builtin_task, image_shape = _builtin(name)
-        if task not in ("auto", builtin_task):
-            raise UsageError(
-                f"--task {task}: dataset {name!r} is a {builtin_task} task"
-            )
-        task = builtin_task
-
+        name, x, y, task, image_shape = _from_builtin(dataset, task)
     class_names = ()
-    num_classes = 0
+    stratify = None
     if task == "classification":
-        class_names, y = np.unique(y, return_inverse=True)
-        class_names = tuple(str(c) for c in class_names)
-        num_classes = len(class_names)
-        if num_classes < 2:
-            raise UsageError(
-                f"{name}: the target has a single class "
-                f"({class_names[0]!r}); classification needs at least two"
-            )
-        y = y.astype("int32")
-        counts = np.bincount(y)
-        stratify = y if counts.min() >= 2 else None
+        y, class_names = _encode_classes(name, y)
+        if np.bincount(y).min() >= 2:
+            stratify = y
     else:
         y = y.astype("float32")
-        stratify = None
     if image_shape is not None:
         x = x.reshape((len(x), *image_shape))
-    try:
-        x_train, x_val, y_train, y_val = train_test_split(
-            x,
-            y,
-            test_size=VALIDATION_FRACTION,
-            random_state=seed,
-            stratify=stratify,
-        )
-    except ValueError:  # too few samples per class to stratify
-        x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=VALIDATION_FRACTION, random_state=seed
-        )
     return Dataset(
         name=name,
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
         task=task,
-        num_classes=num_classes,
+        num_classes=len(class_names),
         class_names=class_names,
         image_shape=image_shape,
+        **_split(x, y, stratify, seed),
     )

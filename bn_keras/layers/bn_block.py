@@ -3,22 +3,8 @@
 import keras
 
 from bn_keras import registry
-
-
-def _is_linear(activation):
-    """Whether a layer's `activation` config entry is the identity."""
-    if activation is None:
-        return True
-    if isinstance(activation, str):
-        return activation == "linear"
-    if isinstance(activation, dict):
-        return activation.get("config") == "linear"
-    return activation is keras.activations.linear
-
-
-def _channel_axis(layer):
-    """The features axis of the layer's inputs and outputs: 1 or -1."""
-    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+from bn_keras.layers._layer_kinds import channel_axis
+from bn_keras.layers._layer_kinds import is_linear_activation
 
 
 def _describe(layer):
@@ -128,7 +114,7 @@ class BNBlock(keras.layers.Layer):
 
         if "bn" in order:
             normalization = registry.get_normalization(
-                normalization, axis=_channel_axis(layer)
+                normalization, axis=channel_axis(layer)
             )
         elif normalization is not None:
             raise ValueError(
@@ -141,7 +127,7 @@ class BNBlock(keras.layers.Layer):
         layer_config = layer.get_config()
         changes = {}
         layer_activation = layer_config.get("activation")
-        if not _is_linear(layer_activation):
+        if not is_linear_activation(layer_activation):
             if order[0] == "bn":
                 raise ValueError(
                     "With placement 'bn-act-layer' the activation comes "
@@ -183,9 +169,7 @@ class BNBlock(keras.layers.Layer):
             None if activation is None else keras.activations.get(activation)
         )
         self.activation_layer = None
-        if self.activation is not None and (
-            self.activation is not keras.activations.linear
-        ):
+        if not is_linear_activation(self.activation):
             self.activation_layer = keras.layers.Activation(
                 self.activation, name=f"{self.name}_activation"
             )
@@ -219,7 +203,7 @@ class BNBlock(keras.layers.Layer):
             return
         if not -rank <= axis < rank:
             return  # the BN layer's own build reports it
-        expected = _channel_axis(self.layer) % rank
+        expected = channel_axis(self.layer) % rank
         if axis % rank != expected:
             raise ValueError(
                 "The normalization must normalize the features axis of "

@@ -166,7 +166,7 @@ class BNHyperModel(keras_tuner.HyperModel):
     ```
     """
 
-    def __init__(self, name=None, tunable=True):
+    def __init__(self, *, name=None, tunable=True):
         super().__init__(name=name, tunable=tunable)
         self._executions = collections.Counter()
 

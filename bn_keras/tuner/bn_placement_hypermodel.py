@@ -1,36 +1,27 @@
 """Search where batch normalization goes in the user's own model."""
 
-import re
-
 import keras
 import keras_tuner
 
 from bn_keras import registry
 from bn_keras._validation import check_bool
-from bn_keras.models._graph import DENSE_CONV_LAYERS
+from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
+from bn_keras.models._graph import all_layers
+from bn_keras.models._graph import output_layers
 from bn_keras.models.insert_batchnorm import insert_batchnorm
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
 from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
+from bn_keras.tuner.bn_hyperparameters import boolean_candidates
 from bn_keras.tuner.bn_hyperparameters import canonical_normalizations
 from bn_keras.tuner.bn_hyperparameters import canonical_placements
+from bn_keras.tuner.bn_hyperparameters import check_choices
 from bn_keras.tuner.bn_hyperparameters import declare_boolean
 
 #: Hyperparameter prefix of the one shared choice when `per_layer=False`.
 SHARED_NAME = "batchnorm"
 #: Name of the hyperparameter that adds BN to the model's inputs.
 INPUT_BATCHNORM = "input_batchnorm"
-
-# The keyword arguments passed on to `bn_hyperparameters`.
-_CHOICES = (
-    "momentum",
-    "virtual_batch_size",
-    "rmax",
-    "dmax",
-    "warmup_steps",
-    "ramp_steps",
-    "normalization_kwargs",
-)
 
 
 def _is_rewritable(model):
@@ -39,14 +30,53 @@ def _is_rewritable(model):
     return isinstance(model, keras.Model) and isinstance(model, keras.Function)
 
 
-def _all_layers(model):
-    """Every layer of `model` in order, nested models' layers included."""
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found.extend(_all_layers(layer))
-    return found
+def _resolve_model(model):
+    """The model to find the slots in, and the function that makes one per
+    `build` (`None` when every build starts from `model`'s weights)."""
+    if isinstance(model, keras.Model) or not callable(model):
+        model_fn, template = None, model
+    else:
+        model_fn, template = model, model()
+    if not _is_rewritable(template):
+        got = (
+            f"<subclassed model {type(template).__name__}>"
+            if isinstance(template, keras.Model)
+            else repr(template)
+        )
+        raise TypeError(
+            "Argument `model` must be a Sequential or Functional "
+            "`keras.Model`, or a function that returns one (a subclassed "
+            "model's layers cannot be rewritten). "
+            f"Received: model={got}"
+            + (" (returned by the function)" if model_fn else "")
+        )
+    return template, model_fn
+
+
+def _check_input_batchnorm(input_batchnorm, template):
+    """The candidates of `input_batchnorm`, possible for `template`."""
+    values = boolean_candidates("input_batchnorm", input_batchnorm)
+    if True in values and (
+        isinstance(template, keras.Sequential) and not template.built
+    ):
+        raise ValueError(
+            "Argument `input_batchnorm` may be True only for a model "
+            "whose inputs are known: start the Sequential model with "
+            f"`keras.Input`. Received: input_batchnorm={input_batchnorm!r}"
+        )
+    return values
+
+
+def _check_compile_kwargs(compile_kwargs):
+    if compile_kwargs is not None and not (
+        isinstance(compile_kwargs, dict) or callable(compile_kwargs)
+    ):
+        raise TypeError(
+            "Argument `compile_kwargs` must be None, a dict of "
+            "`model.compile` arguments or a function `hp -> dict`. "
+            f"Received: compile_kwargs={compile_kwargs!r}"
+        )
+    return compile_kwargs
 
 
 def _output_effective(placement):
@@ -181,6 +211,7 @@ class BNPlacementHyperModel(BNHyperModel):
     def __init__(
         self,
         model,
+        *,
         placements=registry.PLACEMENTS,
         normalizations=NORMALIZATIONS,
         per_layer=True,
@@ -192,75 +223,21 @@ class BNPlacementHyperModel(BNHyperModel):
         **choices,
     ):
         super().__init__(name=name, tunable=tunable)
-        unknown = sorted(set(choices) - set(_CHOICES))
-        if unknown:
-            raise TypeError(
-                "BNPlacementHyperModel got unexpected keyword arguments "
-                f"{unknown}; the choices it passes on to bn_hyperparameters "
-                f"are {list(_CHOICES)}. Received: {unknown[0]}="
-                f"{choices[unknown[0]]!r}"
-            )
-        self._model_fn = None
-        if isinstance(model, keras.Model):
-            template = model
-        elif callable(model):
-            self._model_fn = model
-            template = model()
-        else:
-            template = model
-        if not _is_rewritable(template):
-            got = (
-                f"<subclassed model {type(template).__name__}>"
-                if isinstance(template, keras.Model)
-                else repr(template)
-            )
-            raise TypeError(
-                "Argument `model` must be a Sequential or Functional "
-                "`keras.Model`, or a function that returns one (a subclassed "
-                "model's layers cannot be rewritten). "
-                f"Received: model={got}"
-                + (" (returned by the function)" if self._model_fn else "")
-            )
+        self.choices = check_choices(self, choices)
+        template, self._model_fn = _resolve_model(model)
         self._template = None if self._model_fn else template
         self.per_layer = check_bool("per_layer", per_layer)
         self.placements = canonical_placements(placements)
-        self.choices = dict(choices)
-        values = (
-            tuple(input_batchnorm)
-            if isinstance(input_batchnorm, (list, tuple))
-            else (input_batchnorm,)
+        self.input_batchnorm = _check_input_batchnorm(
+            input_batchnorm, template
         )
-        if not values or not all(isinstance(v, bool) for v in values):
-            raise TypeError(
-                "Argument `input_batchnorm` must be a boolean or a list of "
-                "booleans to choose from. "
-                f"Received: input_batchnorm={input_batchnorm!r}"
-            )
-        self.input_batchnorm = tuple(dict.fromkeys(values))
-        if True in self.input_batchnorm and (
-            isinstance(template, keras.Sequential) and not template.built
-        ):
-            raise ValueError(
-                "Argument `input_batchnorm` may be True only for a model "
-                "whose inputs are known: start the Sequential model with "
-                f"`keras.Input`. Received: input_batchnorm={input_batchnorm!r}"
-            )
-        if compile_kwargs is not None and not (
-            isinstance(compile_kwargs, dict) or callable(compile_kwargs)
-        ):
-            raise TypeError(
-                "Argument `compile_kwargs` must be None, a dict of "
-                "`model.compile` arguments or a function `hp -> dict`. "
-                f"Received: compile_kwargs={compile_kwargs!r}"
-            )
-        self.compile_kwargs = compile_kwargs
+        self.compile_kwargs = _check_compile_kwargs(compile_kwargs)
         self.slots, self._outputs = self._find_slots(template, layers)
         self._explicit_layers = layers is not None
         self.normalizations = canonical_normalizations(normalizations)
         # Validates every choice now rather than in the first trial.
-        scratch = keras_tuner.HyperParameters()
         bn_hyperparameters(
-            scratch,
+            keras_tuner.HyperParameters(),
             SHARED_NAME,
             placements=self.placements,
             normalizations=self.normalizations,
@@ -270,7 +247,7 @@ class BNPlacementHyperModel(BNHyperModel):
     @staticmethod
     def _find_slots(model, layers):
         """The slot names in forward order, and those that are outputs."""
-        every = _all_layers(model)
+        every = all_layers(model)
         names = [layer.name for layer in every]
         if layers is None:
             slots = [
@@ -309,22 +286,12 @@ class BNPlacementHyperModel(BNHyperModel):
                 f"`layers`. Received: model=<{type(model).__name__} "
                 f"name={model.name}>"
             )
-        # The slots `insert_batchnorm` leaves without BN after them by
-        # default are the output layers: ask it rather than guess.
-        probe = insert_batchnorm(model, placement="layer-bn-act")
-        added = {layer.name for layer in _all_layers(probe)} - set(names)
-        outputs = set()
-        dense_conv = {
+        # The slots that `insert_batchnorm` leaves without BN after them.
+        outputs = {
             layer.name
-            for layer in every
+            for layer in output_layers(model, "insert_batchnorm")
             if isinstance(layer, DENSE_CONV_LAYERS)
-        }
-        for slot in slots:
-            pattern = re.compile(re.escape(slot) + r"_bn(_\d+)?")
-            if slot in dense_conv and not any(
-                pattern.fullmatch(n) for n in added
-            ):
-                outputs.add(slot)
+        }.intersection(slots)
         return slots, outputs
 
     def slot_placements(self, slot):

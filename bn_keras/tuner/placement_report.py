@@ -7,20 +7,12 @@ from bn_keras.tuner.bn_hyperparameters import NORMALIZATION
 from bn_keras.tuner.bn_hyperparameters import PLACEMENT
 from bn_keras.tuner.bn_hyperparameters import RAMP_STEPS
 from bn_keras.tuner.bn_hyperparameters import RMAX
+from bn_keras.tuner.bn_hyperparameters import SETTINGS
 from bn_keras.tuner.bn_hyperparameters import VIRTUAL_BATCH_SIZE
 from bn_keras.tuner.bn_hyperparameters import WARMUP_STEPS
 
 # The per-slot keys, in the order they are shown.
-_SLOT_KEYS = (
-    PLACEMENT,
-    NORMALIZATION,
-    MOMENTUM,
-    VIRTUAL_BATCH_SIZE,
-    RMAX,
-    DMAX,
-    WARMUP_STEPS,
-    RAMP_STEPS,
-)
+_SLOT_KEYS = (PLACEMENT, NORMALIZATION, *SETTINGS)
 _SHORT = {
     MOMENTUM: "m",
     VIRTUAL_BATCH_SIZE: "vbs",
@@ -153,6 +145,32 @@ def placement_report(tuner, print_table=True, console=None):
     return rows
 
 
+def _constant_values(others):
+    """The values that no trial changed (none with a single trial)."""
+    if len(others) < 2:
+        return {}
+    return {
+        name: value
+        for name, value in others[0].items()
+        if all(other.get(name, object()) == value for other in others)
+    }
+
+
+def _caption(oracle, count, constant):
+    """How many trials completed and failed, and the constant values."""
+    caption = f"{count} completed trial(s), best first"
+    trials = getattr(oracle, "trials", None)
+    if isinstance(trials, dict):
+        failed = sum(str(t.status) == "FAILED" for t in trials.values())
+        if failed:
+            caption += f"; {failed} failed"
+    if constant:
+        caption += "; in every trial: " + ", ".join(
+            f"{k}={_number(v)}" for k, v in constant.items()
+        )
+    return caption
+
+
 def _print(rows, slots, oracle, console):
     from rich.console import Console
     from rich.table import Table
@@ -163,27 +181,12 @@ def _print(rows, slots, oracle, console):
             console.width = 120
     objective = getattr(oracle.objective, "name", "score")
     direction = getattr(oracle.objective, "direction", None)
-    trials = getattr(oracle, "trials", None)
-    caption = f"{len(rows)} completed trial(s), best first"
-    if isinstance(trials, dict):
-        failed = sum(str(t.status) == "FAILED" for t in trials.values())
-        if failed:
-            caption += f"; {failed} failed"
     # Values that no trial changed go to the caption, not to every row.
     others = [row["hyperparameters"] for row in rows]
-    constant = {
-        name: value
-        for name, value in (others[0].items() if others else ())
-        if len(rows) > 1
-        and all(other.get(name, object()) == value for other in others)
-    }
-    if constant:
-        caption += "; in every trial: " + ", ".join(
-            f"{k}={_number(v)}" for k, v in constant.items()
-        )
+    constant = _constant_values(others)
     table = Table(
         title="Batch normalization placements",
-        caption=caption,
+        caption=_caption(oracle, len(rows), constant),
         show_lines=True,
     )
     table.add_column("#", justify="right")

@@ -5,13 +5,9 @@ import io
 import math
 import os
 
-import keras
 import numpy as np
 import pytest
 
-import bn_keras
-from bn_keras.cli import compare
-from bn_keras.cli import datasets
 from bn_keras.cli import main
 from tests.cli.helpers import assert_png
 from tests.cli.helpers import event_files
@@ -247,19 +243,25 @@ def _write(path, text):
 ERRORS = {
     "unknown dataset": (
         ["--dataset", "mnist"],
-        "unknown dataset 'mnist'. Valid datasets: digits, wine, breast_cancer, "
-        "scales",
+        (
+            "unknown dataset 'mnist'. Valid datasets: digits, wine, "
+            "breast_cancer, scales"
+        ),
     ),
     "unknown placement": (
         ["--placements", "layer-bn-act", "after_dense"],
-        "unknown placement 'after_dense'. Valid placements: layer-bn-act "
-        "(or before_activation), layer-act-bn (or after_activation), "
-        "bn-act-layer (or pre_activation), layer-act (or none)",
+        (
+            "unknown placement 'after_dense'. Valid placements: layer-bn-act "
+            "(or before_activation), layer-act-bn (or after_activation), "
+            "bn-act-layer (or pre_activation), layer-act (or none)"
+        ),
     ),
     "unknown normalization": (
         ["--normalizations", "batch", "group"],
-        "unknown normalization 'group'. Valid normalizations: batch, ghost, "
-        "renorm",
+        (
+            "unknown normalization 'group'. Valid normalizations: batch, "
+            "ghost, renorm"
+        ),
     ),
     "dataset and data": (
         ["--dataset", "wine", "--data", "x.csv", "--target", "y"],
@@ -289,8 +291,10 @@ ERRORS = {
     ),
     "unknown file type": (
         ["--data", "{tmp}/data.txt", "--target", "y"],
-        "--data {tmp}/data.txt: unknown file type '.txt'; expected a .csv or "
-        ".npz file",
+        (
+            "--data {tmp}/data.txt: unknown file type '.txt'; expected a "
+            ".csv or .npz file"
+        ),
     ),
 }
 
@@ -301,7 +305,7 @@ def test_compare_usage_errors(case, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     message = message.replace("{tmp}", str(tmp_path))
     logdir = tmp_path / "runs"
-    status, out, err = run_cli(
+    status, _, err = run_cli(
         capsys, "compare", *argv, "--quick", "--logdir", logdir
     )
     assert status == 2
@@ -394,46 +398,3 @@ def test_compare_argparse_errors(capsys):
     status, _, err = run_cli(capsys, "compare", "--epochs", "many")
     assert status == 2
     assert "invalid int value: 'many'" in err
-
-
-def test_configurations_and_their_models():
-    configurations = compare.configurations(
-        compare.resolve_placements(["none", "pre_activation", "layer-bn-act"]),
-        compare.resolve_normalizations(["renorm", "ghost"]),
-    )
-    assert [c.slug for c in configurations] == [
-        "no-bn",
-        "bn-act-layer_renorm",
-        "bn-act-layer_ghost",
-        "layer-bn-act_renorm",
-        "layer-bn-act_ghost",
-    ]
-    data = datasets.load("wine")
-    keras.utils.set_random_seed(0)
-    base = compare.build_base_model("mlp", data)
-    renorm = compare.make_model(
-        base, configurations[3], 8, total_steps=800, momentum=0.9
-    )
-    layers = bn_keras.find_batchnorm(renorm)
-    assert len(layers) == 2  # none after the output layer
-    for layer in layers:
-        assert type(layer).__name__ == "BatchRenormalization"
-        assert layer.momentum == 0.9 and layer.renorm_momentum == 0.9
-        schedule = layer.get_config()["renorm_clipping"]["config"]
-        assert (
-            schedule["warmup_steps"],
-            schedule["dmax_steps"],
-            schedule["rmax_steps"],
-        ) == (100, 500, 800)
-    ghost = compare.make_model(base, configurations[4], 8, 800, 0.95)
-    for layer in bn_keras.find_batchnorm(ghost):
-        assert (layer.virtual_batch_size, layer.momentum) == (8, 0.95)
-    # Every configuration starts from the base model's weights.
-    no_bn = compare.make_model(base, configurations[0], 8, 800)
-    assert bn_keras.find_batchnorm(no_bn) == []
-    for a, b in zip(no_bn.get_weights(), base.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(
-        ghost.get_layer(base.layers[-1].name).get_weights()[0],
-        base.layers[-1].get_weights()[0],
-    )

@@ -87,8 +87,10 @@ def test_search_ready_made_mlp_regression(tmp_path, capsys):
         ),
         (
             ["--normalizations", "layer"],
-            "unknown normalization 'layer'. Valid normalizations: batch, "
-            "ghost, renorm",
+            (
+                "unknown normalization 'layer'. Valid normalizations: "
+                "batch, ghost, renorm"
+            ),
         ),
         (["--dataset", "cifar10"], "unknown dataset 'cifar10'"),
         (

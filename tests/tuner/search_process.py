@@ -244,7 +244,7 @@ def logs(directory, result_path):
         trials[trial.trial_id] = {
             "status": trial.status,
             "values": trial.hyperparameters.values,
-            "bn_layers": [l.name for l in bn_keras.find_batchnorm(model)],
+            "bn_layers": [bn.name for bn in bn_keras.find_batchnorm(model)],
         }
     write(
         result_path,

@@ -154,7 +154,7 @@ def test_each_slot_gets_its_own_choice():
         "out",
     ]
     layers = bn_keras.find_batchnorm(model)
-    assert [(l.name, kind(l), l.momentum) for l in layers] == [
+    assert [(bn.name, kind(bn), bn.momentum) for bn in layers] == [
         ("hidden_1_bn", "ghost16", 0.9),
         ("hidden_2_bn", "batch", 0.99),
         ("out_bn", "renorm", 0.9),
@@ -263,7 +263,7 @@ def test_functional_model_with_a_nested_model():
         "logits",
     ]
     assert layer_names(model.get_layer("block")) == ["inner_bn", "inner"]
-    assert [(l.name, kind(l)) for l in bn_keras.find_batchnorm(model)] == [
+    assert [(bn.name, kind(bn)) for bn in bn_keras.find_batchnorm(model)] == [
         ("conv_bn", "batch"),
         ("dense_bn", "ghost16"),
         ("inner_bn", "batch"),
@@ -525,3 +525,11 @@ def _twice_named():
 def test_errors(make, error, message):
     with pytest.raises(error, match=re.escape(message) + "$"):
         make()
+
+
+def test_arguments_after_model_are_keyword_only():
+    with pytest.raises(
+        TypeError,
+        match=re.escape("BNPlacementHyperModel.__init__() takes 2 positional"),
+    ):
+        BNPlacementHyperModel(user_model(), ["layer-act"])

@@ -56,7 +56,8 @@ def test_mlp_pinned_structure():
     assert second.layer.units == 8
     # BN right after the layer takes the place of its bias.
     assert first.layer.use_bias is False and second.layer.use_bias is True
-    assert [(kind(l), l.momentum) for l in bn_keras.find_batchnorm(model)] == [
+    layers = bn_keras.find_batchnorm(model)
+    assert [(kind(bn), bn.momentum) for bn in layers] == [
         ("batch", 0.99),  # the input BN: plain, default momentum
         ("ghost16", 0.9),
         ("renorm", 0.99),
@@ -208,4 +209,20 @@ def test_cnn_deep_on_small_images():
 )
 def test_errors(make, error, message):
     with pytest.raises(error, match=re.escape(message) + "$"):
+        make()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: BNSearchMLP(3, (8,)), "BNSearchMLP.__init__()"),
+        (lambda: BNSearchCNN(3, (1, 2)), "BNSearchCNN.__init__()"),
+        (
+            lambda: bn_keras.tuner.BNHyperModel("name"),
+            "BNHyperModel.__init__()",
+        ),
+    ],
+)
+def test_arguments_after_the_first_are_keyword_only(make, message):
+    with pytest.raises(TypeError, match=re.escape(message) + " takes "):
         make()

@@ -32,9 +32,11 @@ def free_port():
 def wait(process, log, deadline):
     try:
         process.wait(timeout=max(1.0, deadline - time.time()))
-    except Exception:
+    except Exception as error:
         kill(process)
-        raise AssertionError(f"{log.name} did not end in time:\n{tail(log)}")
+        raise AssertionError(
+            f"{log.name} did not end in time:\n{tail(log)}"
+        ) from error
     assert process.returncode == 0, f"{log.name} failed:\n{tail(log)}"
 
 
