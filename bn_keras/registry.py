@@ -24,6 +24,20 @@ Normalizations:
 | `"ghost"`  | `bn_keras.layers.GhostBatchNormalization`     |
 | `"renorm"` | `bn_keras.layers.BatchRenormalization`        |
 
+Input normalizations (`bn_keras.insert_batchnorm(input_batchnorm=...)`,
+the hypermodels and `bn-keras compare --input-batchnorm`): a
+`bn_keras.layers.BatchNormalization` without `gamma` and `beta` on each
+input, in place of standardizing the data by hand:
+
+| name       | layer                                                        |
+| ---------- | ------------------------------------------------------------ |
+| `"none"`   | no layer                                                     |
+| `"batch"`  | plain BN: each training batch standardized by its own        |
+|            | statistics                                                   |
+| `"renorm"` | unclipped renorm with cumulative statistics (`momentum=None`,|
+|            | `renorm_momentum=None`): each training batch standardized by |
+|            | the statistics of all the batches before it                  |
+
 `normalization_for_run` builds these for a training run of known length
 (the ghost batch size, the momentum, and the renorm schedule scaled to the
 run by `bn_keras.layers.RenormClipping.scaled`); `placement_table` and
@@ -65,6 +79,14 @@ PLACEMENT_ALIASES = {
 
 #: Tuner names that `bn_keras.tuner.get_tuner` knows.
 TUNERS = ("random", "grid", "hyperband", "bayesian")
+
+#: Input normalization names and the arguments of the
+#: `BatchNormalization` each one puts on an input (`None`: no layer).
+INPUT_NORMALIZATIONS = {
+    "none": None,
+    "batch": {},
+    "renorm": {"renorm": True, "momentum": None, "renorm_momentum": None},
+}
 
 #: Normalization names and the layer class each one builds.
 NORMALIZATIONS = {
@@ -357,3 +379,65 @@ def serialize_normalization(layer):
     if layer is None:
         return None
     return keras.saving.serialize_keras_object(layer)
+
+
+def input_normalization_names():
+    """The input normalization names, in the order of the table."""
+    return list(INPUT_NORMALIZATIONS)
+
+
+def get_input_normalization_name(name):
+    """Returns the registered name of an input normalization.
+
+    Args:
+        name: `"none"`, `"batch"` or `"renorm"` (case-insensitive,
+            surrounding spaces ignored).
+
+    Returns:
+        The name in lowercase.
+
+    Raises:
+        ValueError: for anything else; the message lists the valid names.
+
+    Example:
+
+    >>> bn_keras.registry.get_input_normalization_name("ReNorm")
+    'renorm'
+    """
+    if isinstance(name, str):
+        key = name.strip().lower()
+        if key in INPUT_NORMALIZATIONS:
+            return key
+    raise ValueError(
+        "Unknown input normalization. Valid names: "
+        f"{', '.join(repr(n) for n in input_normalization_names())}. "
+        f"Received: input_batchnorm={name!r}"
+    )
+
+
+def get_input_normalization(normalization, **defaults):
+    """Returns a fresh input normalization layer for a name, or `None`.
+
+    Args:
+        normalization: A registered input normalization name (see the
+            module docstring), case-insensitive.
+        **defaults: Further `BatchNormalization` arguments, such as `name`
+            or `axis`.
+
+    Returns:
+        A new, unbuilt `bn_keras.layers.BatchNormalization` with
+        `center=False` and `scale=False`, or `None` for `"none"`.
+
+    Example:
+
+    >>> layer = bn_keras.registry.get_input_normalization("renorm")
+    >>> layer.renorm, layer.momentum, layer.renorm_momentum, layer.center
+    (True, None, None, False)
+    """
+    name = get_input_normalization_name(normalization)
+    arguments = INPUT_NORMALIZATIONS[name]
+    if arguments is None:
+        return None
+    return BatchNormalization(
+        **{"center": False, "scale": False, **defaults, **arguments}
+    )
