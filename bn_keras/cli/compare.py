@@ -47,6 +47,12 @@ normalizations:
   ghost    ghost batches of --ghost-batch-size samples
   renorm   batch renormalization, with the paper's r/d schedule compressed
            to the length of the run
+input normalizations (--input-batchnorm; every configuration is trained
+once per name):
+  none     the inputs as they are (default)
+  batch    plain BN on the inputs (each training batch by its own statistics)
+  renorm   renorm with cumulative statistics on the inputs: standardizes
+           them as by hand, with no pass over the data beforehand
 """
 
 EPILOG = """\
@@ -54,6 +60,7 @@ examples:
   bn-keras compare                                  # digits, MLP, 20 epochs
   bn-keras compare --dataset wine --normalizations batch renorm
   bn-keras compare --model cnn --placements layer-bn-act --epochs 10
+  bn-keras compare --dataset scales --input-batchnorm none renorm
   bn-keras compare --data my.csv --target label --quick
 """
 
@@ -78,6 +85,14 @@ def _add_configuration_arguments(parser):
         metavar="M",
         help="momentum of BN's moving statistics (default: 0.99, Keras's); "
         "on a short run, 0.9 lets them keep up",
+    )
+    runs.add_argument(
+        "--input-batchnorm",
+        nargs="+",
+        metavar="NAME",
+        help="input normalizations, each with every configuration (space- or "
+        "comma-separated; default: none). Valid: "
+        f"{', '.join(registry.input_normalization_names())}",
     )
     runs.add_argument(
         "--ghost-batch-size",
@@ -164,6 +179,9 @@ def parse(args):
     return experiment.ComparisonSettings(
         placements=placements,
         normalizations=normalizations,
+        input_batchnorms=experiment.resolve_input_normalizations(
+            args.input_batchnorm
+        ),
         momentum=args.momentum,
         ghost_batch_size=_ghost_batch_size(args, normalizations),
         epochs=epochs,

@@ -170,7 +170,7 @@ def _plot_curve(axes, result):
     """One configuration's line, with a circle on its best epoch."""
     epochs = np.arange(1, len(result.curve) + 1)
     style = {"marker": ".", "label": result.label}
-    if not result.configuration.has_batchnorm:
+    if result.configuration.is_baseline:
         style.update(linestyle="--", color="black")
     (line,) = axes.plot(epochs, result.curve, **style)
     if result.best_epoch:
