@@ -246,14 +246,22 @@ def get_normalization_name(normalization):
     >>> bn_keras.registry.get_normalization_name(" Ghost")
     'ghost'
     """
-    if isinstance(normalization, str):
-        name = normalization.strip().lower()
-        if name in NORMALIZATIONS:
+    return _registered(
+        normalization, normalization_names(), "normalization", "normalization"
+    )
+
+
+def _registered(value, names, kind, argument):
+    """`value` in lowercase if it is one of `names`; else a `ValueError`
+    that lists them."""
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in names:
             return name
     raise ValueError(
-        "Unknown normalization. Valid names: "
-        f"{', '.join(repr(n) for n in normalization_names())}. "
-        f"Received: normalization={normalization!r}"
+        f"Unknown {kind}. Valid names: "
+        f"{', '.join(repr(n) for n in names)}. "
+        f"Received: {argument}={value!r}"
     )
 
 
@@ -387,31 +395,20 @@ def input_normalization_names():
 
 
 def get_input_normalization_name(name):
-    """Returns the registered name of an input normalization.
+    """Returns the registered name of an input normalization, lowercase.
 
-    Args:
-        name: `"none"`, `"batch"` or `"renorm"` (case-insensitive,
-            surrounding spaces ignored).
-
-    Returns:
-        The name in lowercase.
-
-    Raises:
-        ValueError: for anything else; the message lists the valid names.
-
-    Example:
+    `name` is `"none"`, `"batch"` or `"renorm"`, case-insensitive, with
+    surrounding spaces ignored; anything else raises a `ValueError` that
+    lists the valid names (as `get_normalization_name` does).
 
     >>> bn_keras.registry.get_input_normalization_name("ReNorm")
     'renorm'
     """
-    if isinstance(name, str):
-        key = name.strip().lower()
-        if key in INPUT_NORMALIZATIONS:
-            return key
-    raise ValueError(
-        "Unknown input normalization. Valid names: "
-        f"{', '.join(repr(n) for n in input_normalization_names())}. "
-        f"Received: input_batchnorm={name!r}"
+    return _registered(
+        name,
+        input_normalization_names(),
+        "input normalization",
+        "input_batchnorm",
     )
 
 

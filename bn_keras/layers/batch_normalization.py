@@ -425,25 +425,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # Keras creates the weights: same names, shapes, order and flags.
         super().build(input_shape)
         if self.renorm and self.renorm_schedule is not None:
-            self.renorm_step = self.add_weight(
-                shape=(),
-                name="renorm_step",
-                initializer="zeros",
-                dtype="int32",
-                trainable=False,
-                autocast=False,
-                aggregation="only_first_replica",
-            )
+            self.renorm_step = self._add_counter("renorm_step")
         if self.cumulative:
-            self.num_batches_tracked = self.add_weight(
-                shape=(),
-                name="num_batches_tracked",
-                initializer="zeros",
-                dtype="int32",
-                trainable=False,
-                autocast=False,
-                aggregation="only_first_replica",
-            )
+            self.num_batches_tracked = self._add_counter("num_batches_tracked")
         # Shapes in which per-channel (and per-sample) values broadcast.
         self._broadcast_shape = [1] * rank
         self._broadcast_shape[self._channel_axis] = input_shape[self.axis]
@@ -452,6 +436,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._sample_axes = [
             a for a in range(1, rank) if a != self._channel_axis
         ]
+
+    def _add_counter(self, name):
+        """An int32 counter saved with the weights; under a distribution
+        strategy every replica counts the same steps, so the first
+        replica's count is the count."""
+        return self.add_weight(
+            shape=(),
+            name=name,
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            autocast=False,
+            aggregation="only_first_replica",
+        )
 
     def call(self, inputs, training=None, mask=None):
         if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
