@@ -23,6 +23,7 @@ from bn_keras.models import fold_batchnorm
 from bn_keras.models._fold_plan import plan_fold
 from bn_keras.models._graph import GraphError
 from bn_keras.models._graph import LayerGraph
+from bn_keras.models._graph import is_raw_op
 from bn_keras.models._graph import model_kind
 
 #: |gamma| below this is a dead channel (as BatchNormMonitor counts them).
@@ -127,6 +128,8 @@ def _describe(layer):
         return "input"
     if isinstance(layer, str):
         return layer
+    if is_raw_op(layer):  # `h * 2.0`, `keras.ops.relu(h)`
+        return f"{type(layer).__name__} (op)"
     if isinstance(layer, keras.layers.Activation):
         return keras.activations.serialize(layer.activation)
     if isinstance(layer, ACTIVATION_LAYERS):
