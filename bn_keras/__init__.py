@@ -11,6 +11,7 @@ from bn_keras import callbacks
 from bn_keras import layers
 from bn_keras import models
 from bn_keras import registry
+from bn_keras.models import convert_batchnorm
 from bn_keras.models import find_batchnorm
 from bn_keras.models import fold_batchnorm
 from bn_keras.models import freeze_batchnorm
@@ -23,6 +24,7 @@ _LAZY_SUBMODULES = ("tuner",)
 __all__ = [
     "__version__",
     "callbacks",
+    "convert_batchnorm",
     "find_batchnorm",
     "fold_batchnorm",
     "freeze_batchnorm",

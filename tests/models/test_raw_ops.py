@@ -191,6 +191,20 @@ def test_nested_backbone_with_raw_ops_folds():
     _assert_same_predictions(folded, model, x, tolerance=1e-4)
 
 
+def test_nested_backbone_with_raw_ops_converts():
+    model = _head_on_backbone()
+    _random_bn(model)
+    converted = bn_keras.convert_batchnorm(model, "renorm")
+    found = bn_keras.find_batchnorm(converted)
+    assert [(bn.name, type(bn).__name__) for bn in found] == [
+        ("conv_bn", "BatchRenormalization"),
+        ("fc_bn", "BatchRenormalization"),
+    ]
+    inner = converted.get_layer("backbone").get_layer("conv_bn")
+    assert inner is found[0]
+    _assert_same_predictions(converted, model, sample_inputs((2, 6, 6, 3)))
+
+
 def test_nested_backbone_with_raw_ops_gets_bn_inserted():
     model = _head_on_backbone()
     new = bn_keras.insert_batchnorm(model, layers=["conv"])
@@ -254,6 +268,18 @@ def test_shared_layer_and_several_inputs_and_outputs_fold():
     _assert_same_outputs(folded, model, _multi_io_inputs(), 1e-4)
 
 
+def test_shared_layer_and_several_inputs_and_outputs_convert():
+    model = _shared_and_multi_io()
+    _random_bn(model)
+    converted = bn_keras.convert_batchnorm(model, "ghost")
+    assert _calls(converted, "shared") == 2
+    assert converted.get_layer("shared") is not model.get_layer("shared")
+    assert {type(bn).__name__ for bn in bn_keras.find_batchnorm(converted)} == {
+        "GhostBatchNormalization"
+    }
+    _assert_same_outputs(converted, model, _multi_io_inputs(), TOLERANCE)
+
+
 def test_shared_layer_and_several_inputs_and_outputs_insert():
     model = _shared_and_multi_io()
     new = bn_keras.insert_batchnorm(model, layers=["shared"])
@@ -281,8 +307,9 @@ def test_rewritten_raw_op_model_saves_and_loads(tmp_path):
     [
         bn_keras.fold_batchnorm,
         bn_keras.insert_batchnorm,
+        lambda model: bn_keras.convert_batchnorm(model, "renorm"),
     ],
-    ids=["fold", "insert"],
+    ids=["fold", "insert", "convert"],
 )
 def test_rewrites_leave_the_original_graph_as_it_was(rewrite):
     model = _shared_producer()
