@@ -3,6 +3,7 @@
     bn-keras compare   train one model per BN configuration and rank them
     bn-keras search    search BN placements with keras-tuner
     bn-keras inspect   one row per BN layer of a saved model; fold it
+    bn-keras convert   a saved model with its BN layers of another kind
 
 Also `python -m bn_keras`. Exit status: 0 on success, 2 for usage errors
 (bad options, unknown names, unreadable or malformed files), as argparse
@@ -13,6 +14,7 @@ import argparse
 import sys
 
 from bn_keras.cli import compare
+from bn_keras.cli import convert
 from bn_keras.cli import inspect
 from bn_keras.cli import search
 from bn_keras.cli.common import UsageError
@@ -38,7 +40,7 @@ def build_parser():
         title="commands", dest="command", metavar="COMMAND"
     )
     subparsers.required = True
-    for module in (compare, search, inspect):
+    for module in (compare, search, inspect, convert):
         module.add_parser(subparsers)
     return parser
 

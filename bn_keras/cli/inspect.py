@@ -361,7 +361,7 @@ def load(path):
         ) from error
 
 
-def _max_difference(model, folded):
+def max_difference(model, folded):
     """Largest |output difference| on random inputs, or None if unknown."""
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) != 1:
@@ -406,7 +406,7 @@ def run(args):
         f"folded {len(report['folded'])} of {len(rows)} BN layers "
         f"({len(report['kept'])} kept); wrote {args.fold}"
     )
-    difference = _max_difference(model, folded)
+    difference = max_difference(model, folded)
     if difference is not None and not np.isfinite(difference):
         out.print(
             "outputs on random inputs are not finite (see the warnings); "
