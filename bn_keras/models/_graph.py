@@ -238,7 +238,14 @@ class Replacement:
 
 
 def copied(layer, make_extra=None):
-    """The `Replacement` that copies `layer` with its weights."""
+    """The `Replacement` that copies `layer` with its weights.
+
+    A `keras.layers.Lambda` is used as it is, as a raw operation is: it
+    has no weights of its own, and its Python function cannot be copied
+    from its config (Keras's safe mode refuses to deserialize a lambda).
+    """
+    if isinstance(layer, keras.layers.Lambda):
+        return Replacement(layer, None, make_extra)
     return Replacement(copy_layer(layer), layer.get_weights(), make_extra)
 
 

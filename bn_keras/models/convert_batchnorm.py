@@ -58,7 +58,9 @@ class _Target:
                 f"Received: {', '.join(f'{k}={overrides[k]!r}' for k in fixed)}"
             )
         self.overrides = dict(overrides)
-        self.cls(**{**self.spec, **self.overrides})  # a bad argument fails here
+        # A bad argument fails here, before the model is copied (named, so
+        # that no auto-generated layer name is used up).
+        self.cls(**{**self.spec, **self.overrides, "name": "check"})
 
     def config(self, bn):
         source = bn.get_config()

@@ -259,10 +259,7 @@ def test_shared_layer_and_several_inputs_and_outputs_fold():
     folded, report = bn_keras.fold_batchnorm(model, return_report=True)
     assert report["folded"] == [{"layer": "c", "batchnorm": "bn_c"}]
     assert report["kept"] == [
-        {
-            "batchnorm": "bn_a",
-            "reason": "the output of 'shared' is used elsewhere too",
-        }
+        {"batchnorm": "bn_a", "reason": "'shared' is called more than once"}
     ]
     assert _calls(folded, "shared") == 2
     _assert_same_outputs(folded, model, _multi_io_inputs(), 1e-4)
@@ -300,6 +297,36 @@ def test_rewritten_raw_op_model_saves_and_loads(tmp_path):
     _assert_same_predictions(loaded, model, sample_inputs((5, 8)))
     config = json.dumps(loaded.get_config())
     assert '"class_name": "Relu"' in config and '"class_name": "Add"' in config
+
+
+def _lambda_model():
+    inputs = keras.Input((4,), name="x")
+    h = keras.layers.Dense(4, use_bias=False, name="dense")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Lambda(lambda t: t * 2.0, name="times2")(h)
+    return keras.Model(inputs, keras.layers.Dense(2, name="out")(h))
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        bn_keras.fold_batchnorm,
+        lambda model: bn_keras.insert_batchnorm(model, layers=["out"]),
+        lambda model: bn_keras.convert_batchnorm(model, "ghost"),
+    ],
+    ids=["fold", "insert", "convert"],
+)
+def test_a_lambda_layer_is_used_as_it_is(rewrite):
+    # Keras's safe mode refuses to copy a Python lambda from its config;
+    # like a raw op, the Lambda layer has no weights and is reused.
+    model = _lambda_model()
+    _random_bn(model)
+    new = rewrite(model)
+    assert new.get_layer("times2") is model.get_layer("times2")
+    for bn in bn_keras.find_batchnorm(new):
+        if bn.name == "out_bn":
+            _identity(bn)
+    _assert_same_predictions(new, model, sample_inputs((3, 4)))
 
 
 @pytest.mark.parametrize(
