@@ -7,10 +7,10 @@ original's. Keras and bn_keras are imported when the command runs, not
 when its options are read.
 """
 
-import argparse
 import warnings
 
 from bn_keras.cli.common import UsageError
+from bn_keras.cli.common import add_command
 
 HELP = "write a saved model with its BN layers converted (e.g. to renorm)"
 
@@ -35,13 +35,13 @@ settings kept from each layer).
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "convert",
         help=HELP,
         description=DESCRIPTION,
         epilog="example:\n  bn-keras convert model.keras --to renorm "
         "model_renorm.keras",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL.keras", help="a saved model")
     parser.add_argument(
