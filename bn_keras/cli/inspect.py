@@ -12,6 +12,9 @@ import os
 import keras
 import numpy as np
 
+from bn_keras.callbacks._statistics import dead_channels
+from bn_keras.callbacks._statistics import nonfinite
+from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import console
 from bn_keras.cli.common import table
@@ -25,9 +28,6 @@ from bn_keras.models._graph import GraphError
 from bn_keras.models._graph import LayerGraph
 from bn_keras.models._graph import is_raw_op
 from bn_keras.models._graph import model_kind
-
-#: |gamma| below this is a dead channel (as BatchNormMonitor counts them).
-DEAD_GAMMA = 1e-3
 
 HELP = "one row per BN layer of a saved model; --fold writes it folded"
 
@@ -195,10 +195,6 @@ def _walk(model, prefix, outer_before, outer_after, found):
             )
 
 
-def _values(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
-
-
 def _range(values):
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -206,32 +202,26 @@ def _range(values):
     return (float(finite.min()), float(finite.max()))
 
 
-def _warnings(layer):
-    messages = []
+#: The statistics whose non-finite values `inspect` warns about.
+_CHECKED = ("moving_mean", "moving_variance", "gamma", "beta")
+
+
+def _warnings(layer, statistics):
     if not layer.built:
         return ["not built (no statistics)"]
-    variables = {
-        "moving_mean": _values(layer.moving_mean),
-        "moving_variance": _values(layer.moving_variance),
-    }
-    if layer.scale:
-        variables["gamma"] = _values(layer.gamma)
-    if layer.center:
-        variables["beta"] = _values(layer.beta)
-    for name, values in variables.items():
-        bad = int(np.sum(~np.isfinite(values)))
-        if bad:
-            messages.append(
-                f"non-finite {name} in {bad}/{values.size} channels"
-            )
-    variance = variables["moving_variance"]
+    messages = [
+        f"non-finite {name} in {count}/{statistics[name].size} channels"
+        for name, count in nonfinite(statistics).items()
+        if name in _CHECKED
+    ]
+    variance = statistics["moving_variance"]
     collapsed = int(np.sum(np.isfinite(variance) & (variance < layer.epsilon)))
     if collapsed:
         messages.append(
             f"collapsed: moving variance < epsilon in {collapsed}/"
             f"{variance.size} channels"
         )
-    if np.all(variables["moving_mean"] == 0) and np.all(variance == 1):
+    if np.all(statistics["moving_mean"] == 0) and np.all(variance == 1):
         messages.append("statistics at their initial values (never trained?)")
     return messages
 
@@ -261,16 +251,17 @@ def _fold_notes(model):
 
 
 def _row(path, layer, before, after, fold_note):
+    statistics = read_statistics(layer)
     if layer.built:
-        mean = _values(layer.moving_mean)
-        variance = _values(layer.moving_variance)
+        mean = statistics["moving_mean"]
+        variance = statistics["moving_variance"]
         channels = int(mean.size)
     else:
         mean = variance = np.array([np.nan])
         channels = 0
     dead = None
     if layer.built and layer.scale:
-        dead = int(np.sum(np.abs(_values(layer.gamma)) < DEAD_GAMMA))
+        dead = int(np.sum(dead_channels(statistics["gamma"])))
     return Row(
         path=path,
         kind=kind_of(layer),
@@ -283,7 +274,7 @@ def _row(path, layer, before, after, fold_note):
         dead=dead,
         foldable=not fold_note,
         fold_note=fold_note,
-        warnings=_warnings(layer),
+        warnings=_warnings(layer, statistics),
     )
 
 
