@@ -8,7 +8,7 @@ import pytest
 
 import bn_keras
 
-pytestmark = pytest.mark.tensorflow_only
+pytestmark = [pytest.mark.tensorflow_only, pytest.mark.slow]
 
 TOLERANCE = 1e-4
 
