@@ -182,19 +182,14 @@ def parse(args):
 
 
 def _train(comparison, session):
-    """Trains every configuration; `False` if Ctrl-C stopped it."""
+    """Trains every configuration, with a progress bar."""
     from bn_keras.cli import report
 
-    settings = comparison.settings
-    try:
-        with (
-            report.ComparisonProgress(comparison) as progress,
-            quiet_tensorflow_warnings(settings.verbose),
-        ):
-            comparison.run(session, progress)
-    except KeyboardInterrupt:
-        return False
-    return True
+    with (
+        report.ComparisonProgress(comparison) as progress,
+        quiet_tensorflow_warnings(comparison.settings.verbose),
+    ):
+        comparison.run(session, progress)
 
 
 def run(args):
@@ -208,7 +203,7 @@ def run(args):
     out = console()
     report.print_comparison_setup(out, comparison)
     runtime.warn_all(comparison.setup_warnings())
-    finished = _train(comparison, session)
+    finished = runtime.completed(_train, comparison, session)
     report.comparison_summary(out, session, comparison)
     if finished:
         return 0

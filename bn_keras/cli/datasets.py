@@ -172,8 +172,12 @@ def valid_datasets():
 
 
 def check_source(args):
-    """Checks that the data options go together; returns `--image-size`
-    as `(height, width)` (or `None`)."""
+    """Checks that the data options go together, before any data is read.
+
+    Raises:
+        UsageError: naming the options that conflict or the value that is
+            out of range.
+    """
     dataset, data, target = args.dataset, args.data, args.target
     if data is not None and dataset is not None:
         raise UsageError("give either --dataset or --data, not both")
@@ -190,13 +194,12 @@ def check_source(args):
             f"--limit must be at least {MIN_SAMPLES} (enough to split off a "
             f"validation set); got {args.limit}"
         )
-    if args.image_size is None:
-        return None
-    if not folder:
-        raise UsageError(
-            "--image-size goes with --data FOLDER (a folder of images)"
-        )
-    return images.parse_image_size(args.image_size)
+    if args.image_size is not None:
+        if not folder:
+            raise UsageError(
+                "--image-size goes with --data FOLDER (a folder of images)"
+            )
+        images.parse_image_size(args.image_size)
 
 
 def scales_data(num_samples=SCALES_SAMPLES, seed=0):

@@ -173,6 +173,16 @@ def check_interrupt():
         raise KeyboardInterrupt
 
 
+def completed(function, *args, **kwargs):
+    """Calls `function(*args, **kwargs)`: `True` when it returns, `False`
+    when Ctrl-C stopped it (what it finished stays where it put it)."""
+    try:
+        function(*args, **kwargs)
+    except KeyboardInterrupt:
+        return False
+    return True
+
+
 def warn_all(messages):
     """Warns each message (a `UserWarning`), as `plain_warnings` shows."""
     for message in messages:

@@ -189,18 +189,14 @@ def parse(args):
 
 
 def _search(search, session):
-    """Runs the search; `False` if Ctrl-C stopped it."""
+    """Runs the search, with a progress bar."""
     from bn_keras.cli import report
 
-    try:
-        with (
-            report.SearchProgress(search.settings) as progress,
-            quiet_tensorflow_warnings(search.settings.verbose),
-        ):
-            search.run(session, callbacks=[progress.callback])
-    except KeyboardInterrupt:
-        return False
-    return True
+    with (
+        report.SearchProgress(search.settings) as progress,
+        quiet_tensorflow_warnings(search.settings.verbose),
+    ):
+        search.run(session, callbacks=[progress.callback])
 
 
 def run(args):
@@ -218,7 +214,7 @@ def run(args):
     out = console()
     report.print_search_setup(out, dataset, settings)
     runtime.warn_all(search.setup_warnings())
-    finished = _search(search, session)
+    finished = runtime.completed(_search, search, session)
     rows = report.search_summary(out, search, session)
     if not finished:
         return runtime.interrupted(
