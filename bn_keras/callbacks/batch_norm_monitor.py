@@ -1,17 +1,12 @@
 """TensorBoard monitoring of batch normalization layers during `fit`."""
 
-import itertools
-import math
 import os
 import re
-import socket
 import tempfile
-import time
 import warnings
 
 import keras
 import numpy as np
-from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.compat.proto import tensor_pb2
 from tensorboard.compat.proto import tensor_shape_pb2
@@ -20,19 +15,27 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
-from tensorboard.summary.writer.record_writer import RecordWriter
 
 from bn_keras._validation import check_bool
 from bn_keras._validation import is_integer
-from bn_keras.models.find_batchnorm import find_batchnorm
+from bn_keras.callbacks._event_writer import SummaryWriter
+from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
+from bn_keras.callbacks._statistics import as_float64
+from bn_keras.callbacks._statistics import dead_channels
+from bn_keras.callbacks._statistics import nonfinite
+from bn_keras.callbacks._statistics import read_statistics
+from bn_keras.layers._formulas import ghost_ids
+from bn_keras.layers._formulas import moving_average_input
+from bn_keras.layers._formulas import renorm_clipped
+from bn_keras.layers._formulas import renorm_ratios
+from bn_keras.models._tracing import PooledMoments
 from bn_keras.models._tracing import channels_last_2d
 from bn_keras.models._tracing import is_array_like
 from bn_keras.models._tracing import model_inputs
-from bn_keras.models._tracing import PooledMoments
 from bn_keras.models._tracing import record_inputs
+from bn_keras.models.find_batchnorm import find_batchnorm
 
 RUN_NAME = "batchnorm"
-DEAD_GAMMA = 1e-3
 HISTOGRAM_BUCKETS = 30  # as keras.callbacks.TensorBoard
 
 # Figures added to `logs` at each epoch end.
@@ -40,103 +43,6 @@ LOG_MAX_DRIFT = "bn_max_drift_in_std"
 LOG_MIN_VARIANCE = "bn_min_moving_variance"
 LOG_MAX_PROBE_GAP = "bn_max_probe_gap"
 LOG_NONFINITE = "bn_nonfinite_layers"
-
-
-class _EventFile:
-    """Appends events to a new event file in a local folder, synchronously.
-
-    TensorBoard's `EventFileWriter` does the same through `tf.io.gfile`,
-    which imports TensorFlow when it is installed (seconds, on the JAX
-    backend); this one needs only TensorBoard's record format.
-    """
-
-    _uid = itertools.count()
-
-    def __init__(self, run_dir):
-        name = "events.out.tfevents.%010d.%s.%s.%s" % (
-            time.time(),
-            socket.gethostname(),
-            os.getpid(),
-            next(self._uid),
-        )
-        self._records = RecordWriter(open(os.path.join(run_dir, name), "wb"))
-        self.add_event(
-            event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
-        )
-
-    def add_event(self, event):
-        self._records.write(event.SerializeToString())
-        self._records.flush()
-
-    def flush(self):
-        self._records.flush()
-
-    def close(self):
-        self._records.close()
-
-
-class _SummaryWriter:
-    """Writes `Summary` protos to an event file in `run_dir`.
-
-    On the TensorFlow backend through `tf.summary`; on other backends
-    through TensorBoard's own record writer, which needs no TensorFlow
-    (remote paths such as `gs://...` through TensorBoard's
-    `EventFileWriter`). The protos are the same either way.
-    """
-
-    def __init__(self, run_dir):
-        self._tf = None
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            self._tf = tf
-            self._writer = tf.summary.create_file_writer(run_dir)
-        elif "://" in run_dir:
-            from tensorboard.summary.writer.event_file_writer import (
-                EventFileWriter,
-            )
-
-            self._writer = EventFileWriter(run_dir)
-        else:
-            self._writer = _EventFile(run_dir)
-
-    def write(self, summary, step):
-        if self._tf is not None:
-            with self._writer.as_default():
-                self._tf.summary.experimental.write_raw_pb(
-                    summary.SerializeToString(), step=int(step)
-                )
-        else:
-            self._writer.add_event(
-                event_pb2.Event(
-                    wall_time=time.time(), step=int(step), summary=summary
-                )
-            )
-
-    def close(self):
-        self._writer.flush()
-        self._writer.close()
-
-
-def _value(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
-
-
-def _read(layer):
-    """The layer's statistics and affine weights as float64 arrays."""
-    stats = {
-        "moving_mean": _value(layer.moving_mean),
-        "moving_variance": _value(layer.moving_variance),
-    }
-    if layer.scale:
-        stats["gamma"] = _value(layer.gamma)
-    if layer.center:
-        stats["beta"] = _value(layer.beta)
-    if layer.renorm:
-        stats["moving_stddev"] = _value(layer.moving_stddev)
-        stats["renorm_mean"] = _value(layer.renorm_mean)
-        stats["renorm_stddev"] = _value(layer.renorm_stddev)
-    return stats
 
 
 def _drift_figures(now, previous, start, epsilon):
@@ -176,9 +82,7 @@ def _affine_figures(now):
             figures[f"{name}/min"] = np.min(values)
             figures[f"{name}/max"] = np.max(values)
     if "gamma" in now:
-        figures["gamma/dead_fraction"] = np.mean(
-            np.abs(now["gamma"]) < DEAD_GAMMA
-        )
+        figures["gamma/dead_fraction"] = np.mean(dead_channels(now["gamma"]))
     return figures
 
 
@@ -191,7 +95,7 @@ def _clipping(layer, step=None):
     schedule = getattr(layer, "renorm_schedule", None)
     if schedule is not None:
         if step is None:
-            step = int(_value(layer.renorm_step))
+            step = int(as_float64(layer.renorm_step))
         bounds = schedule(max(int(step), 0))
     else:
         bounds = layer.renorm_clipping or {}
@@ -204,36 +108,25 @@ def _clipped_fraction(
     """Fraction of r and d pairs that the bounds clip.
 
     `mean` and `stddev` are the batch (or per-ghost, shape `(G, C)`)
-    statistics, `renorm_*` the renorm statistics before the batch. The
-    formulas are Keras's: `r = stddev / renorm_stddev`,
-    `d = (mean - renorm_mean) / renorm_stddev`, with `renorm_stddev` floored
-    at `sqrt(epsilon)`.
+    statistics, `renorm_*` the renorm statistics before the batch; r and d
+    are the layer's (Keras's) formulas, computed in float64.
     """
-    denominator = np.maximum(renorm_stddev, math.sqrt(epsilon))
-    r = stddev / denominator
-    d = (mean - renorm_mean) / denominator
-    clipped = np.zeros(np.broadcast(r, d).shape, dtype=bool)
-    if "rmin" in bounds:
-        clipped |= r < bounds["rmin"]
-    if "rmax" in bounds:
-        clipped |= r > bounds["rmax"]
-    if "dmax" in bounds:
-        clipped |= np.abs(d) > bounds["dmax"]
-    return float(np.mean(clipped))
+    r, d = renorm_ratios(mean, stddev, renorm_mean, renorm_stddev, epsilon)
+    return float(np.mean(renorm_clipped(r, d, bounds)))
 
 
 def _ghost_moments(layer, inputs, mask):
     """Batch statistics of the layer's inputs, per ghost batch if it has
     them: arrays of shape `(G, C)`, the ghost batches as the layer forms
-    them (consecutive chunks, a last chunk of one sample merged)."""
+    them."""
     rows, weights = channels_last_2d(layer, inputs, mask)
     batch = int(inputs.shape[0])
     size = getattr(layer, "virtual_batch_size", None)
     if size is None:
         ghost_of_sample = np.zeros(batch, dtype=int)
     else:
-        num_ghosts = max(1, (batch - 2) // size + 1)
-        ghost_of_sample = np.minimum(np.arange(batch) // size, num_ghosts - 1)
+        ids, _ = ghost_ids(batch, size)
+        ghost_of_sample = keras.ops.convert_to_numpy(ids)
     ghost_of_row = np.repeat(ghost_of_sample, rows.shape[0] // batch)
     means, variances = [], []
     for ghost in range(ghost_of_sample.max() + 1):
@@ -487,6 +380,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
         self.histograms = bool(histograms)
         self.probe_data = probe_data
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        self._guard = NonFiniteGuard(stop=self.stop_on_nonfinite)
         self._writer = None
         if self.update_freq == "epoch":
             # Nothing to do at batch ends: keep Keras's default (no-op)
@@ -524,6 +418,13 @@ class BatchNormMonitor(keras.callbacks.Callback):
         """
         return self.model
 
+    def _read(self):
+        """`{tag prefix: read_statistics(layer)}` for every layer."""
+        return {
+            name: read_statistics(layer)
+            for name, layer in zip(self._names, self._layers)
+        }
+
     # -- training hooks --------------------------------------------------
 
     def on_train_begin(self, logs=None):
@@ -534,7 +435,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
         self._batches_seen = 0
         self._batch_begins = 0
         self._renorm_before = None
-        self._reported = set()
+        self._guard.set_model(model)
+        self._guard.on_train_begin()
         self._steps_per_execution = int(
             getattr(model, "steps_per_execution", 1) or 1
         )
@@ -551,7 +453,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 stacklevel=2,
             )
             return
-        self._start = {n: _read(l) for n, l in zip(self._names, self._layers)}
+        self._start = self._read()
         self._last = dict(self._start)
         self._epoch_start = dict(self._start)
         layout = layout_pb2.Layout(
@@ -582,8 +484,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 self._batch_begins,
                 {
                     name: (
-                        _value(layer.renorm_mean),
-                        _value(layer.renorm_stddev),
+                        as_float64(layer.renorm_mean),
+                        as_float64(layer.renorm_stddev),
                     )
                     for name, layer in self._renorm_layers
                 },
@@ -601,7 +503,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
             states, probe = self._write(epoch)
         else:
             self._sync()
-            states = {n: _read(l) for n, l in zip(self._names, self._layers)}
+            states = self._read()
             probe = self._probe() if self.probe_data is not None else {}
             self._check_finite(states)
         drifts = []
@@ -646,7 +548,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 ) from error
         if self._writer is not None:
             self._writer.close()
-        self._writer = _SummaryWriter(run_dir)
+        self._writer = SummaryWriter(run_dir)
 
     def _write(self, step):
         """Writes every figure at `step`; returns the states and probe."""
@@ -665,7 +567,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
 
         states, drifts = {}, []
         for name, layer in zip(self._names, self._layers):
-            now = _read(layer)
+            now = read_statistics(layer)
             states[name] = now
             figures = _drift_figures(
                 now, self._last[name], self._start[name], layer.epsilon
@@ -707,18 +609,18 @@ class BatchNormMonitor(keras.callbacks.Callback):
         }
         if snapshot is not None and name in snapshot and layer.trainable:
             old_mean, old_stddev = snapshot[name]
-            # renorm_x = old * momentum + batch_x * (1 - momentum), undone.
+            # The batch's statistics, from the update they made.
             momentum = layer.renorm_momentum
-            batch_mean = (now["renorm_mean"] - momentum * old_mean) / (
-                1 - momentum
+            batch_mean = moving_average_input(
+                old_mean, now["renorm_mean"], momentum
             )
-            batch_stddev = (now["renorm_stddev"] - momentum * old_stddev) / (
-                1 - momentum
+            batch_stddev = moving_average_input(
+                old_stddev, now["renorm_stddev"], momentum
             )
             # The bounds of the last batch: the step before the current one.
             step = None
             if getattr(layer, "renorm_schedule", None) is not None:
-                step = int(_value(layer.renorm_step)) - 1
+                step = int(as_float64(layer.renorm_step)) - 1
             figures["renorm/clipped_fraction"] = _clipped_fraction(
                 batch_mean,
                 batch_stddev,
@@ -742,14 +644,15 @@ class BatchNormMonitor(keras.callbacks.Callback):
             if id(layer) not in first:
                 continue
             inputs, mask = first[id(layer)]
-            saved = [_value(v) for v in layer.non_trainable_variables]
-            try:
-                y_batch = layer(inputs, training=True, mask=mask)
-            finally:
-                for variable, value in zip(
-                    layer.non_trainable_variables, saved
-                ):
-                    variable.assign(value.astype(variable.dtype))
+            # The training transform without its state update: the updated
+            # statistics that `stateless_call` returns are dropped.
+            y_batch, _ = layer.stateless_call(
+                [v.value for v in layer.trainable_variables],
+                [v.value for v in layer.non_trainable_variables],
+                inputs,
+                training=True,
+                mask=mask,
+            )
             y_moving = layer(inputs, training=False, mask=mask)
             batch_rows, weights = channels_last_2d(layer, y_batch, mask)
             moving_rows, _ = channels_last_2d(layer, y_moving, mask)
@@ -773,8 +676,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 layer_figures["probe/clipped_fraction"] = _clipped_fraction(
                     mean,
                     np.sqrt(variance + layer.epsilon),
-                    _value(layer.renorm_mean),
-                    _value(layer.renorm_stddev),
+                    as_float64(layer.renorm_mean),
+                    as_float64(layer.renorm_stddev),
                     layer.epsilon,
                     _clipping(layer),
                 )
@@ -782,18 +685,12 @@ class BatchNormMonitor(keras.callbacks.Callback):
         return figures
 
     def _check_finite(self, states):
-        for name, now in states.items():
-            bad = [
-                key
-                for key, value in now.items()
-                if not np.all(np.isfinite(value))
-            ]
-            if not bad or name in self._reported:
-                continue
-            self._reported.add(name)
-            stop = ""
-            if self.stop_on_nonfinite:
-                stop = " Stopping training (stop_on_nonfinite=True)."
+        """Warns once about each layer with non-finite statistics; stops
+        training with `stop_on_nonfinite=True`."""
+        stop = ""
+        if self.stop_on_nonfinite:
+            stop = " Stopping training (stop_on_nonfinite=True)."
+        for name, bad in self._guard.check(states).items():
             warnings.warn(
                 f"BatchNormMonitor: batch normalization layer '{name}' has "
                 f"non-finite statistics ({', '.join(bad)} contain NaN or "
@@ -802,15 +699,10 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 RuntimeWarning,
                 stacklevel=2,
             )
-            if self.stop_on_nonfinite:
-                self.model.stop_training = True
 
 
 def _count_nonfinite(states):
-    return sum(
-        any(not np.all(np.isfinite(value)) for value in now.values())
-        for now in states.values()
-    )
+    return sum(bool(nonfinite(now)) for now in states.values())
 
 
 def _max_probe_gap(probe):

@@ -13,29 +13,21 @@ import zipfile
 import keras
 import numpy as np
 
+from bn_keras.callbacks._statistics import dead_channels
+from bn_keras.callbacks._statistics import nonfinite
+from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import console
 from bn_keras.cli.common import table
 from bn_keras.layers import BNBlock
+from bn_keras.layers._layer_kinds import ACTIVATION_LAYERS
+from bn_keras.layers._layer_kinds import is_linear
 from bn_keras.models import find_batchnorm
 from bn_keras.models import fold_batchnorm
-
-# The graph reader that fold_batchnorm and insert_batchnorm share.
+from bn_keras.models._fold_plan import plan_fold
+from bn_keras.models._graph import GraphError
 from bn_keras.models._graph import LayerGraph
 from bn_keras.models._graph import model_kind
-
-#: |gamma| below this is a dead channel (as BatchNormMonitor counts them).
-DEAD_GAMMA = 1e-3
-
-_ACTIVATION_LAYERS = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.PReLU,
-    keras.layers.Softmax,
-)
-
 
 # -- reading the model --------------------------------------------------------
 
@@ -83,12 +75,7 @@ def kind_of(layer):
 def _is_activation(layer):
     if layer is None:
         return False
-    if isinstance(layer, _ACTIVATION_LAYERS):
-        return True
-    activation = getattr(layer, "activation", None)
-    return activation is not None and activation is not (
-        keras.activations.linear
-    )
+    return isinstance(layer, ACTIVATION_LAYERS) or not is_linear(layer)
 
 
 def _describe(layer):
@@ -99,12 +86,11 @@ def _describe(layer):
         return layer
     if isinstance(layer, keras.layers.Activation):
         return keras.activations.serialize(layer.activation)
-    if isinstance(layer, _ACTIVATION_LAYERS):
+    if isinstance(layer, ACTIVATION_LAYERS):
         return type(layer).__name__
     label = type(layer).__name__
-    activation = getattr(layer, "activation", None)
-    if activation is not None and activation is not keras.activations.linear:
-        label += f"({keras.activations.serialize(activation)})"
+    if not is_linear(layer):
+        label += f"({keras.activations.serialize(layer.activation)})"
     return label
 
 
@@ -115,7 +101,7 @@ def _position(before, after):
     the activation; before such a layer does not (its activation comes
     after its kernel).
     """
-    if isinstance(after, _ACTIVATION_LAYERS):
+    if isinstance(after, ACTIVATION_LAYERS):
         return "before act"
     if _is_activation(before):
         return "after act"
@@ -139,7 +125,7 @@ def _walk(model, prefix, outer_before, outer_after, found):
     """Records `(path, bn, before, after)` for every BN in forward order."""
     try:
         graph = LayerGraph(model, model_kind(model, "inspect"))
-    except TypeError:
+    except GraphError:
         return  # subclassed: find_batchnorm still lists its BN layers
     for layer in graph.layers:
         producers = graph.producers[layer.name]
@@ -163,10 +149,6 @@ def _walk(model, prefix, outer_before, outer_after, found):
             )
 
 
-def _values(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
-
-
 def _range(values):
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -174,90 +156,89 @@ def _range(values):
     return (float(finite.min()), float(finite.max()))
 
 
-def _warnings(layer):
-    messages = []
+#: The statistics whose non-finite values `inspect` warns about.
+_CHECKED = ("moving_mean", "moving_variance", "gamma", "beta")
+
+
+def _warnings(layer, statistics):
     if not layer.built:
         return ["not built (no statistics)"]
-    variables = {
-        "moving_mean": _values(layer.moving_mean),
-        "moving_variance": _values(layer.moving_variance),
-    }
-    if layer.scale:
-        variables["gamma"] = _values(layer.gamma)
-    if layer.center:
-        variables["beta"] = _values(layer.beta)
-    for name, values in variables.items():
-        bad = int(np.sum(~np.isfinite(values)))
-        if bad:
-            messages.append(
-                f"non-finite {name} in {bad}/{values.size} channels"
-            )
-    variance = variables["moving_variance"]
+    messages = [
+        f"non-finite {name} in {count}/{statistics[name].size} channels"
+        for name, count in nonfinite(statistics).items()
+        if name in _CHECKED
+    ]
+    variance = statistics["moving_variance"]
     collapsed = int(np.sum(np.isfinite(variance) & (variance < layer.epsilon)))
     if collapsed:
         messages.append(
             f"collapsed: moving variance < epsilon in {collapsed}/"
             f"{variance.size} channels"
         )
-    if np.all(variables["moving_mean"] == 0) and np.all(variance == 1):
+    if np.all(statistics["moving_mean"] == 0) and np.all(variance == 1):
         messages.append("statistics at their initial values (never trained?)")
     return messages
 
 
-def inspect_model(model):
-    """One `Row` per BN layer of `model`, in forward order."""
+def _batchnorm_layers(model):
+    """`(path, bn, before, after)` for every BN layer, in forward order."""
     found = []
-    fold_error = "fold_batchnorm does not reach it"
     _walk(model, "", None, None, found)
     walked = {id(entry[1]) for entry in found}
     for layer in find_batchnorm(model):  # e.g. inside a subclassed model
         if id(layer) not in walked:
             path = getattr(layer, "path", layer.name)
             found.append((path, layer, None, None))
+    return found
+
+
+def _fold_notes(model):
+    """Why `fold_batchnorm` keeps each BN layer ("" if it folds it), by
+    path, and the note for the BN layers it does not reach."""
     try:
-        _, report = fold_batchnorm(model, return_report=True)
-        folded = {entry["batchnorm"] for entry in report["folded"]}
-        kept = {entry["batchnorm"]: entry["reason"] for entry in report["kept"]}
-    except (TypeError, ValueError) as error:
-        folded, kept = set(), {}
-        fold_error = str(error).split(". ")[0]
-    rows = []
-    for path, layer, before, after in found:
-        if path in folded:
-            foldable, note = True, ""
-        elif path in kept:
-            foldable, note = False, kept[path]
-        elif not kept and not folded:
-            foldable, note = False, fold_error
-        else:
-            foldable, note = False, "fold_batchnorm does not reach it"
-        if layer.built:
-            mean = _values(layer.moving_mean)
-            variance = _values(layer.moving_variance)
-            channels = int(mean.size)
-        else:
-            mean = variance = np.array([np.nan])
-            channels = 0
-        dead = None
-        if layer.built and layer.scale:
-            dead = int(np.sum(np.abs(_values(layer.gamma)) < DEAD_GAMMA))
-        rows.append(
-            Row(
-                path=path,
-                kind=kind_of(layer),
-                before=_describe(before),
-                after=_describe(after) if after is not None else "output",
-                position=_position(before, after),
-                channels=channels,
-                mean_range=_range(mean),
-                variance_range=_range(variance),
-                dead=dead,
-                foldable=foldable,
-                fold_note=note,
-                warnings=_warnings(layer),
-            )
-        )
-    return rows
+        plan = plan_fold(model)
+    except GraphError as error:
+        return {}, error.reason
+    notes = {entry["batchnorm"]: "" for entry in plan.folded}
+    notes.update((entry["batchnorm"], entry["reason"]) for entry in plan.kept)
+    return notes, "fold_batchnorm does not reach it"
+
+
+def _row(path, layer, before, after, fold_note):
+    statistics = read_statistics(layer)
+    if layer.built:
+        mean = statistics["moving_mean"]
+        variance = statistics["moving_variance"]
+        channels = int(mean.size)
+    else:
+        mean = variance = np.array([np.nan])
+        channels = 0
+    dead = None
+    if layer.built and layer.scale:
+        dead = int(np.sum(dead_channels(statistics["gamma"])))
+    return Row(
+        path=path,
+        kind=kind_of(layer),
+        before=_describe(before),
+        after=_describe(after) if after is not None else "output",
+        position=_position(before, after),
+        channels=channels,
+        mean_range=_range(mean),
+        variance_range=_range(variance),
+        dead=dead,
+        foldable=not fold_note,
+        fold_note=fold_note,
+        warnings=_warnings(layer, statistics),
+    )
+
+
+def inspect_model(model):
+    """One `Row` per BN layer of `model`, in forward order."""
+    notes, unreached = _fold_notes(model)
+    return [
+        _row(path, layer, before, after, notes.get(path, unreached))
+        for path, layer, before, after in _batchnorm_layers(model)
+    ]
 
 
 def _fmt_range(bounds):

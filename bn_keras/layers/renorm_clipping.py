@@ -82,7 +82,10 @@ class RenormClipping:
             ("dmax_steps", dmax_steps),
         ):
             check_nonnegative_int(name, value, "integer number of steps")
-        for name, value in (("rmax_steps", rmax_steps), ("dmax_steps", dmax_steps)):
+        for name, value in (
+            ("rmax_steps", rmax_steps),
+            ("dmax_steps", dmax_steps),
+        ):
             if value < warmup_steps:
                 raise ValueError(
                     f"Argument `{name}` (the step at which the bound reaches "

@@ -6,18 +6,18 @@ import keras
 
 from bn_keras import registry
 from bn_keras._validation import check_bool
-from bn_keras.models._graph import ACTIVATION_LAYERS
-from bn_keras.models._graph import DENSE_CONV_LAYERS
+from bn_keras.layers._layer_kinds import ACTIVATION_LAYERS
+from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
+from bn_keras.layers._layer_kinds import channel_axis
+from bn_keras.layers._layer_kinds import is_linear
 from bn_keras.models._graph import LayerGraph
 from bn_keras.models._graph import Replacement
 from bn_keras.models._graph import all_layer_names
 from bn_keras.models._graph import all_layers
-from bn_keras.models._graph import channel_axis
-from bn_keras.models._graph import contains_dense_conv
 from bn_keras.models._graph import copy_layer
 from bn_keras.models._graph import input_names
-from bn_keras.models._graph import is_linear
 from bn_keras.models._graph import model_kind
+from bn_keras.models._graph import output_layers
 from bn_keras.models._graph import rebuild
 from bn_keras.models._graph import unique_name
 
@@ -60,98 +60,97 @@ def _select(model, layers):
     return lambda layer: layer.name in names
 
 
-def _insert(model, order, make_bn, select, at_output, input_bn):
-    """`insert_batchnorm` on one (possibly nested) model."""
-    kind = model_kind(model, "insert_batchnorm")
-    graph = LayerGraph(model, kind)
-    taken = {layer.name for layer in all_layers(model)}
-    if model.built:
-        taken |= set(input_names(model, kind))
+#: The placement that puts BN after a stand-alone activation layer.
+_LAYER_ACT_BN = ("layer", "act", "bn")
 
-    # Layers after which no Dense/conv layer follows (in this model, and in
-    # the enclosing ones when `at_output`) are output layers: by default BN
-    # does not go after them (it would normalize the logits or targets).
-    downstream = {}
 
-    def dense_conv_downstream(name):
-        if name not in downstream:
-            downstream[name] = False  # cycles cannot occur; guards anyway
-            downstream[name] = any(
-                contains_dense_conv(graph.by_name[c])
-                or dense_conv_downstream(c)
-                for c in graph.consumers[name]
-            )
-        return downstream[name]
+def _copied(layer, extra=None):
+    """`layer` copied with its weights; `extra()` gives (before, after)."""
+    return Replacement(copy_layer(layer), layer.get_weights(), extra)
 
-    def is_output_layer(layer):
-        return at_output and not dense_conv_downstream(layer.name)
 
-    def selected(layer):
+class _Insertion:
+    """What `insert_batchnorm` adds, applied to a model and its sub-models.
+
+    `order` is the placement's order of steps, `make_bn(axis, name)` makes
+    a BN layer, `select` is the predicate of the `layers` argument (None
+    for every Dense and convolution layer), and `outputs` holds the ids of
+    the model's `output_layers`, which by default get no BN after them (it
+    would normalize the logits or the target).
+    """
+
+    def __init__(self, order, make_bn, select, outputs):
+        self.order = order
+        self.make_bn = make_bn
+        self.select = select
+        self.outputs = outputs
+
+    def selected(self, layer):
+        """Whether `layer` gets a BN of its own."""
         if isinstance(layer, keras.Model):
             return False
-        if select is not None:
-            return bool(select(layer))
+        if self.select is not None:
+            return bool(self.select(layer))
         if not isinstance(layer, DENSE_CONV_LAYERS):
             return False
-        return order[0] == "bn" or not is_output_layer(layer)
+        return self.order[0] == "bn" or id(layer) not in self.outputs
 
-    # With "layer-act-bn", a linear layer followed only by a stand-alone
-    # activation layer gets its BN after that activation layer.
-    bn_after = {}  # activation layer name -> the layer it normalizes for
-    for layer in graph.layers:
-        if order == ("layer", "act", "bn") and selected(layer):
+    def rewrite(self, model, input_bn=None):
+        """A copy of `model` (or of a sub-model) with BN added."""
+        kind = model_kind(model, "insert_batchnorm")
+        graph = LayerGraph(model, kind)
+        taken = {layer.name for layer in all_layers(model)}
+        if model.built:
+            taken |= set(input_names(model, kind))
+        bn_after = self._bn_after_activation(graph)
+
+        def bn_for(layer):
+            name = unique_name(f"{layer.name}_bn", taken)
+            return self.make_bn(channel_axis(layer), name)
+
+        def replace(layer):
+            if isinstance(layer, keras.Model):
+                return Replacement(self.rewrite(layer))
+            if layer.name in bn_after:
+                normalized = bn_after[layer.name]
+                return _copied(layer, lambda: ((), (bn_for(normalized),)))
+            moved = layer.name in {b.name for b in bn_after.values()}
+            if moved or not self.selected(layer) or "bn" not in self.order:
+                return _copied(layer)
+            return self._with_bn(layer, bn_for, taken)
+
+        return rebuild(model, kind, replace, input_bn)
+
+    def _bn_after_activation(self, graph):
+        """With "layer-act-bn", a linear layer followed only by a stand-alone
+        activation layer gets its BN after that activation layer.
+
+        Returns:
+            A dict from the activation layer's name to the layer that the
+            BN after it normalizes for.
+        """
+        bn_after = {}
+        if self.order != _LAYER_ACT_BN:
+            return bn_after
+        for layer in graph.layers:
             consumers = graph.consumers[layer.name]
             if (
-                is_linear(layer)
+                self.selected(layer)
+                and is_linear(layer)
                 and len(consumers) == 1
                 and isinstance(graph.by_name[consumers[0]], ACTIVATION_LAYERS)
                 and graph.single_path(layer.name, consumers[0])
             ):
                 bn_after[consumers[0]] = layer
+        return bn_after
 
-    def bn_for(layer):
-        return make_bn(
-            channel_axis(layer), unique_name(f"{layer.name}_bn", taken)
-        )
-
-    def replace(layer):
-        if isinstance(layer, keras.Model):
-            nested_at_output = at_output and not dense_conv_downstream(
-                layer.name
-            )
-            return Replacement(
-                _insert(layer, order, make_bn, select, nested_at_output, None)
-            )
-        if layer.name in bn_after:
-            normalized = bn_after[layer.name]
-            return Replacement(
-                copy_layer(layer),
-                layer.get_weights(),
-                lambda: ((), (bn_for(normalized),)),
-            )
-        if not selected(layer) or "bn" not in order:
-            return Replacement(copy_layer(layer), layer.get_weights())
-        if order[0] == "bn":
-            return Replacement(
-                copy_layer(layer),
-                layer.get_weights(),
-                lambda: ((bn_for(layer),), ()),
-            )
-        if order == ("layer", "act", "bn"):
-            if layer.name in {b.name for b in bn_after.values()}:
-                return Replacement(copy_layer(layer), layer.get_weights())
-            return Replacement(
-                copy_layer(layer),
-                layer.get_weights(),
-                lambda: ((), (bn_for(layer),)),
-            )
+    def _with_bn(self, layer, bn_for, taken):
+        """The replacement of a selected layer: BN at the placement."""
+        if self.order[0] == "bn":
+            return _copied(layer, lambda: ((bn_for(layer),), ()))
+        if self.order == _LAYER_ACT_BN or is_linear(layer):
+            return _copied(layer, lambda: ((), (bn_for(layer),)))
         # "layer-bn-act": split the layer's own activation out.
-        if is_linear(layer):
-            return Replacement(
-                copy_layer(layer),
-                layer.get_weights(),
-                lambda: ((), (bn_for(layer),)),
-            )
         activation = layer.get_config()["activation"]
 
         def extra():
@@ -163,8 +162,6 @@ def _insert(model, order, make_bn, select, at_output, input_bn):
         return Replacement(
             copy_layer(layer, activation="linear"), layer.get_weights(), extra
         )
-
-    return rebuild(model, kind, replace, input_bn)
 
 
 def insert_batchnorm(
@@ -284,4 +281,6 @@ def insert_batchnorm(
             "the Sequential model first (start it with `keras.Input`). "
             "Received: model built=False"
         )
-    return _insert(model, order, make_bn, select, True, input_bn)
+    outputs = {id(layer) for layer in output_layers(model, "insert_batchnorm")}
+    insertion = _Insertion(order, make_bn, select, outputs)
+    return insertion.rewrite(model, input_bn)

@@ -2,12 +2,15 @@
 
 import collections
 import os
-import time
 
 import keras
 import keras_tuner
 import numpy as np
 
+from bn_keras.callbacks._event_writer import SummaryWriter
+from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
+from bn_keras.callbacks._statistics import nonfinite
+from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.callbacks.batch_norm_monitor import BatchNormMonitor
 from bn_keras.models.find_batchnorm import find_batchnorm
 
@@ -19,37 +22,23 @@ def nonfinite_batchnorm_weights(model):
     prefix = f"{model.name}/"
     bad = []
     for layer in find_batchnorm(model):
-        for variable in layer.weights:
-            value = keras.ops.convert_to_numpy(variable)
-            if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
-                path = getattr(variable, "path", None) or (
-                    f"{layer.name}/{variable.name}"
-                )
-                if path.startswith(prefix):
-                    path = path[len(prefix) :]
-                bad.append(path)
+        names = nonfinite(read_statistics(layer))
+        for variable in layer.weights:  # in the layer's order
+            if variable.name not in names:
+                continue
+            path = getattr(variable, "path", None) or (
+                f"{layer.name}/{variable.name}"
+            )
+            bad.append(path.removeprefix(prefix))
     return bad
-
-
-class _StopOnNonFiniteBatchNorm(keras.callbacks.Callback):
-    """Stops training at the end of an epoch in which BN weights went bad."""
-
-    def __init__(self):
-        super().__init__()
-        self.bad = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.bad = nonfinite_batchnorm_weights(self.model)
-        if self.bad:
-            self.model.stop_training = True
 
 
 class _HParamsWriter(keras.callbacks.Callback):
     """Writes a trial's HParams to `log_dir` when training starts.
 
-    It uses TensorBoard's own event writer, which needs no TensorFlow, so
-    it works on every backend; the summary is the one
-    `tensorboard.plugins.hparams.api.KerasCallback` writes.
+    The summary is the one `tensorboard.plugins.hparams.api.KerasCallback`
+    writes, written as `BatchNormMonitor` writes its own: through
+    `tf.summary` on TensorFlow, without TensorFlow on the other backends.
     """
 
     def __init__(self, log_dir, hparams, trial_id):
@@ -59,18 +48,14 @@ class _HParamsWriter(keras.callbacks.Callback):
         self.trial_id = trial_id
 
     def on_train_begin(self, logs=None):
-        from tensorboard.compat.proto import event_pb2
         from tensorboard.plugins.hparams import summary_v2
-        from tensorboard.summary.writer.event_file_writer import (
-            EventFileWriter,
-        )
 
         os.makedirs(self.log_dir, exist_ok=True)
-        summary = summary_v2.hparams_pb(self.hparams, trial_id=self.trial_id)
-        writer = EventFileWriter(self.log_dir)
+        writer = SummaryWriter(self.log_dir)
         try:
-            writer.add_event(
-                event_pb2.Event(wall_time=time.time(), step=0, summary=summary)
+            writer.write(
+                summary_v2.hparams_pb(self.hparams, trial_id=self.trial_id),
+                step=0,
             )
         finally:
             writer.close()
@@ -205,7 +190,7 @@ class BNHyperModel(keras_tuner.HyperModel):
         trial = _tuner_trial(callbacks)
         if trial is not None:
             callbacks = self._trial_callbacks(callbacks, trial, hp)
-        guard = _StopOnNonFiniteBatchNorm()
+        guard = NonFiniteGuard()
         history = model.fit(*args, callbacks=[guard, *callbacks], **kwargs)
         bad = nonfinite_batchnorm_weights(model)
         if bad:

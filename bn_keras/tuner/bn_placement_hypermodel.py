@@ -1,13 +1,13 @@
 """Search where batch normalization goes in the user's own model."""
 
-import re
-
 import keras
 import keras_tuner
 
 from bn_keras import registry
 from bn_keras._validation import check_bool
-from bn_keras.models._graph import DENSE_CONV_LAYERS
+from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
+from bn_keras.models._graph import all_layers
+from bn_keras.models._graph import output_layers
 from bn_keras.models.insert_batchnorm import insert_batchnorm
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
@@ -77,16 +77,6 @@ def _check_compile_kwargs(compile_kwargs):
             f"Received: compile_kwargs={compile_kwargs!r}"
         )
     return compile_kwargs
-
-
-def _all_layers(model):
-    """Every layer of `model` in order, nested models' layers included."""
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found.extend(_all_layers(layer))
-    return found
 
 
 def _output_effective(placement):
@@ -257,7 +247,7 @@ class BNPlacementHyperModel(BNHyperModel):
     @staticmethod
     def _find_slots(model, layers):
         """The slot names in forward order, and those that are outputs."""
-        every = _all_layers(model)
+        every = all_layers(model)
         names = [layer.name for layer in every]
         if layers is None:
             slots = [
@@ -296,22 +286,12 @@ class BNPlacementHyperModel(BNHyperModel):
                 f"`layers`. Received: model=<{type(model).__name__} "
                 f"name={model.name}>"
             )
-        # The slots `insert_batchnorm` leaves without BN after them by
-        # default are the output layers: ask it rather than guess.
-        probe = insert_batchnorm(model, placement="layer-bn-act")
-        added = {layer.name for layer in _all_layers(probe)} - set(names)
-        outputs = set()
-        dense_conv = {
+        # The slots that `insert_batchnorm` leaves without BN after them.
+        outputs = {
             layer.name
-            for layer in every
+            for layer in output_layers(model, "insert_batchnorm")
             if isinstance(layer, DENSE_CONV_LAYERS)
-        }
-        for slot in slots:
-            pattern = re.compile(re.escape(slot) + r"_bn(_\d+)?")
-            if slot in dense_conv and not any(
-                pattern.fullmatch(n) for n in added
-            ):
-                outputs.add(slot)
+        }.intersection(slots)
         return slots, outputs
 
     def slot_placements(self, slot):

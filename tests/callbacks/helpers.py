@@ -67,7 +67,7 @@ class Snapshots(keras.callbacks.Callback):
         self._seen = 0
 
     def _take(self):
-        self.model  # On JAX, attaches the trainer's state to the variables.
+        _ = self.model  # On JAX, attaches the trainer's state to the variables.
         return {layer.name: weights_of(layer) for layer in self.layers}
 
     def on_train_begin(self, logs=None):

@@ -1,6 +1,9 @@
 import copy as copy_module
+import json
 import os
 import re
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -639,3 +642,41 @@ def test_layers_with_the_same_name_get_distinct_tags(tmp_path, rng):
         "block_a/bn/moving_mean/drift",
         "block_b/bn/moving_mean/drift",
     } <= set(scalars)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.slow
+def test_probe_leaves_every_replica_unchanged_under_mirrored_strategy(
+    tmp_path,
+):
+    """Each replica keeps its own statistics of the layers that are not
+    synchronized; the probe must not touch any of them (restoring the
+    statistics by hand after a training call wrote the first replica's
+    values to every replica, and so changed training)."""
+    script = os.path.join(os.path.dirname(__file__), "mirrored_probe_run.py")
+    results_path = tmp_path / "results.json"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(script)))
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
+    completed = subprocess.run(
+        [sys.executable, script, str(results_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = json.loads(results_path.read_text())
+    probed, plain = results["with_probe"], results["without_probe"]
+    assert probed["probe_gap"] is not None and plain["probe_gap"] is None
+    assert probed["loss"] == plain["loss"]
+    assert probed["variables"].keys() == plain["variables"].keys()
+    differing = 0
+    for path, replicas in plain["variables"].items():
+        assert len(replicas) == 2, path
+        assert probed["variables"][path] == replicas, path
+        differing += replicas[0] != replicas[1]
+    # The case exercises per-replica statistics that differ.
+    assert differing > 0

@@ -186,3 +186,26 @@ def test_inspect_fold_needs_a_keras_file(saved_model, tmp_path, capsys):
         in err
     )
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_inspect_subclassed_model_says_why_nothing_folds():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__(name="net")
+            self.dense = keras.layers.Dense(3)
+            self.bn = keras.layers.BatchNormalization(name="bn")
+
+        def call(self, x):
+            return self.bn(self.dense(x))
+
+    net = Net()
+    net(np.ones((2, 4), "float32"))
+    rows = inspect_model(net)
+    assert [(row.path, row.foldable) for row in rows] == [("net/bn", False)]
+    assert rows[0].fold_note == (
+        "`fold_batchnorm` rewrites a model's graph of layers, and a "
+        "subclassed model has none to rewrite: its forward pass is the "
+        "Python code of its `call()` method, which bn_keras cannot read or "
+        "change"
+    )
+    assert (rows[0].before, rows[0].after) == ("input", "output")

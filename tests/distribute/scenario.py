@@ -16,12 +16,12 @@ even if its peers or the test that started it are gone.
 """
 
 import argparse
-from contextlib import nullcontext
 import json
 import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from bn_keras.layers import RenormClipping
-from tests.distribute import helpers, scenario
+from tests.distribute import helpers
+from tests.distribute import scenario
 
 pytestmark = [pytest.mark.tensorflow_only, pytest.mark.slow]
 
