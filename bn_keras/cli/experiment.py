@@ -1,10 +1,13 @@
 """What the commands train: configurations, models, training and results.
 
 `bn-keras compare` trains one model per `Configuration` through a
-`Comparison`; `bn-keras search` builds a hypermodel and a tuner here and
-runs the search. The objective of a task (validation accuracy, or
-validation loss for regression) is decided by `objective`, and only there.
-Nothing here prints or writes summaries: that is `bn_keras.cli.report`.
+`Comparison`; `bn-keras search` runs a keras-tuner search through a
+`Search`. Both keep a `Result` per finished configuration or trial (an
+interrupted command keeps what finished), with losses in the target's
+units (`in_target_units`). The objective of a task (validation accuracy,
+or validation loss for regression) is decided by `objective`, and only
+there. Nothing here prints or writes summaries: that is
+`bn_keras.cli.report`.
 """
 
 import dataclasses
