@@ -163,7 +163,7 @@ def test_inspect_model_without_batchnorm(tmp_path, capsys):
     [
         ("absent.keras", None, "{path}: no such file"),
         ("model.h5", b"x", "{path}: expected a model saved as .keras"),
-        ("broken.keras", b"not a zip file", "{path}: cannot load the model"),
+        ("broken.keras", b"not a zip file", "{path}: not a valid .keras"),
     ],
 )
 def test_inspect_unreadable_model(tmp_path, capsys, name, content, message):
