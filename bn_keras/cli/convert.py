@@ -3,14 +3,15 @@
 `bn-keras convert model.keras --to renorm out.keras` is
 `bn_keras.convert_batchnorm(model, "renorm")` on a saved model: it writes
 the converted model and checks that its inference outputs are the
-original's. Keras and bn_keras are imported when the command runs, not
-when its options are read.
+original's. Keras starts (`bn_keras.cli.runtime.start_keras`) once the
+options are checked: `--help` and usage errors answer without it.
 """
 
-import warnings
-
+from bn_keras import registry
+from bn_keras.cli import runtime
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import add_command
+from bn_keras.cli.common import console
 
 HELP = "write a saved model with its BN layers converted (e.g. to renorm)"
 
@@ -30,7 +31,7 @@ how its BN layers train:
 It prints one line per kind of layer converted, and the largest difference
 between the two models' inference outputs on random inputs. This is
 bn_keras.convert_batchnorm(model, NAME) (see its docstring for the
-settings kept from each layer).
+settings kept from each layer). The model is loaded without its optimizer.
 """
 
 
@@ -76,8 +77,6 @@ def _layer_names(args):
 
 def _target(args):
     """The `--to` name, checked by the registry, or a `UsageError`."""
-    from bn_keras import registry
-
     try:
         registry.get_conversion_class(args.to)
     except ValueError:
@@ -89,18 +88,17 @@ def _target(args):
 
 
 def convert(model, path, to, layers):
-    """`(converted model, warnings)`, or a `UsageError` naming `path`."""
+    """The converted model, or a `UsageError` naming `path`. Its warning
+    (settings dropped for `keras`) is a `warning:` line on standard error
+    (`bn_keras.cli.runtime.plain_warnings`)."""
     import bn_keras
 
     if not bn_keras.find_batchnorm(model):
         raise UsageError(f"{path}: the model has no batch normalization layer")
-    with warnings.catch_warnings(record=True) as caught:
-        try:
-            new = bn_keras.convert_batchnorm(model, to, layers=layers)
-        except (TypeError, ValueError) as error:
-            raise UsageError(f"{path}: cannot convert: {error}") from error
-    notes = [str(w.message) for w in caught if w.category is UserWarning]
-    return new, notes
+    try:
+        return bn_keras.convert_batchnorm(model, to, layers=layers)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"{path}: cannot convert: {error}") from error
 
 
 def summary(model, new, layers):
@@ -125,12 +123,12 @@ def summary(model, new, layers):
 def run(args):
     layers = _layer_names(args)
     to = _target(args)
-    from bn_keras.cli.common import console
+    runtime.start_keras()
     from bn_keras.cli.inspect import load
     from bn_keras.cli.inspect import max_difference
 
     model = load(args.model)
-    new, notes = convert(model, args.model, to, layers)
+    new = convert(model, args.model, to, layers)
     try:
         new.save(args.out)
     except OSError as error:
@@ -140,8 +138,6 @@ def run(args):
     out = console()
     for line in summary(model, new, layers):
         out.print(f"converted {line}")
-    for note in notes:
-        out.print(f"warning: {note}")
     out.print(f"wrote {args.out}")
     difference = max_difference(model, new)
     if difference is not None:

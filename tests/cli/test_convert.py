@@ -9,7 +9,10 @@ import pytest
 
 import bn_keras
 from bn_keras.cli import convert
+from tests.cli.helpers import imported_modules
 from tests.cli.helpers import run_cli
+from tests.cli.helpers import run_entry_point
+from tests.cli.helpers import without_import_times
 
 
 def small_model():
@@ -70,11 +73,11 @@ def test_convert_to_keras_warns_and_needs_no_bn_keras(saved, tmp_path, capsys):
         capsys, "convert", path, "--to", " Keras", out_path
     )
     assert status == 0, err
-    assert (
+    assert err.splitlines() == [
         "warning: convert_batchnorm: keras.layers.BatchNormalization has no "
         "ghost batches and no renorm schedule; dropped virtual_batch_size=4 "
-        "from 'ghost'." in out
-    )
+        "from 'ghost'. Their weights are kept: inference is unchanged."
+    ]
     with zipfile.ZipFile(out_path) as archive:
         config = json.loads(archive.read("config.json"))
     assert "bn_keras" not in json.dumps(config)
@@ -165,3 +168,25 @@ def test_missing_model_file(tmp_path, capsys):
 def test_help_names_every_conversion():
     for name in bn_keras.registry.CONVERSIONS:
         assert f"\n  {name} " in convert.DESCRIPTION
+
+
+@pytest.mark.parametrize(
+    "argv, status, stream, text",
+    [
+        (["convert", "--help"], 0, "stdout", "keras    keras.layers."),
+        (
+            ["convert", "m.keras", "--to", "group", "out.keras"],
+            2,
+            "stderr",
+            "bn-keras convert: error: --to group: unknown; valid names: "
+            "batch, ghost, keras, renorm",
+        ),
+    ],
+)
+def test_answers_without_keras(argv, status, stream, text):
+    completed = run_entry_point(*argv, PYTHONPROFILEIMPORTTIME=1)
+    assert completed.returncode == status, completed.stderr[-3000:]
+    assert text in without_import_times(getattr(completed, stream))
+    modules = imported_modules(completed.stderr)
+    assert "bn_keras.cli.convert" in modules
+    assert not {"keras", "tensorflow", "bn_keras.models"} & modules
