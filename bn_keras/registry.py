@@ -240,6 +240,18 @@ def get_normalization_name(normalization):
     return _lookup(normalization, NORMALIZATIONS)
 
 
+def get_conversion_name(normalization):
+    """The name of `CONVERSIONS` that `normalization` spells, in lowercase
+    (checked without importing Keras); a `ValueError` lists the valid ones.
+
+    Example:
+
+    >>> bn_keras.registry.get_conversion_name(" Keras")
+    'keras'
+    """
+    return _lookup(normalization, CONVERSIONS)
+
+
 def get_conversion_class(normalization):
     """The layer class that `bn_keras.convert_batchnorm` converts to.
 
@@ -262,7 +274,7 @@ def get_conversion_class(normalization):
     >>> bn_keras.registry.get_conversion_class("renorm").__name__
     'BatchRenormalization'
     """
-    name = _lookup(normalization, CONVERSIONS)
+    name = get_conversion_name(normalization)
     if name == "keras":
         import keras
 

@@ -76,15 +76,15 @@ def _layer_names(args):
 
 
 def _target(args):
-    """The `--to` name, checked by the registry, or a `UsageError`."""
+    """The `--to` name, checked by the registry (without Keras), or a
+    `UsageError`."""
     try:
-        registry.get_conversion_class(args.to)
+        return registry.get_conversion_name(args.to)
     except ValueError:
         names = ", ".join(sorted(registry.CONVERSIONS))
         raise UsageError(
             f"--to {args.to}: unknown; valid names: {names}"
         ) from None
-    return args.to.strip().lower()
 
 
 def convert(model, path, to, layers):

@@ -190,3 +190,13 @@ def test_answers_without_keras(argv, status, stream, text):
     modules = imported_modules(completed.stderr)
     assert "bn_keras.cli.convert" in modules
     assert not {"keras", "tensorflow", "bn_keras.models"} & modules
+
+
+def test_a_conversion_prints_no_tensorflow_start_up_lines(saved, tmp_path):
+    _, path = saved
+    completed = run_entry_point(
+        "convert", path, "--to", "renorm", tmp_path / "out.keras"
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stderr == ""
+    assert completed.stdout.startswith("converted 1 BatchNormalization")
