@@ -48,6 +48,7 @@ else:
     from bn_keras import layers
     from bn_keras import models
     from bn_keras import registry
+    from bn_keras.models import convert_batchnorm
     from bn_keras.models import find_batchnorm
     from bn_keras.models import fold_batchnorm
     from bn_keras.models import freeze_batchnorm
@@ -61,6 +62,7 @@ _SUBMODULES = ("callbacks", "layers", "models", "registry", "tuner")
 __all__ = [
     "__version__",
     "callbacks",
+    "convert_batchnorm",
     "find_batchnorm",
     "fold_batchnorm",
     "freeze_batchnorm",

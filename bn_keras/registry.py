@@ -24,6 +24,10 @@ Normalizations:
 | `"ghost"`  | `bn_keras.layers.GhostBatchNormalization`     |
 | `"renorm"` | `bn_keras.layers.BatchRenormalization`        |
 
+`bn_keras.convert_batchnorm` also converts to `"keras"`, Keras's own
+`keras.layers.BatchNormalization`, for models shipped without bn-keras
+(`CONVERSIONS`, `get_conversion_class`).
+
 `normalization_for_run` builds these for a training run of known length
 (the ghost batch size, the momentum, and the renorm schedule scaled to the
 run by `bn_keras.layers.RenormClipping.scaled`); `placement_table` and
@@ -69,6 +73,11 @@ NORMALIZATIONS = {
     "ghost": "GhostBatchNormalization",
     "renorm": "BatchRenormalization",
 }
+
+
+#: What `bn_keras.convert_batchnorm` converts BN layers to: the
+#: normalizations above, and `"keras"`, Keras's own layer.
+CONVERSIONS = {**NORMALIZATIONS, "keras": "keras.layers.BatchNormalization"}
 
 
 def _layer_class(name):
@@ -228,13 +237,60 @@ def get_normalization_name(normalization):
     >>> bn_keras.registry.get_normalization_name(" Ghost")
     'ghost'
     """
+    return _lookup(normalization, NORMALIZATIONS)
+
+
+def get_conversion_name(normalization):
+    """The name of `CONVERSIONS` that `normalization` spells, in lowercase
+    (checked without importing Keras); a `ValueError` lists the valid ones.
+
+    Example:
+
+    >>> bn_keras.registry.get_conversion_name(" Keras")
+    'keras'
+    """
+    return _lookup(normalization, CONVERSIONS)
+
+
+def get_conversion_class(normalization):
+    """The layer class that `bn_keras.convert_batchnorm` converts to.
+
+    Args:
+        normalization: A name of `CONVERSIONS` (case-insensitive): a
+            normalization name, or `"keras"` for
+            `keras.layers.BatchNormalization`.
+
+    Returns:
+        A `keras.layers.BatchNormalization` class (or subclass).
+
+    Raises:
+        ValueError: for anything else; the message lists the valid names.
+
+    Example:
+
+    >>> cls = bn_keras.registry.get_conversion_class("Keras")
+    >>> cls is keras.layers.BatchNormalization
+    True
+    >>> bn_keras.registry.get_conversion_class("renorm").__name__
+    'BatchRenormalization'
+    """
+    name = get_conversion_name(normalization)
+    if name == "keras":
+        import keras
+
+        return keras.layers.BatchNormalization
+    return _layer_class(name)
+
+
+def _lookup(normalization, names):
+    """The lowercase name if it is a key of `names`, else a `ValueError`."""
     if isinstance(normalization, str):
         name = normalization.strip().lower()
-        if name in NORMALIZATIONS:
+        if name in names:
             return name
     raise ValueError(
         "Unknown normalization. Valid names: "
-        f"{', '.join(repr(n) for n in normalization_names())}. "
+        f"{', '.join(repr(n) for n in sorted(names))}. "
         f"Received: normalization={normalization!r}"
     )
 

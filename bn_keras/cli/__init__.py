@@ -3,6 +3,7 @@
     bn-keras compare   train one model per BN configuration and rank them
     bn-keras search    search BN placements with keras-tuner
     bn-keras inspect   one row per BN layer of a saved model; fold it
+    bn-keras convert   a saved model with its BN layers of another kind
 
 Also `python -m bn_keras`. Exit status: 0 on success, 2 for usage errors
 (bad options, unknown names, unreadable or malformed files), as argparse
@@ -18,6 +19,7 @@ import argparse
 import sys
 
 from bn_keras.cli import compare
+from bn_keras.cli import convert
 from bn_keras.cli import inspect_command
 from bn_keras.cli import runtime
 from bn_keras.cli import search
@@ -43,7 +45,7 @@ def build_parser():
         title="commands", dest="command", metavar="COMMAND"
     )
     subparsers.required = True
-    for module in (compare, search, inspect_command):
+    for module in (compare, search, inspect_command, convert):
         module.add_parser(subparsers)
     return parser
 

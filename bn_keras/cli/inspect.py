@@ -27,6 +27,7 @@ from bn_keras.models import fold_batchnorm
 from bn_keras.models._fold_plan import plan_fold
 from bn_keras.models._graph import GraphError
 from bn_keras.models._graph import LayerGraph
+from bn_keras.models._graph import is_raw_op
 from bn_keras.models._graph import model_kind
 
 # -- reading the model --------------------------------------------------------
@@ -84,6 +85,8 @@ def _describe(layer):
         return "input"
     if isinstance(layer, str):
         return layer
+    if is_raw_op(layer):  # `h * 2.0`, `keras.ops.relu(h)`
+        return f"{type(layer).__name__} (op)"
     if isinstance(layer, keras.layers.Activation):
         return keras.activations.serialize(layer.activation)
     if isinstance(layer, ACTIVATION_LAYERS):
@@ -339,7 +342,7 @@ def load(path):
         ) from None
 
 
-def _max_difference(model, folded):
+def max_difference(model, folded):
     """Largest |output difference| on random inputs, or None if unknown."""
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) != 1:
@@ -384,7 +387,7 @@ def run(args):
         f"folded {len(report['folded'])} of {len(rows)} BN layers "
         f"({len(report['kept'])} kept); wrote {args.fold}"
     )
-    difference = _max_difference(model, folded)
+    difference = max_difference(model, folded)
     if difference is not None and not np.isfinite(difference):
         out.print(
             "outputs on random inputs are not finite (see the warnings); "
