@@ -24,6 +24,10 @@ Normalizations:
 | `"ghost"`  | `bn_keras.layers.GhostBatchNormalization`     |
 | `"renorm"` | `bn_keras.layers.BatchRenormalization`        |
 
+`bn_keras.convert_batchnorm` also converts to `"keras"`, Keras's own
+`keras.layers.BatchNormalization`, for models shipped without bn-keras
+(`CONVERSIONS`, `get_conversion_class`).
+
 Input normalizations (`bn_keras.insert_batchnorm(input_batchnorm=...)`,
 the hypermodels and `bn-keras compare --input-batchnorm`): a
 `bn_keras.layers.BatchNormalization` without `gamma` and `beta` on each
@@ -55,12 +59,9 @@ Example:
 ('GhostBatchNormalization', 32)
 """
 
-import keras
-
-from bn_keras.layers.batch_normalization import BatchNormalization
-from bn_keras.layers.batch_renormalization import BatchRenormalization
-from bn_keras.layers.ghost_batch_normalization import GhostBatchNormalization
-from bn_keras.layers.renorm_clipping import RenormClipping
+# Keras and the layers are imported by the functions that build layers, on
+# first use: the names cost nothing to import, so that `bn-keras --help`
+# lists them without starting Keras and TensorFlow.
 
 #: Canonical placement names; each spells its order of operations.
 PLACEMENTS = ("layer-bn-act", "layer-act-bn", "bn-act-layer", "layer-act")
@@ -88,12 +89,24 @@ INPUT_NORMALIZATIONS = {
     "renorm": {"renorm": True, "momentum": None, "renorm_momentum": None},
 }
 
-#: Normalization names and the layer class each one builds.
+#: Normalization names and the `bn_keras.layers` class each one builds.
 NORMALIZATIONS = {
-    "batch": BatchNormalization,
-    "ghost": GhostBatchNormalization,
-    "renorm": BatchRenormalization,
+    "batch": "BatchNormalization",
+    "ghost": "GhostBatchNormalization",
+    "renorm": "BatchRenormalization",
 }
+
+
+#: What `bn_keras.convert_batchnorm` converts BN layers to: the
+#: normalizations above, and `"keras"`, Keras's own layer.
+CONVERSIONS = {**NORMALIZATIONS, "keras": "keras.layers.BatchNormalization"}
+
+
+def _layer_class(name):
+    """The `bn_keras.layers` class of a registered normalization name."""
+    from bn_keras import layers
+
+    return getattr(layers, NORMALIZATIONS[name])
 
 
 def get_placement(placement):
@@ -246,14 +259,54 @@ def get_normalization_name(normalization):
     >>> bn_keras.registry.get_normalization_name(" Ghost")
     'ghost'
     """
-    return _registered(
-        normalization, normalization_names(), "normalization", "normalization"
-    )
+    return _lookup(normalization, sorted(NORMALIZATIONS))
 
 
-def _registered(value, names, kind, argument):
-    """`value` in lowercase if it is one of `names`; else a `ValueError`
-    that lists them."""
+def get_conversion_name(normalization):
+    """The name of `CONVERSIONS` that `normalization` spells, in lowercase
+    (checked without importing Keras); a `ValueError` lists the valid ones.
+
+    Example:
+
+    >>> bn_keras.registry.get_conversion_name(" Keras")
+    'keras'
+    """
+    return _lookup(normalization, sorted(CONVERSIONS))
+
+
+def get_conversion_class(normalization):
+    """The layer class that `bn_keras.convert_batchnorm` converts to.
+
+    Args:
+        normalization: A name of `CONVERSIONS` (case-insensitive): a
+            normalization name, or `"keras"` for
+            `keras.layers.BatchNormalization`.
+
+    Returns:
+        A `keras.layers.BatchNormalization` class (or subclass).
+
+    Raises:
+        ValueError: for anything else; the message lists the valid names.
+
+    Example:
+
+    >>> cls = bn_keras.registry.get_conversion_class("Keras")
+    >>> cls is keras.layers.BatchNormalization
+    True
+    >>> bn_keras.registry.get_conversion_class("renorm").__name__
+    'BatchRenormalization'
+    """
+    name = get_conversion_name(normalization)
+    if name == "keras":
+        import keras
+
+        return keras.layers.BatchNormalization
+    return _layer_class(name)
+
+
+def _lookup(value, names, kind="normalization", argument="normalization"):
+    """The lowercase name if it is one of `names`, else a `ValueError` that
+    lists them, in their order."""
     if isinstance(value, str):
         name = value.strip().lower()
         if name in names:
@@ -304,21 +357,23 @@ def normalization_for_run(
     >>> layer.renorm_momentum, layer.renorm_clipping.rmax_steps
     (0.9, 800)
     """
+    from bn_keras import layers
+
     name = get_normalization_name(normalization)
     if name == "ghost" and ghost_batch_size is not None:
-        return GhostBatchNormalization(
+        return layers.GhostBatchNormalization(
             virtual_batch_size=ghost_batch_size, momentum=momentum
         )
     if name == "renorm":
-        schedule = RenormClipping()
+        schedule = layers.RenormClipping()
         if total_steps is not None:
             schedule = schedule.scaled(total_steps)
-        return BatchRenormalization(
+        return layers.BatchRenormalization(
             renorm_clipping=schedule,
             momentum=momentum,
             renorm_momentum=momentum,
         )
-    return NORMALIZATIONS[name](momentum=momentum)
+    return _layer_class(name)(momentum=momentum)
 
 
 def get_normalization(normalization=None, **defaults):
@@ -357,10 +412,14 @@ def get_normalization(normalization=None, **defaults):
     >>> layer.momentum, layer.axis
     (0.9, 1)
     """
+    import keras
+
+    from bn_keras.layers import BatchNormalization
+
     if normalization is None:
         return BatchNormalization(**defaults)
     if isinstance(normalization, str):
-        return NORMALIZATIONS[get_normalization_name(normalization)](**defaults)
+        return _layer_class(get_normalization_name(normalization))(**defaults)
     if isinstance(normalization, dict):
         if "class_name" in normalization:
             layer = keras.saving.deserialize_keras_object(normalization)
@@ -384,6 +443,8 @@ def get_normalization(normalization=None, **defaults):
 
 def serialize_normalization(layer):
     """The JSON-serializable form of a normalization layer (or `None`)."""
+    import keras
+
     if layer is None:
         return None
     return keras.saving.serialize_keras_object(layer)
@@ -404,7 +465,7 @@ def get_input_normalization_name(name):
     >>> bn_keras.registry.get_input_normalization_name("ReNorm")
     'renorm'
     """
-    return _registered(
+    return _lookup(
         name,
         input_normalization_names(),
         "input normalization",
@@ -431,6 +492,8 @@ def get_input_normalization(normalization, **defaults):
     >>> layer.renorm, layer.momentum, layer.renorm_momentum, layer.center
     (True, None, None, False)
     """
+    from bn_keras.layers import BatchNormalization
+
     name = get_input_normalization_name(normalization)
     arguments = INPUT_NORMALIZATIONS[name]
     if arguments is None:

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 import bn_keras
+from bn_keras.cli import common
 from bn_keras.cli import datasets
 from bn_keras.cli import experiment
 
@@ -46,10 +47,10 @@ def test_input_normalization_configurations_and_their_models():
 
 def test_configurations_and_their_models():
     configurations = experiment.configurations(
-        experiment.resolve_placements(
+        common.resolve_placements(
             ["none", "pre_activation", "layer-bn-act"]
         ),
-        experiment.resolve_normalizations(["renorm", "ghost"]),
+        common.resolve_normalizations(["renorm", "ghost"]),
     )
     assert [c.slug for c in configurations] == [
         "no-bn",
