@@ -13,7 +13,7 @@ def test_input_normalization_configurations_and_their_models():
     configurations = experiment.configurations(
         ("layer-bn-act",),
         ("batch",),
-        experiment.resolve_input_normalizations(["renorm,none", "renorm"]),
+        common.resolve_input_normalizations(["renorm,none", "renorm"]),
     )
     assert [(c.slug, c.label(), c.is_baseline) for c in configurations] == [
         ("input-renorm_no-bn", "input renorm", False),
@@ -25,7 +25,7 @@ def test_input_normalization_configurations_and_their_models():
         ("no-bn", "no BN", True),
         ("layer-bn-act_batch", "layer-bn-act + batch", False),
     ]
-    assert experiment.resolve_input_normalizations(None) == ("none",)
+    assert common.resolve_input_normalizations(None) == ("none",)
     data = datasets.load("scales")
     keras.utils.set_random_seed(0)
     base = experiment.build_base_model("mlp", data)
