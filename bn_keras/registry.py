@@ -28,6 +28,20 @@ Normalizations:
 `keras.layers.BatchNormalization`, for models shipped without bn-keras
 (`CONVERSIONS`, `get_conversion_class`).
 
+Input normalizations (`bn_keras.insert_batchnorm(input_batchnorm=...)`,
+the hypermodels and `bn-keras compare --input-batchnorm`): a
+`bn_keras.layers.BatchNormalization` without `gamma` and `beta` on each
+input, in place of standardizing the data by hand:
+
+| name       | layer                                                        |
+| ---------- | ------------------------------------------------------------ |
+| `"none"`   | no layer                                                     |
+| `"batch"`  | plain BN: each training batch standardized by its own        |
+|            | statistics                                                   |
+| `"renorm"` | unclipped renorm with cumulative statistics (`momentum=None`,|
+|            | `renorm_momentum=None`): each training batch standardized by |
+|            | the statistics of all the batches before it                  |
+
 `normalization_for_run` builds these for a training run of known length
 (the ghost batch size, the momentum, and the renorm schedule scaled to the
 run by `bn_keras.layers.RenormClipping.scaled`); `placement_table` and
@@ -66,6 +80,14 @@ PLACEMENT_ALIASES = {
 
 #: Tuner names that `bn_keras.tuner.get_tuner` knows.
 TUNERS = ("random", "grid", "hyperband", "bayesian")
+
+#: Input normalization names and the arguments of the
+#: `BatchNormalization` each one puts on an input (`None`: no layer).
+INPUT_NORMALIZATIONS = {
+    "none": None,
+    "batch": {},
+    "renorm": {"renorm": True, "momentum": None, "renorm_momentum": None},
+}
 
 #: Normalization names and the `bn_keras.layers` class each one builds.
 NORMALIZATIONS = {
@@ -237,7 +259,7 @@ def get_normalization_name(normalization):
     >>> bn_keras.registry.get_normalization_name(" Ghost")
     'ghost'
     """
-    return _lookup(normalization, NORMALIZATIONS)
+    return _lookup(normalization, sorted(NORMALIZATIONS))
 
 
 def get_conversion_name(normalization):
@@ -249,7 +271,7 @@ def get_conversion_name(normalization):
     >>> bn_keras.registry.get_conversion_name(" Keras")
     'keras'
     """
-    return _lookup(normalization, CONVERSIONS)
+    return _lookup(normalization, sorted(CONVERSIONS))
 
 
 def get_conversion_class(normalization):
@@ -282,16 +304,17 @@ def get_conversion_class(normalization):
     return _layer_class(name)
 
 
-def _lookup(normalization, names):
-    """The lowercase name if it is a key of `names`, else a `ValueError`."""
-    if isinstance(normalization, str):
-        name = normalization.strip().lower()
+def _lookup(value, names, kind="normalization", argument="normalization"):
+    """The lowercase name if it is one of `names`, else a `ValueError` that
+    lists them, in their order."""
+    if isinstance(value, str):
+        name = value.strip().lower()
         if name in names:
             return name
     raise ValueError(
-        "Unknown normalization. Valid names: "
-        f"{', '.join(repr(n) for n in sorted(names))}. "
-        f"Received: normalization={normalization!r}"
+        f"Unknown {kind}. Valid names: "
+        f"{', '.join(repr(n) for n in names)}. "
+        f"Received: {argument}={value!r}"
     )
 
 
@@ -425,3 +448,56 @@ def serialize_normalization(layer):
     if layer is None:
         return None
     return keras.saving.serialize_keras_object(layer)
+
+
+def input_normalization_names():
+    """The input normalization names, in the order of the table."""
+    return list(INPUT_NORMALIZATIONS)
+
+
+def get_input_normalization_name(name):
+    """Returns the registered name of an input normalization, lowercase.
+
+    `name` is `"none"`, `"batch"` or `"renorm"`, case-insensitive, with
+    surrounding spaces ignored; anything else raises a `ValueError` that
+    lists the valid names (as `get_normalization_name` does).
+
+    >>> bn_keras.registry.get_input_normalization_name("ReNorm")
+    'renorm'
+    """
+    return _lookup(
+        name,
+        input_normalization_names(),
+        "input normalization",
+        "input_batchnorm",
+    )
+
+
+def get_input_normalization(normalization, **defaults):
+    """Returns a fresh input normalization layer for a name, or `None`.
+
+    Args:
+        normalization: A registered input normalization name (see the
+            module docstring), case-insensitive.
+        **defaults: Further `BatchNormalization` arguments, such as `name`
+            or `axis`.
+
+    Returns:
+        A new, unbuilt `bn_keras.layers.BatchNormalization` with
+        `center=False` and `scale=False`, or `None` for `"none"`.
+
+    Example:
+
+    >>> layer = bn_keras.registry.get_input_normalization("renorm")
+    >>> layer.renorm, layer.momentum, layer.renorm_momentum, layer.center
+    (True, None, None, False)
+    """
+    from bn_keras.layers import BatchNormalization
+
+    name = get_input_normalization_name(normalization)
+    arguments = INPUT_NORMALIZATIONS[name]
+    if arguments is None:
+        return None
+    return BatchNormalization(
+        **{"center": False, "scale": False, **defaults, **arguments}
+    )

@@ -25,9 +25,9 @@ from bn_keras.callbacks._statistics import dead_channels
 from bn_keras.callbacks._statistics import nonfinite
 from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.layers._formulas import ghost_ids
-from bn_keras.layers._formulas import moving_average_input
 from bn_keras.layers._formulas import renorm_clipped
 from bn_keras.layers._formulas import renorm_ratios
+from bn_keras.layers._formulas import renorm_update_input
 from bn_keras.models._tracing import PooledMoments
 from bn_keras.models._tracing import channels_last_2d
 from bn_keras.models._tracing import is_array_like
@@ -610,12 +610,17 @@ class BatchNormMonitor(keras.callbacks.Callback):
         if snapshot is not None and name in snapshot and layer.trainable:
             old_mean, old_stddev = snapshot[name]
             # The batch's statistics, from the update they made.
-            momentum = layer.renorm_momentum
-            batch_mean = moving_average_input(
-                old_mean, now["renorm_mean"], momentum
-            )
-            batch_stddev = moving_average_input(
-                old_stddev, now["renorm_stddev"], momentum
+            count = None
+            if layer.renorm_momentum is None:  # cumulative statistics
+                count = as_float64(layer.num_batches_tracked)
+            batch_mean, batch_stddev = renorm_update_input(
+                old_mean,
+                old_stddev,
+                now["renorm_mean"],
+                now["renorm_stddev"],
+                layer.epsilon,
+                layer.renorm_momentum,
+                count,
             )
             # The bounds of the last batch: the step before the current one.
             step = None
@@ -629,6 +634,9 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 layer.epsilon,
                 _clipping(layer, step),
             )
+            if count is not None and count == 1:
+                # The first cumulative step uses r = 1, d = 0: no clipping.
+                figures["renorm/clipped_fraction"] = 0.0
         return figures
 
     def _probe(self):

@@ -202,6 +202,19 @@ def resolve_normalizations(names):
     )
 
 
+def resolve_input_normalizations(names):
+    """Input normalization names (`--input-batchnorm`, as typed), in order,
+    without duplicates; `("none",)` when none is given."""
+    return tuple(
+        _resolve(
+            parse_names(names) or ["none"],
+            registry.get_input_normalization_name,
+            "input normalization",
+            ", ".join(registry.input_normalization_names()),
+        )
+    )
+
+
 def resolve_names(placements, normalizations, defaults):
     """`(placements, normalizations)` of `--placements` and
     `--normalizations` as typed (lists of space- or comma-separated names),

@@ -23,6 +23,7 @@ from bn_keras.cli.common import check_positive
 from bn_keras.cli.common import console
 from bn_keras.cli.common import new_session_dir
 from bn_keras.cli.common import quiet_tensorflow_warnings
+from bn_keras.cli.common import resolve_input_normalizations
 from bn_keras.cli.common import resolve_names
 from bn_keras.cli.common import settings_options
 from bn_keras.cli.settings import ComparisonSettings
@@ -50,6 +51,12 @@ normalizations:
   ghost    ghost batches of --ghost-batch-size samples
   renorm   batch renormalization, with the paper's r/d schedule compressed
            to the length of the run
+input normalizations (--input-batchnorm; every configuration is trained
+once per name):
+  none     the inputs as they are (default)
+  batch    plain BN on the inputs (each training batch by its own statistics)
+  renorm   renorm with cumulative statistics on the inputs: standardizes
+           them as by hand, with no pass over the data beforehand
 """
 
 EPILOG = """\
@@ -57,6 +64,7 @@ examples:
   bn-keras compare                                  # digits, MLP, 20 epochs
   bn-keras compare --dataset wine --normalizations batch renorm
   bn-keras compare --model cnn --placements layer-bn-act --epochs 10
+  bn-keras compare --dataset scales --input-batchnorm none renorm
   bn-keras compare --data my.csv --target label --quick
   bn-keras compare --data my_images/ --model cnn --image-size 64
   bn-keras compare --dataset fashion_mnist --model cnn --limit 5000 --quick
@@ -87,6 +95,14 @@ def _add_configuration_arguments(parser):
         metavar="M",
         help="momentum of BN's moving statistics (default: 0.99, Keras's); "
         "on a short run, 0.9 lets them keep up",
+    )
+    runs.add_argument(
+        "--input-batchnorm",
+        nargs="+",
+        metavar="NAME",
+        help="input normalizations, each with every configuration (space- or "
+        "comma-separated; default: none). Valid: "
+        f"{', '.join(registry.input_normalization_names())}",
     )
     runs.add_argument(
         "--ghost-batch-size",
@@ -174,6 +190,7 @@ def parse(args):
     return ComparisonSettings(
         placements=placements,
         normalizations=normalizations,
+        input_batchnorms=resolve_input_normalizations(args.input_batchnorm),
         momentum=args.momentum,
         ghost_batch_size=_ghost_batch_size(args, normalizations),
         epochs=epochs,

@@ -54,16 +54,32 @@ def higher_is_better(metric):
 
 @dataclasses.dataclass(frozen=True)
 class Configuration:
-    """One model to train: a placement (or none) and a normalization."""
+    """One model to train: a placement (or none) and a normalization, and
+    the input normalization (`insert_batchnorm`'s `input_batchnorm` name)."""
 
     placement: str  # canonical; "layer-act" is no BN
     normalization: str = None
+    input_batchnorm: str = "none"
 
     @property
     def has_batchnorm(self):
+        """Whether the layers get BN (the inputs aside)."""
         return self.placement != "layer-act"
 
+    @property
+    def is_baseline(self):
+        """No BN anywhere: the model as it is."""
+        return not self.has_batchnorm and self.input_batchnorm == "none"
+
     def label(self, ghost_batch_size=None):
+        if self.input_batchnorm != "none":
+            label = f"input {self.input_batchnorm}"
+            if not self.has_batchnorm:
+                return label
+            return f"{label} + {self._layers_label(ghost_batch_size)}"
+        return self._layers_label(ghost_batch_size)
+
+    def _layers_label(self, ghost_batch_size):
         if not self.has_batchnorm:
             return "no BN"
         normalization = self.normalization
@@ -74,19 +90,27 @@ class Configuration:
     @property
     def slug(self):
         """The configuration's run folder name."""
-        if not self.has_batchnorm:
-            return "no-bn"
-        return f"{self.placement}_{self.normalization}"
+        slug = "no-bn"
+        if self.has_batchnorm:
+            slug = f"{self.placement}_{self.normalization}"
+        if self.input_batchnorm != "none":
+            return f"input-{self.input_batchnorm}_{slug}"
+        return slug
 
 
-def configurations(placements, normalizations):
-    """'No BN' first, then every (placement, normalization) pair."""
-    result = [Configuration("layer-act")]
-    for placement in placements:
-        if placement == "layer-act":
-            continue  # "no BN" is always there
-        for normalization in normalizations:
-            result.append(Configuration(placement, normalization))
+def configurations(placements, normalizations, input_batchnorms=("none",)):
+    """'No BN' first, then every (placement, normalization) pair; all of
+    them once per input normalization, in the order given."""
+    result = []
+    for input_batchnorm in input_batchnorms:
+        result.append(Configuration("layer-act", None, input_batchnorm))
+        for placement in placements:
+            if placement == "layer-act":
+                continue  # "no BN" is always there
+            for normalization in normalizations:
+                result.append(
+                    Configuration(placement, normalization, input_batchnorm)
+                )
     return result
 
 
@@ -145,21 +169,25 @@ def make_model(
 
     The BN layers are the registry's `normalization_for_run`: the ghost
     batch size and momentum as given, a renorm schedule scaled to
-    `total_steps`.
+    `total_steps`; the inputs get `insert_batchnorm`'s `input_batchnorm`.
     """
-    if not configuration.has_batchnorm:
+    if configuration.is_baseline:
         model = keras.models.clone_model(base)
         model.set_weights(base.get_weights())
         return model
-    return insert_batchnorm(
-        base,
-        placement=configuration.placement,
-        normalization=registry.normalization_for_run(
+    normalization = None
+    if configuration.has_batchnorm:
+        normalization = registry.normalization_for_run(
             configuration.normalization,
             momentum=momentum,
             ghost_batch_size=ghost_batch_size,
             total_steps=total_steps,
-        ),
+        )
+    return insert_batchnorm(
+        base,
+        placement=configuration.placement,
+        normalization=normalization,
+        input_batchnorm=configuration.input_batchnorm,
     )
 
 
@@ -325,10 +353,10 @@ class Result:
 
     @property
     def is_baseline(self):
-        """Whether this is `compare`'s configuration without BN."""
+        """Whether this is `compare`'s configuration without BN (on the
+        inputs neither)."""
         return (
-            self.configuration is not None
-            and not self.configuration.has_batchnorm
+            self.configuration is not None and self.configuration.is_baseline
         )
 
     @property
@@ -407,7 +435,9 @@ class Comparison:
         keras.utils.set_random_seed(settings.seed)
         self.base = build_base_model(settings.model, dataset, settings.quick)
         self.configurations = configurations(
-            settings.placements, settings.normalizations
+            settings.placements,
+            settings.normalizations,
+            settings.input_batchnorms,
         )
         self.metric = objective(dataset.task)
         self.results = []
@@ -476,7 +506,7 @@ class Comparison:
             batch_size=settings.batch_size,
             seed=settings.seed,
             verbose=settings.verbose,
-            monitor=configuration.has_batchnorm,
+            monitor=not configuration.is_baseline,
             on_epoch=on_epoch,
         )
         return Result(

@@ -28,6 +28,7 @@ class ComparisonSettings(Settings):
 
     momentum: float
     ghost_batch_size: int
+    input_batchnorms: tuple = ("none",)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -127,3 +127,76 @@ def moving_average_input(old, new, momentum):
     about `1e-7 / (1 - m)`).
     """
     return (new - momentum * old) / (1 - momentum)
+
+
+def cumulative_average(old_mean, old_variance, mean, variance, count):
+    """The mean and variance of all the batches seen, after one more.
+
+    The update of `momentum=None` (Chan et al.'s merge of two groups'
+    moments, each batch weighing one): with `count` the number of batches
+    including this one, `delta = mean - old_mean`,
+
+        new_mean = old_mean + delta / count
+        new_variance = old_variance + (variance - old_variance) / count
+                       + (count - 1) / count**2 * delta**2
+
+    After `n` batches the statistics are `mean(mu_i)` and
+    `mean(var_i + (mu_i - new_mean)**2)`: for batches of equal size, the
+    mean and (biased) variance of every value seen. At `count = 1` they are
+    the batch's, whatever `old_mean` and `old_variance` were. Returns
+    `(new_mean, new_variance)`.
+    """
+    delta = mean - old_mean
+    new_mean = old_mean + delta / count
+    new_variance = (
+        old_variance
+        + (variance - old_variance) / count
+        + (count - 1.0) / (count * count) * (delta * delta)
+    )
+    return new_mean, new_variance
+
+
+def cumulative_average_input(
+    old_mean, old_variance, new_mean, new_variance, count
+):
+    """The batch mean and variance that moved the cumulative statistics.
+
+    The inverse of `cumulative_average`, with the same `count` (batches
+    including this one). Float32 weights make the recovered values lose
+    precision as `count` grows: an absolute error about
+    `count * 1e-7 * |new_mean|` on the mean.
+    """
+    mean = old_mean + count * (new_mean - old_mean)
+    delta = mean - old_mean
+    variance = (
+        old_variance
+        + count * (new_variance - old_variance)
+        - (count - 1.0) / count * (delta * delta)
+    )
+    return mean, variance
+
+
+def renorm_update_input(
+    old_mean, old_stddev, new_mean, new_stddev, epsilon, momentum, count=None
+):
+    """The batch mean and standard deviation that moved renorm statistics.
+
+    NumPy arrays: the renorm (or moving) mean and `sqrt(variance +
+    epsilon)` before and after a batch's update. With a float `momentum`,
+    `moving_average_input` of each; with `None`, `cumulative_average_input`
+    of the mean and variance, `count` being the number of updates applied,
+    this one included. Returns `(mean, stddev)`.
+    """
+    if momentum is not None:
+        return (
+            moving_average_input(old_mean, new_mean, momentum),
+            moving_average_input(old_stddev, new_stddev, momentum),
+        )
+    mean, variance = cumulative_average_input(
+        old_mean,
+        np.maximum(old_stddev * old_stddev - epsilon, 0.0),
+        new_mean,
+        np.maximum(new_stddev * new_stddev - epsilon, 0.0),
+        count,
+    )
+    return mean, np.sqrt(np.maximum(variance, 0.0) + epsilon)

@@ -20,6 +20,7 @@ from bn_keras._validation import check_positive_int
 from bn_keras._validation import is_integer
 from bn_keras._validation import is_number
 from bn_keras.layers._formulas import clip_renorm
+from bn_keras.layers._formulas import cumulative_average
 from bn_keras.layers._formulas import ghost_count
 from bn_keras.layers._formulas import ghost_ids
 from bn_keras.layers._formulas import moving_average
@@ -33,6 +34,9 @@ _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 # Keras's masked moments add this to the count; we do the same so that the
 # masked statistics equal Keras's.
 _MASK_COUNT_FUZZ = 1e-7
+# What Keras's `__init__` is given for a momentum of `None` (it calls
+# `float(momentum)`); the layer keeps `None` and never reads this value.
+_KERAS_MOMENTUM = 0.99
 
 
 def _check_clipping_dict(renorm_clipping):
@@ -191,6 +195,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
       keeps a step counter, `renorm_step`, saved with its weights.
     - **A non-finite guard** (`skip_nonfinite=True`): a training batch whose
       mean or variance is not finite leaves every moving statistic unchanged.
+    - **Cumulative statistics** (`momentum=None`, as in PyTorch; and
+      `renorm_momentum=None`): the average over every batch seen instead of
+      an exponential moving average (see below). The layer then keeps a
+      counter, `num_batches_tracked`, saved with its weights.
 
     **During training** (`fit()`, or `training=True`) each channel is
     normalized with the statistics of the batch (or of its ghost batch):
@@ -200,14 +208,50 @@ class BatchNormalization(keras.layers.BatchNormalization):
     biased batch variance, as Keras does. With `renorm=True` the normalized
     value is corrected to `x_hat * r + d` (r and d computed per ghost batch).
 
+    **Cumulative statistics.** With `momentum=None`, the `n`-th update
+    (`n = num_batches_tracked + 1`) merges the batch's mean `mu_B` and
+    biased variance `var_B` (of the whole batch, of all replicas when
+    synchronized) into the statistics `M`, `V` of the `n - 1` batches
+    before it, each batch weighing one (Chan et al.'s pooled update): with
+    `delta = mu_B - M`,
+    `M <- M + delta / n` and
+    `V <- V + (var_B - V) / n + (n - 1) / n**2 * delta**2`.
+    After `n` batches of equal size, `M` and `V` are exactly the mean and
+    variance of every value seen (batches of unequal sizes weigh alike: a
+    last, smaller batch of an epoch counts as much as the others); the
+    first batch sets them whatever their initial values, and they move
+    less and less as `n` grows. With `renorm=True` the standard deviations
+    follow as `sqrt(V + epsilon)`. `renorm_momentum=None` applies the same
+    update to the renorm statistics; the first training step, which has
+    no statistics yet to renormalize towards, then uses `r = 1` and
+    `d = 0` (each batch, or ghost batch, standardized by its own
+    statistics). A batch skipped by `skip_nonfinite` (or a `training`
+    tensor that is False) is not counted; training resumed from saved
+    weights continues the average.
+
+    When to use it: unclipped renorm with both momenta `None` normalizes
+    each training batch by the statistics of all the batches before it,
+    `(x - M) / sqrt(V + epsilon)`, with the gradient of batch
+    normalization, which is what standardizing a model's inputs needs
+    (`bn_keras.insert_batchnorm(model, input_batchnorm="renorm")`): the
+    data's distribution does not change during training, so the average
+    converges to the training set's statistics and its noise vanishes,
+    where per-batch statistics stay noisy and a moving average keeps a
+    residual noise or lags; no pass over the data is needed before
+    training (unlike `keras.layers.Normalization.adapt`). Inside a network,
+    where the activations' distribution changes as it trains, keep a float
+    momentum: a cumulative average would give the first batches as much
+    weight as the last ones.
+
     **During inference** (`training=False`, the default, or when the layer
     has `trainable=False`) it returns
     `gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta`.
 
     Args:
         axis: Integer, the features axis to normalize. Defaults to `-1`.
-        momentum: Momentum of the moving averages, in `[0, 1)`. Defaults to
-            `0.99`.
+        momentum: Momentum of the moving averages, a float in `[0, 1)`, or
+            `None` for cumulative averages of the batch statistics (see
+            above). Defaults to `0.99`.
         epsilon: Small positive float added to the variance. Defaults to
             `1e-3`.
         center: If `True`, add the offset `beta`. Defaults to `True`.
@@ -227,7 +271,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             `"rmax"`, `"rmin"` and `"dmax"` (fixed bounds, as in Keras; missing
             bounds do not clip), or a `bn_keras.layers.RenormClipping`
             schedule. Defaults to `None` (no clipping).
-        renorm_momentum: Momentum of the renorm statistics, in `[0, 1)`.
+        renorm_momentum: Momentum of the renorm statistics, a float in
+            `[0, 1)`, or `None` for cumulative averages (see above).
             Defaults to `0.99`.
         synchronized: If `True`, under a `tf.distribute` strategy the batch
             statistics are computed over the global batch (all replicas).
@@ -299,8 +344,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
         **kwargs,
     ):
         _check_axis(axis)
-        momentum = check_fraction("momentum", momentum)
-        renorm_momentum = check_fraction("renorm_momentum", renorm_momentum)
+        momentum = check_fraction("momentum", momentum, allow_none=True)
+        renorm_momentum = check_fraction(
+            "renorm_momentum", renorm_momentum, allow_none=True
+        )
         _check_epsilon(epsilon)
         virtual_batch_size = _check_virtual_batch_size(virtual_batch_size, axis)
         _check_synchronized(synchronized)
@@ -309,7 +356,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         renorm_clipping = _standardize_clipping(renorm, renorm_clipping)
         super().__init__(
             axis=int(axis),
-            momentum=momentum,
+            momentum=_KERAS_MOMENTUM if momentum is None else momentum,
             epsilon=float(epsilon),
             center=bool(center),
             scale=bool(scale),
@@ -324,16 +371,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
             renorm=bool(renorm),
             # Keras validates dicts only; the schedule is ours to handle.
             renorm_clipping=None,
-            renorm_momentum=renorm_momentum,
+            renorm_momentum=(
+                _KERAS_MOMENTUM if renorm_momentum is None else renorm_momentum
+            ),
             synchronized=bool(synchronized),
             **kwargs,
         )
+        self.momentum = momentum
         self.renorm_clipping = renorm_clipping
         self.renorm_momentum = renorm_momentum
         self.virtual_batch_size = virtual_batch_size
         self.skip_nonfinite = bool(skip_nonfinite)
         self.fused = fused
         self.renorm_step = None
+        self.num_batches_tracked = None
 
     @property
     def renorm_schedule(self):
@@ -341,6 +392,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if isinstance(self.renorm_clipping, RenormClipping):
             return self.renorm_clipping
         return None
+
+    @property
+    def cumulative(self):
+        """Whether some statistics are cumulative averages (a momentum of
+        `None`), which the counter `num_batches_tracked` weighs."""
+        return self.momentum is None or (
+            self.renorm and self.renorm_momentum is None
+        )
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -366,15 +425,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # Keras creates the weights: same names, shapes, order and flags.
         super().build(input_shape)
         if self.renorm and self.renorm_schedule is not None:
-            self.renorm_step = self.add_weight(
-                shape=(),
-                name="renorm_step",
-                initializer="zeros",
-                dtype="int32",
-                trainable=False,
-                autocast=False,
-                aggregation="only_first_replica",
-            )
+            self.renorm_step = self._add_counter("renorm_step")
+        if self.cumulative:
+            self.num_batches_tracked = self._add_counter("num_batches_tracked")
         # Shapes in which per-channel (and per-sample) values broadcast.
         self._broadcast_shape = [1] * rank
         self._broadcast_shape[self._channel_axis] = input_shape[self.axis]
@@ -383,6 +436,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._sample_axes = [
             a for a in range(1, rank) if a != self._channel_axis
         ]
+
+    def _add_counter(self, name):
+        """An int32 counter saved with the weights; under a distribution
+        strategy every replica counts the same steps, so the first
+        replica's count is the count."""
+        return self.add_weight(
+            shape=(),
+            name=name,
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            autocast=False,
+            aggregation="only_first_replica",
+        )
 
     def call(self, inputs, training=None, mask=None):
         if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
@@ -708,7 +775,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return self.renorm_schedule(self.renorm_step)
 
     def _renorm_correction(self, mean, variance):
-        """Renorm's r and d for batch (or per-ghost) statistics, clipped."""
+        """Renorm's r and d for batch (or per-ghost) statistics, clipped.
+
+        With cumulative renorm statistics (`renorm_momentum=None`), the
+        first training step, which has no statistics yet to renormalize
+        towards, takes `r = 1` and `d = 0`: the batch is standardized by its
+        own statistics, rather than by the initial 0 and 1.
+        """
         dtype = mean.dtype
         r, d = renorm_ratios(
             mean,
@@ -717,24 +790,71 @@ class BatchNormalization(keras.layers.BatchNormalization):
             ops.cast(self.renorm_stddev, dtype),
             self.epsilon,
         )
-        return clip_renorm(r, d, self.current_renorm_clipping())
+        r, d = clip_renorm(r, d, self.current_renorm_clipping())
+        if self.renorm_momentum is None:
+            first = ops.equal(self.num_batches_tracked, 0)
+            r = ops.where(first, ops.ones_like(r), r)
+            d = ops.where(first, ops.zeros_like(d), d)
+        return r, d
 
     # -- moving statistics ----------------------------------------------------
 
-    def _update_statistics(self, mean, variance, training):
-        """Moves the moving (and renorm) statistics towards `mean`, `variance`.
+    def _applies(self, mean, variance, training):
+        """Whether the update applies: True, or a boolean scalar tensor.
 
-        Skipped for a batch with non-finite statistics when `skip_nonfinite`,
-        and when `training` is a tensor that is False.
+        Not for a batch with non-finite statistics when `skip_nonfinite`,
+        nor when `training` is a tensor that is False.
         """
-        apply = training
-        if self.skip_nonfinite:
-            finite = ops.logical_and(
-                ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance))
-            )
-            apply = finite if training is True else ops.logical_and(
-                finite, training
-            )
+        if not self.skip_nonfinite:
+            return training
+        finite = ops.logical_and(
+            ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance))
+        )
+        if training is True:
+            return finite
+        return ops.logical_and(finite, training)
+
+    def _moved(self, old_mean, old_spread, mean, variance, momentum, count):
+        """A mean and its spread after one batch of `mean`, `variance`.
+
+        The spread is the variance, or with renorm the standard deviation
+        `sqrt(variance + epsilon)`, as Keras keeps them. With a float
+        `momentum`, Keras's moving averages (with renorm, of the batch
+        standard deviations); with `None`, the cumulative average of the
+        `count` batches seen, this one included. Returns `(new_mean,
+        new_variance, new_stddev)`, `new_stddev` None without renorm.
+        """
+        dtype = mean.dtype
+        old_mean = ops.cast(old_mean, dtype)
+        old_spread = ops.cast(old_spread, dtype)
+        if momentum is not None:
+            new_mean = moving_average(old_mean, mean, momentum)
+            if not self.renorm:
+                new_variance = moving_average(old_spread, variance, momentum)
+                return new_mean, new_variance, None
+            stddev = ops.sqrt(variance + self.epsilon)
+            stddev = moving_average(old_spread, stddev, momentum)
+            # As Keras: ReLU against rounding below zero.
+            return new_mean, ops.relu(stddev * stddev - self.epsilon), stddev
+        old_variance = old_spread
+        if self.renorm:
+            old_variance = ops.relu(old_spread * old_spread - self.epsilon)
+        new_mean, new_variance = cumulative_average(
+            old_mean, old_variance, mean, variance, count
+        )
+        if not self.renorm:
+            return new_mean, new_variance, None
+        return new_mean, new_variance, ops.sqrt(new_variance + self.epsilon)
+
+    def _update_statistics(self, mean, variance, training):
+        """Updates the moving (and renorm) statistics with a batch's.
+
+        Skipped for a batch with non-finite statistics when
+        `skip_nonfinite`, and when `training` is a tensor that is False.
+        The step counter `renorm_step` counts every training step; the
+        counter `num_batches_tracked`, the updates applied.
+        """
+        apply = self._applies(mean, variance, training)
 
         def assign(variable, value):
             value = ops.cast(value, variable.dtype)
@@ -742,35 +862,31 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 value = ops.where(apply, value, ops.convert_to_tensor(variable))
             variable.assign(value)
 
-        def moved(variable, value, momentum):
-            return moving_average(
-                ops.cast(variable, value.dtype), value, momentum
-            )
-
-        assign(self.moving_mean, moved(self.moving_mean, mean, self.momentum))
-        if not self.renorm:
-            assign(
-                self.moving_variance,
-                moved(self.moving_variance, variance, self.momentum),
-            )
-        else:
-            stddev = ops.sqrt(variance + self.epsilon)
-            assign(
+        count = None
+        if self.num_batches_tracked is not None:
+            count = ops.cast(self.num_batches_tracked, mean.dtype) + 1.0
+        if self.renorm:
+            new_mean, _, new_stddev = self._moved(
                 self.renorm_mean,
-                moved(self.renorm_mean, mean, self.renorm_momentum),
-            )
-            assign(
                 self.renorm_stddev,
-                moved(self.renorm_stddev, stddev, self.renorm_momentum),
+                mean,
+                variance,
+                self.renorm_momentum,
+                count,
             )
-            moving_stddev = moved(self.moving_stddev, stddev, self.momentum)
-            assign(self.moving_stddev, moving_stddev)
-            # As Keras: the variance derives from the stddev, ReLU against
-            # rounding below zero.
-            assign(
-                self.moving_variance,
-                ops.relu(moving_stddev * moving_stddev - self.epsilon),
-            )
+            assign(self.renorm_mean, new_mean)
+            assign(self.renorm_stddev, new_stddev)
+        spread = self.moving_stddev if self.renorm else self.moving_variance
+        new_mean, new_variance, new_stddev = self._moved(
+            self.moving_mean, spread, mean, variance, self.momentum, count
+        )
+        assign(self.moving_mean, new_mean)
+        assign(self.moving_variance, new_variance)
+        if self.renorm:
+            assign(self.moving_stddev, new_stddev)
+        if self.num_batches_tracked is not None:
+            applied = 1 if apply is True else ops.cast(apply, "int32")
+            self.num_batches_tracked.assign(self.num_batches_tracked + applied)
         if self.renorm_step is not None:
             # The schedule counts training steps, bad batches included.
             step = 1 if training is True else ops.cast(training, "int32")

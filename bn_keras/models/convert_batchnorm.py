@@ -23,6 +23,9 @@ logger = logging.getLogger("bn_keras")
 _KEPT = ("name", "trainable", "dtype", "axis", "epsilon", "center", "scale")
 #: Of those, the ones `**overrides` cannot change (the weights would not fit).
 _FIXED = ("name", "axis", "center", "scale")
+#: The momentum a layer with cumulative statistics (`momentum=None`) gets
+#: when converted to Keras's layer, which has none: Keras's default.
+_KERAS_DEFAULT_MOMENTUM = 0.99
 #: Arguments taken from the layer it replaces unless the specification
 #: sets them: how `gamma` and `beta` are trained, and the momentum.
 _CARRIED = (
@@ -68,6 +71,11 @@ class _Target:
         config.update(self.spec)
         config.update({k: source[k] for k in _KEPT if k in source})
         config.update(self.overrides)
+        if config.get("momentum", 0.99) is None and not issubclass(
+            self.cls, BatchNormalization
+        ):
+            # Keras's layer has no cumulative statistics: its default.
+            config["momentum"] = _KERAS_DEFAULT_MOMENTUM
         return config
 
     def convert(self, bn):
@@ -296,6 +304,9 @@ def _warn_dropped(cls, converted):
             dropped.setdefault(f"virtual_batch_size={size}", []).append(path)
         if old.renorm and not new.renorm:
             dropped.setdefault("renorm=True", []).append(path)
+        if getattr(old, "momentum", None) is None:
+            setting = f"momentum=None (now {_KERAS_DEFAULT_MOMENTUM})"
+            dropped.setdefault(setting, []).append(path)
     if not dropped:
         return
     name = (

@@ -6,17 +6,16 @@ import keras
 import keras_tuner
 
 from bn_keras import registry
-from bn_keras.layers.batch_normalization import BatchNormalization
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
 from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
-from bn_keras.tuner.bn_hyperparameters import boolean_candidates
 from bn_keras.tuner.bn_hyperparameters import canonical_normalizations
 from bn_keras.tuner.bn_hyperparameters import canonical_placements
 from bn_keras.tuner.bn_hyperparameters import check_choices
-from bn_keras.tuner.bn_hyperparameters import declare_boolean
 from bn_keras.tuner.bn_hyperparameters import declare_choice
+from bn_keras.tuner.bn_hyperparameters import declare_input_batchnorm
+from bn_keras.tuner.bn_hyperparameters import input_batchnorm_candidates
 from bn_keras.tuner.bn_hyperparameters import number_candidates
 from bn_keras.tuner.bn_hyperparameters import scope
 
@@ -99,7 +98,7 @@ class SearchModel(BNHyperModel):
         keras.activations.get(activation)  # fails early on a bad name
         self.placements = canonical_placements(placements)
         self.normalizations = canonical_normalizations(normalizations)
-        self.input_batchnorm = boolean_candidates(
+        self.input_batchnorm = input_batchnorm_candidates(
             INPUT_BATCHNORM, input_batchnorm
         )
         self.choices = check_choices(self, choices)
@@ -128,10 +127,14 @@ class SearchModel(BNHyperModel):
         layers = []
         if self.input_shape is not None:
             layers.append(keras.Input(self.input_shape))
-        if declare_boolean(hp, INPUT_BATCHNORM, self.input_batchnorm):
-            layers.append(
-                BatchNormalization(center=False, scale=False, name="input_bn")
-            )
+        input_bn = declare_input_batchnorm(
+            hp, INPUT_BATCHNORM, self.input_batchnorm
+        )
+        if isinstance(input_bn, bool):  # True: plain BN
+            input_bn = "batch" if input_bn else "none"
+        normalizer = registry.get_input_normalization(input_bn, name="input_bn")
+        if normalizer is not None:
+            layers.append(normalizer)
         depth = declare_choice(hp, self.depth_name, self.depth)
         for i in range(max(self.depth)):
             # Block i exists only for depths above i: its choices are

@@ -117,15 +117,41 @@ def number_candidates(argument, value, kind, minimum, below=None):
     return _unique(checked)
 
 
-def boolean_candidates(argument, value):
-    """Validated candidates: a tuple of booleans, duplicates removed."""
+def input_batchnorm_candidates(argument, value):
+    """Validated candidates of a hypermodel's `input_batchnorm`.
+
+    Booleans only: a tuple of booleans, searched with `hp.Boolean` (`True`
+    is the hypermodel's own standardizing BN). Otherwise input
+    normalization names among `registry.input_normalization_names()`
+    (`"none"`, `"batch"`, `"renorm"`; `False` counts as `"none"` and `True`
+    as `"batch"`), lowercase, searched with `hp.Choice`. Duplicates are
+    removed.
+    """
     values = _as_tuple(value)
-    if not values or not all(isinstance(v, bool) for v in values):
+    if values and all(isinstance(v, bool) for v in values):
+        return _unique(values)
+    valid = registry.input_normalization_names()
+    names = []
+    for item in values:
+        if isinstance(item, bool):
+            names.append("batch" if item else "none")
+        elif isinstance(item, str):
+            try:
+                names.append(registry.get_input_normalization_name(item))
+            except ValueError:
+                raise ValueError(
+                    f"Argument `{argument}` must list booleans or names among "
+                    f"{valid}. Received: {argument}={value!r}"
+                ) from None
+        else:
+            values = ()
+            break
+    if not values:
         raise TypeError(
-            f"Argument `{argument}` must be a boolean or a list of booleans "
-            f"to choose from. Received: {argument}={value!r}"
+            f"Argument `{argument}` must be a boolean, a name among {valid}, "
+            f"or a list of them to choose from. Received: {argument}={value!r}"
         )
-    return _unique(values)
+    return _unique(names)
 
 
 def check_choices(owner, choices):
@@ -154,6 +180,13 @@ def declare_boolean(hp, name, values):
     if len(values) == 1:
         return hp.Fixed(name, values[0])
     return hp.Boolean(name, default=values[0])
+
+
+def declare_input_batchnorm(hp, name, values):
+    """`declare_boolean` for boolean candidates, else `declare_choice`."""
+    if isinstance(values[0], bool):
+        return declare_boolean(hp, name, values)
+    return declare_choice(hp, name, values)
 
 
 def scope(hp, parent, active, every):

@@ -12,11 +12,11 @@ from bn_keras.models.insert_batchnorm import insert_batchnorm
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
 from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
-from bn_keras.tuner.bn_hyperparameters import boolean_candidates
 from bn_keras.tuner.bn_hyperparameters import canonical_normalizations
 from bn_keras.tuner.bn_hyperparameters import canonical_placements
 from bn_keras.tuner.bn_hyperparameters import check_choices
-from bn_keras.tuner.bn_hyperparameters import declare_boolean
+from bn_keras.tuner.bn_hyperparameters import declare_input_batchnorm
+from bn_keras.tuner.bn_hyperparameters import input_batchnorm_candidates
 
 #: Hyperparameter prefix of the one shared choice when `per_layer=False`.
 SHARED_NAME = "batchnorm"
@@ -55,14 +55,15 @@ def _resolve_model(model):
 
 def _check_input_batchnorm(input_batchnorm, template):
     """The candidates of `input_batchnorm`, possible for `template`."""
-    values = boolean_candidates("input_batchnorm", input_batchnorm)
-    if True in values and (
+    values = input_batchnorm_candidates("input_batchnorm", input_batchnorm)
+    adds_one = any(v not in (False, "none") for v in values)
+    if adds_one and (
         isinstance(template, keras.Sequential) and not template.built
     ):
         raise ValueError(
-            "Argument `input_batchnorm` may be True only for a model "
-            "whose inputs are known: start the Sequential model with "
-            f"`keras.Input`. Received: input_batchnorm={input_batchnorm!r}"
+            "Argument `input_batchnorm` may add an input normalization only "
+            "to a model whose inputs are known: start the Sequential model "
+            f"with `keras.Input`. Received: input_batchnorm={input_batchnorm!r}"
         )
     return values
 
@@ -162,11 +163,15 @@ class BNPlacementHyperModel(BNHyperModel):
         per_layer: If `True`, each slot has its own choices; if `False`, one
             choice applies to every slot (as one call of
             `bn_keras.insert_batchnorm`). Defaults to `True`.
-        input_batchnorm: `True`, `False`, or both, `(False, True)`, to
-            search whether the inputs get a BN that standardizes them (see
-            `bn_keras.insert_batchnorm`; it uses the first slot's
-            normalization when that slot has BN). Defaults to
-            `(False, True)`.
+        input_batchnorm: What standardizes the inputs, or a list of
+            candidates to choose from (see `bn_keras.insert_batchnorm`):
+            booleans, `True`, `False`, or both, `(False, True)`, searched
+            with `hp.Boolean` (`True` uses the first slot's normalization
+            when that slot has BN, plain BN otherwise); or input
+            normalization names, `"none"`, `"batch"` (plain BN) and
+            `"renorm"` (the input normalizer with cumulative statistics),
+            searched with `hp.Choice` (in such a list, `False` counts as
+            `"none"` and `True` as `"batch"`). Defaults to `(False, True)`.
         compile_kwargs: Optional dict of `model.compile` arguments, or a
             function `hp -> dict` (to search the learning rate, say).
             Optimizer, loss and metric instances are copied for each model.
@@ -308,7 +313,8 @@ class BNPlacementHyperModel(BNHyperModel):
         Returns:
             A tuple `(choices, input_batchnorm)`: a dict from slot name to
             the `bn_hyperparameters` result (`{"placement": ...,
-            "normalization": ...}`), in forward order, and a boolean.
+            "normalization": ...}`), in forward order, and the value of
+            `"input_batchnorm"` (a boolean or an input normalization name).
         """
         choices = {}
         if self.per_layer:
@@ -337,16 +343,16 @@ class BNPlacementHyperModel(BNHyperModel):
             )
             for slot in self.slots:
                 choices[slot] = shared
-        use_input_bn = declare_boolean(
+        input_bn = declare_input_batchnorm(
             hp, INPUT_BATCHNORM, self.input_batchnorm
         )
-        return choices, bool(use_input_bn)
+        return choices, input_bn
 
     def build(self, hp):
         model = self._model_fn() if self._model_fn else self._template
-        choices, use_input_bn = self.declare_choices(hp)
+        choices, input_bn = self.declare_choices(hp)
         if self.per_layer:
-            new_model = self._insert_per_slot(model, choices, use_input_bn)
+            new_model = self._insert_per_slot(model, choices, input_bn)
         else:
             shared = choices[self.slots[0]]
             new_model = insert_batchnorm(
@@ -354,7 +360,7 @@ class BNPlacementHyperModel(BNHyperModel):
                 placement=shared["placement"],
                 normalization=shared["normalization"],
                 layers=self.slots if self._explicit_layers else None,
-                input_batchnorm=use_input_bn,
+                input_batchnorm=input_bn,
             )
         if self.compile_kwargs is not None:
             kwargs = (
@@ -365,9 +371,10 @@ class BNPlacementHyperModel(BNHyperModel):
             new_model.compile(**kwargs)
         return new_model
 
-    def _insert_per_slot(self, model, choices, use_input_bn):
+    def _insert_per_slot(self, model, choices, input_bn):
         """One `insert_batchnorm` call per distinct (placement,
-        normalization) choice, in the forward order of their first slot."""
+        normalization) choice, in the forward order of their first slot;
+        `input_bn` is a boolean or an input normalization name."""
         groups = {}
         for slot, choice in choices.items():
             if choice is None or not registry.has_batchnorm(
@@ -381,20 +388,22 @@ class BNPlacementHyperModel(BNHyperModel):
             first["placement"]
         )
         calls = list(groups.values())
+        if input_bn is True and not first_has_bn:
+            input_bn = "batch"  # a plain standardizing BN of its own
+        # The first call adds the input normalization (`True`: with its
+        # normalization, the first slot's), as one `insert_batchnorm` call
+        # would: with BN on the first layer's input, it takes its place.
         new_model = None
-        if use_input_bn and not first_has_bn:
-            # The inputs get a plain standardizing BN of their own.
-            new_model = insert_batchnorm(
-                model, placement="layer-act", input_batchnorm=True
-            )
         for i, (choice, slots) in enumerate(calls):
             new_model = insert_batchnorm(
                 model if new_model is None else new_model,
                 placement=choice["placement"],
                 normalization=choice["normalization"],
                 layers=slots,
-                input_batchnorm=use_input_bn and first_has_bn and i == 0,
+                input_batchnorm=input_bn if i == 0 else False,
             )
-        if new_model is None:  # no BN at all: still a copy, never `model`
-            new_model = insert_batchnorm(model, placement="layer-act")
+        if new_model is None:  # no BN in the layers: still a copy
+            new_model = insert_batchnorm(
+                model, placement="layer-act", input_batchnorm=input_bn
+            )
         return new_model

@@ -46,8 +46,10 @@ class BNSearchCNN(SearchModel):
         normalizations: Names among `"batch"`, `"ghost"`, `"renorm"`.
             Defaults to all three.
         input_batchnorm: Whether a BN without `gamma` and `beta` standardizes
-            the inputs (per channel): `True`, `False` or both. Defaults to
-            `False`.
+            the inputs (per channel): `True` (plain BN), `False` or both;
+            or input normalization names among `"none"`, `"batch"` and
+            `"renorm"` (see `bn_keras.insert_batchnorm`), one or a list.
+            Defaults to `False`.
         name: Optional name of the hypermodel (and of the models).
         tunable: Whether its hyperparameters are searched. Defaults to
             `True`.

@@ -42,8 +42,10 @@ class BNSearchMLP(SearchModel):
         normalizations: Names among `"batch"`, `"ghost"`, `"renorm"`.
             Defaults to all three.
         input_batchnorm: Whether a BN without `gamma` and `beta` standardizes
-            the inputs: `True`, `False` or both, `(False, True)`. Defaults to
-            `(False, True)`.
+            the inputs: `True` (plain BN), `False` or both, `(False, True)`;
+            or input normalization names among `"none"`, `"batch"` and
+            `"renorm"` (see `bn_keras.insert_batchnorm`), one or a list.
+            Defaults to `(False, True)`.
         name: Optional name of the hypermodel (and of the models).
         tunable: Whether its hyperparameters are searched. Defaults to
             `True`.

@@ -210,6 +210,38 @@ def test_compare_regression_ranks_by_lowest_loss(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_compare_input_batchnorm_configurations(tmp_path, capsys):
+    """`--input-batchnorm`: every configuration once per input
+    normalization, each a row of the leaderboard and a run of its own."""
+    status, out, err = run_cli(
+        capsys, "compare", "--dataset", "scales", "--quick", "--epochs", "2",
+        "--placements", "layer-bn-act", "--input-batchnorm", "none",
+        "batch,RENORM", "--logdir", tmp_path,
+    )
+    assert status == 0, err
+    assert "6 configurations x 2 epochs" in out
+    (session,) = session_dirs(tmp_path, "compare-scales")
+    session = tmp_path / session
+    rows = read_csv(session / "leaderboard.csv")
+    assert {row["run_dir"]: row["configuration"] for row in rows} == {
+        "no-bn": "no BN",
+        "layer-bn-act_batch": "layer-bn-act + batch",
+        "input-batch_no-bn": "input batch",
+        "input-batch_layer-bn-act_batch": "input batch + layer-bn-act + batch",
+        "input-renorm_no-bn": "input renorm",
+        "input-renorm_layer-bn-act_batch": (
+            "input renorm + layer-bn-act + batch"
+        ),
+    }
+    assert all(math.isfinite(float(row["best_val_loss"])) for row in rows)
+    # The monitor watches every configuration with a BN, the input's too.
+    assert not (session / "no-bn" / "batchnorm").exists()
+    scalars = read_scalars(session / "input-renorm_no-bn" / "batchnorm")
+    (drift,) = [tag for tag in scalars if tag.endswith("max_drift_in_std")]
+    assert sorted(scalars[drift]) == [0, 1]
+
+
+@pytest.mark.slow
 def test_compare_on_a_csv_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
     path = tmp_path / "data.csv"
@@ -261,6 +293,13 @@ ERRORS = {
         (
             "unknown normalization 'group'. Valid normalizations: batch, "
             "ghost, renorm"
+        ),
+    ),
+    "unknown input normalization": (
+        ["--input-batchnorm", "none", "layer"],
+        (
+            "unknown input normalization 'layer'. Valid input "
+            "normalizations: none, batch, renorm"
         ),
     ),
     "dataset and data": (

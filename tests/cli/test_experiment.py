@@ -9,6 +9,42 @@ from bn_keras.cli import datasets
 from bn_keras.cli import experiment
 
 
+def test_input_normalization_configurations_and_their_models():
+    configurations = experiment.configurations(
+        ("layer-bn-act",),
+        ("batch",),
+        common.resolve_input_normalizations(["renorm,none", "renorm"]),
+    )
+    assert [(c.slug, c.label(), c.is_baseline) for c in configurations] == [
+        ("input-renorm_no-bn", "input renorm", False),
+        (
+            "input-renorm_layer-bn-act_batch",
+            "input renorm + layer-bn-act + batch",
+            False,
+        ),
+        ("no-bn", "no BN", True),
+        ("layer-bn-act_batch", "layer-bn-act + batch", False),
+    ]
+    assert common.resolve_input_normalizations(None) == ("none",)
+    data = datasets.load("scales")
+    keras.utils.set_random_seed(0)
+    base = experiment.build_base_model("mlp", data)
+    for configuration, count in zip(configurations, (1, 3)):
+        model = experiment.make_model(base, configuration, 8, 800, 0.9)
+        layers = bn_keras.find_batchnorm(model)
+        assert len(layers) == count
+        first = layers[0]  # the input's: cumulative, unclipped renorm
+        assert first.name == model.layers[0].name
+        assert (first.renorm, first.momentum, first.renorm_momentum) == (
+            True,
+            None,
+            None,
+        )
+        assert (first.center, first.scale) == (False, False)
+        # The layers' BN: the run's momentum.
+        assert all(layer.momentum == 0.9 for layer in layers[1:])
+
+
 def test_configurations_and_their_models():
     configurations = experiment.configurations(
         common.resolve_placements(

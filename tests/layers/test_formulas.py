@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from bn_keras.layers._formulas import clip_renorm
+from bn_keras.layers._formulas import cumulative_average
+from bn_keras.layers._formulas import cumulative_average_input
 from bn_keras.layers._formulas import ghost_count
 from bn_keras.layers._formulas import ghost_ids
 from bn_keras.layers._formulas import moving_average
 from bn_keras.layers._formulas import moving_average_input
 from bn_keras.layers._formulas import renorm_clipped
 from bn_keras.layers._formulas import renorm_ratios
+from bn_keras.layers._formulas import renorm_update_input
 from tests import reference
 
 
@@ -135,4 +138,79 @@ def test_moving_average_and_its_inverse(rng, momentum):
         batch_mean,
         rtol=1e-9,
         atol=1e-12,
+    )
+
+
+def _batch_statistics(rng, count, channels=4):
+    """`count` batches' means and biased variances, far apart."""
+    means = rng.normal(0.0, 5.0, (count, channels))
+    variances = rng.uniform(0.1, 9.0, (count, channels))
+    return means, variances
+
+
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "tensor"])
+def test_cumulative_average_is_the_pooled_statistics(rng, as_tensor):
+    """After n updates: the reference's closed form (the batches weighing
+    alike); the first update sets them whatever the initial values."""
+    means, variances = _batch_statistics(rng, 7)
+    ref = reference.ReferenceBatchNorm(4, momentum=None)
+    mean, variance = rng.normal(size=4), rng.uniform(0.5, 2.0, 4)
+    if as_tensor:
+        cast = lambda v: keras.ops.convert_to_tensor(  # noqa: E731
+            np.asarray(v, "float32")
+        )
+        mean, variance = cast(mean), cast(variance)
+    for n, (m, v) in enumerate(zip(means, variances), start=1):
+        if as_tensor:
+            m, v = cast(m), cast(v)
+        mean, variance = cumulative_average(mean, variance, m, v, float(n))
+        ref._update(means[n - 1], variances[n - 1])
+        tolerance = 1e-5 if as_tensor else 1e-12
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(mean), ref.moving_mean, rtol=tolerance
+        )
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(variance),
+            ref.moving_variance,
+            rtol=tolerance,
+        )
+    if not as_tensor:
+        assert isinstance(mean, np.ndarray) and mean.dtype == np.float64
+
+
+def test_cumulative_average_and_its_inverse(rng):
+    (old_mean, mean), (old_variance, variance) = _batch_statistics(rng, 2)
+    for count in (1.0, 2.0, 50.0):
+        new = cumulative_average(old_mean, old_variance, mean, variance, count)
+        recovered = cumulative_average_input(
+            old_mean, old_variance, *new, count
+        )
+        np.testing.assert_allclose(recovered[0], mean, rtol=1e-9)
+        np.testing.assert_allclose(recovered[1], variance, rtol=1e-9)
+
+
+@pytest.mark.parametrize("momentum", [0.9, None])
+def test_renorm_update_input_recovers_the_batch(rng, momentum):
+    """The batch mean and stddev from a renorm update, as the monitor reads
+    them: the reference's update, inverted."""
+    epsilon = 1e-3
+    ref = reference.ReferenceBatchNorm(
+        4, momentum=0.9, renorm=True, renorm_momentum=momentum
+    )
+    ref.set_state(num_batches_tracked=3)
+    (mean, _), (variance, _) = _batch_statistics(rng, 2)
+    old_mean, old_stddev = ref.renorm_mean, ref.renorm_stddev
+    ref._update(mean, variance)
+    recovered_mean, recovered_stddev = renorm_update_input(
+        old_mean,
+        old_stddev,
+        ref.renorm_mean,
+        ref.renorm_stddev,
+        epsilon,
+        momentum,
+        count=4.0,
+    )
+    np.testing.assert_allclose(recovered_mean, mean, rtol=1e-9)
+    np.testing.assert_allclose(
+        recovered_stddev, np.sqrt(variance + epsilon), rtol=1e-9
     )

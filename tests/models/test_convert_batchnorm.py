@@ -412,3 +412,30 @@ def test_subclassed_model_is_refused():
 
     with pytest.raises(TypeError, match="^`convert_batchnorm` rewrites"):
         bn_keras.convert_batchnorm(Net(name="net"), "renorm")
+
+
+def test_cumulative_statistics_to_keras(tmp_path):
+    """Keras's layer has no `momentum=None`: the converted layer gets
+    Keras's default momentum, with the warning, and the statistics (the
+    counter aside) carry over; a bn-keras target keeps `None` and the
+    counter."""
+    model = bn_keras.insert_batchnorm(
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")]),
+        input_batchnorm="renorm",
+    )
+    x = sample_inputs((16, 4), shift=3.0)
+    model(x, training=True)
+    model(x[::-1] * 2.0, training=True)
+    with pytest.warns(UserWarning, match=re.escape(
+        "dropped renorm=True from 'input_layer_bn' and momentum=None "
+        "(now 0.99) from 'input_layer_bn'."
+    )):
+        converted = bn_keras.convert_batchnorm(model, "keras")
+    (bn,) = bn_keras.find_batchnorm(converted)
+    assert type(bn) is keras.layers.BatchNormalization and bn.momentum == 0.99
+    _assert_same_predictions(converted, model, x)
+    kept = bn_keras.convert_batchnorm(model, "batch")
+    (bn,) = bn_keras.find_batchnorm(kept)
+    assert bn.momentum is None and not bn.renorm
+    assert int(to_numpy(bn.num_batches_tracked)) == 2
+    _assert_same_predictions(kept, model, x)

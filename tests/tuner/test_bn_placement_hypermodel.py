@@ -206,6 +206,63 @@ def test_input_batchnorm(first, names):
     assert kind(input_bn) == expected
 
 
+def input_kind(layer):
+    """How an input normalizer is set up: its kind and momenta."""
+    return (kind(layer), layer.momentum, layer.renorm_momentum)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("none", None),
+        ("batch", ("batch", 0.99, 0.99)),
+        ("renorm", ("renorm", None, None)),
+    ],
+)
+@pytest.mark.parametrize("first", ["layer-act", "bn-act-layer"])
+def test_input_batchnorm_names(first, value, expected):
+    """Names choose the input normalizer whatever the first slot's
+    normalization; with BN on the first layer's input, the input
+    normalizer takes its place, as for `True`."""
+    hypermodel = BNPlacementHyperModel(
+        user_model(), input_batchnorm=["none", "batch", "Renorm", False]
+    )
+    assert hypermodel.input_batchnorm == ("none", "batch", "renorm")
+    hp = pinned(
+        hidden_1__placement=first,
+        hidden_1__normalization="ghost",
+        hidden_2__placement="layer-act",
+        out__placement="layer-act",
+    )
+    hp.Fixed("input_batchnorm", value)
+    model = hypermodel.build(hp)
+    if expected is None:
+        assert "x_bn" not in layer_names(model)
+        before = ["hidden_1_bn"] if first == "bn-act-layer" else []
+        assert layer_names(model) == before + ["hidden_1", "hidden_2", "out"]
+        return
+    assert layer_names(model) == ["x_bn", "hidden_1", "hidden_2", "out"]
+    input_bn = model.get_layer("x_bn")
+    assert input_kind(input_bn) == expected
+    assert not input_bn.center and not input_bn.scale
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_input_batchnorm_choice_in_the_space(per_layer):
+    hypermodel = BNPlacementHyperModel(
+        user_model(), per_layer=per_layer, input_batchnorm=(False, "renorm")
+    )
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    space = {p.name: p for p in hp.space}
+    assert space["input_batchnorm"].values == ["none", "renorm"]
+    assert space["input_batchnorm"].default == "none"
+    assert "x_bn" not in layer_names(model)
+    hp.values["input_batchnorm"] = "renorm"
+    model = hypermodel.build(hp)
+    assert input_kind(model.get_layer("x_bn")) == ("renorm", None, None)
+
+
 def test_shared_choice_when_per_layer_is_false():
     hypermodel = BNPlacementHyperModel(
         user_model(), per_layer=False, input_batchnorm=False
@@ -540,10 +597,16 @@ def _twice_named():
         (lambda: BNPlacementHyperModel(user_model(), per_layer=1), TypeError,
          "Received: per_layer=1"),
         (lambda: BNPlacementHyperModel(user_model(), input_batchnorm="yes"),
-         TypeError, "Received: input_batchnorm='yes'"),
+         ValueError, "Received: input_batchnorm='yes'"),
+        (lambda: BNPlacementHyperModel(user_model(), input_batchnorm=[1]),
+         TypeError, "Received: input_batchnorm=[1]"),
         (lambda: BNPlacementHyperModel(
             keras.Sequential([keras.layers.Dense(2)])),
          ValueError, "Received: input_batchnorm=(False, True)"),
+        (lambda: BNPlacementHyperModel(
+            keras.Sequential([keras.layers.Dense(2)]),
+            input_batchnorm=["none", "renorm"]),
+         ValueError, "Received: input_batchnorm=['none', 'renorm']"),
         (lambda: BNPlacementHyperModel(user_model(), momentun=0.9), TypeError,
          "Received: momentun=0.9"),
         (lambda: BNPlacementHyperModel(user_model(), placements=["after"]),
