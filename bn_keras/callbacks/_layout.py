@@ -119,17 +119,16 @@ def _moving_statistics_charts(probe):
 
 
 def _affine_charts(tag, layer):
+    """gamma's and beta's std, gamma's dead fraction, then gamma and beta
+    as bands from min to max around the mean.
+
+    TensorBoard 2.21 shows a category's margin charts after its line
+    charts, in reverse order: the bands come last, beta's first, so that
+    gamma's is shown first.
+    """
     on = (("gamma", layer.scale), ("beta", layer.center))
     weights = [weight for weight, used in on if used]
-    charts = [
-        _band(
-            f"{tag}: {weight} mean, min to max",
-            f"{tag}/{weight}/mean",
-            f"{tag}/{weight}/min",
-            f"{tag}/{weight}/max",
-        )
-        for weight in weights
-    ]
+    charts = []
     if weights:
         charts.append(
             _lines(
@@ -143,12 +142,20 @@ def _affine_charts(tag, layer):
                 f"{tag}: gamma dead_fraction", [f"{tag}/gamma/dead_fraction"]
             )
         )
-    return charts
+    return charts + [
+        _band(
+            f"{tag}: {weight} mean, min to max",
+            f"{tag}/{weight}/mean",
+            f"{tag}/{weight}/min",
+            f"{tag}/{weight}/max",
+        )
+        for weight in reversed(weights)
+    ]
 
 
 def layer_category(tag, layer, probe):
     """One layer's category: the probe gap and the drift in std units
-    first, then the moving statistics, gamma and beta, renorm."""
+    first, then the moving statistics, renorm, gamma and beta."""
     first, last = [], []
     if probe:
         first.append(
@@ -170,7 +177,7 @@ def layer_category(tag, layer, probe):
 
     return layout_pb2.Category(
         title=tag,
-        chart=charts(first) + _affine_charts(tag, layer) + charts(last),
+        chart=charts(first) + charts(last) + _affine_charts(tag, layer),
     )
 
 

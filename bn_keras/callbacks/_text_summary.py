@@ -3,7 +3,8 @@
 Shown by TensorBoard's Text dashboard (Markdown): each BN layer in forward
 order with its tag prefix, its path in the model, where it sits (the
 layers around it, before or after the activation), its momentum, ghost
-batch size, renorm settings, and the alerts the monitor found. Written as
+batch size and renorm settings; under the table, the alerts the monitor
+found. Written as
 a `Summary` proto through `SummaryWriter`, so no TensorFlow is needed on
 the other backends.
 """
@@ -22,8 +23,8 @@ from bn_keras.models._placement import position
 TAG = "batchnorm/layers"
 
 _HEADER = (
-    "| tag | layer | placement | momentum | ghost batch | renorm | alerts |\n"
-    "|---|---|---|---|---|---|---|"
+    "| tag | layer | placement | momentum | ghost batch | renorm |\n"
+    "|---|---|---|---|---|---|"
 )
 
 
@@ -66,42 +67,47 @@ def layer_alerts(layer, states, constant, probe):
         dead = int(np.sum(dead_channels(states["gamma"])))
         if dead:
             alerts.append(
-                f"{dead}/{channels} dead (abs(gamma) < {DEAD_GAMMA:g})"
+                f"{dead}/{channels} channels dead (|gamma| < {DEAD_GAMMA:g})"
             )
     if np.any(constant):
         alerts.append(
-            f"{int(np.sum(constant))}/{channels} constant on the training "
-            "batches"
+            f"{int(np.sum(constant))}/{channels} channels constant on the "
+            "training batches (left out of moving_variance/min)"
         )
     if probe.get("probe/constant_channels"):
         alerts.append(
-            f"{int(probe['probe/constant_channels'])}/{channels} constant on "
-            "the probe batch"
+            f"{int(probe['probe/constant_channels'])}/{channels} channels "
+            "constant on the probe batch (left out of the gap)"
         )
     if "moving_variance" in states:
         variance = states["moving_variance"]
         small = int(np.sum(~constant & (variance < layer.epsilon)))
         if small:
             alerts.append(
-                f"{small}/{channels} not constant, yet moving variance < "
-                "epsilon"
+                f"{small}/{channels} channels not constant, with a moving "
+                "variance below epsilon"
             )
     return alerts
 
 
 def summary_markdown(rows, note):
-    """The Markdown table of `rows`, `(tag, layer, placement, alerts)`
-    tuples with `placement` a `(path, text)` pair or `None`, under a line
-    `note`."""
+    """Markdown: `note`, a table of `rows`, then the alerts.
+
+    `rows` are `(tag, layer, placement, alerts)` tuples, `placement` a
+    `(path, text)` pair or `None`, `alerts` a list of sentences.
+    """
     lines = [note, "", _HEADER]
+    listed = []
     for tag, layer, placement, alerts in rows:
         path, where = placement or (layer.name, "?")
         ghost = getattr(layer, "virtual_batch_size", None)
         lines.append(
             f"| {tag} | {path} | {where} | {_momentum(layer)} | "
-            f"{ghost or '-'} | {_renorm(layer)} | "
-            f"{'; '.join(alerts) or '-'} |"
+            f"{ghost or '-'} | {_renorm(layer)} |"
         )
+        listed += [f"- {tag} ({path}): {alert}" for alert in alerts]
+    lines.append("")
+    lines += ["**Alerts**", "", *listed] if listed else ["No alerts."]
     return "\n".join(lines)
 
 

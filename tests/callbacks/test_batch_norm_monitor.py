@@ -223,17 +223,18 @@ def test_layout_opens_on_an_overview_then_one_category_per_layer(
             ],
             [f"^{re.escape(tag)}/2_mean_drift_in_std$"],
         ]
-        # gamma and beta: a band from min to max around the mean, and their
-        # standard deviations on a chart of their own.
+        # gamma and beta: a band from min to max around the mean, last (as
+        # TensorBoard shows them: after the line charts, in reverse order),
+        # and their standard deviations on a chart of their own.
         bands = [
             (s.value, s.lower, s.upper)
-            for c in category.chart
+            for c in category.chart[-2:]
             if c.HasField("margin")
             for s in c.margin.series
         ]
         assert bands == [
             (f"{tag}/{w}/mean", f"{tag}/{w}/min", f"{tag}/{w}/max")
-            for w in ("gamma", "beta")
+            for w in ("beta", "gamma")
         ]
         std_charts = [
             list(c.multiline.tag)

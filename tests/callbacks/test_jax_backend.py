@@ -77,7 +77,7 @@ def test_monitor_writes_event_files_on_jax_without_tensorflow(tmp_path):
     table = texts[8].item().decode()
     assert (
         "| bn02-ghost | ghost | Dense -> BN -> BatchRenormalization | 0.8 | "
-        "4 | - | - |"
+        "4 | - |"
     ) in table
     assert len(results["history"]["bn_max_drift_in_std"]) == 2
 

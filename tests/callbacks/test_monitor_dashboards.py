@@ -162,8 +162,19 @@ def test_constant_channels_are_counted_not_infinite(tmp_path, rng):
     # are reported as what they are.
     table = read_events(run_dir(tmp_path))["batchnorm/layers"][4]
     table = table.item().decode()
-    assert table.count("2/5 constant on the training batches") == 3
-    assert table.count("1/5 not constant, yet moving variance < epsilon") == 3
+    for tag, name in zip(tags, ("plain", "ghost", "renorm")):
+        assert (
+            f"- {tag} ({name}): 2/5 channels constant on the training "
+            "batches (left out of moving_variance/min)"
+        ) in table
+        assert (
+            f"- {tag} ({name}): 2/5 channels constant on the probe batch "
+            "(left out of the gap)"
+        ) in table
+        assert (
+            f"- {tag} ({name}): 1/5 channels not constant, with a moving "
+            "variance below epsilon"
+        ) in table
 
 
 def test_a_channel_constant_in_each_ghost_batch_only(tmp_path, rng):
@@ -344,15 +355,17 @@ def test_text_summary_lists_placement_settings_and_alerts(tmp_path, rng):
     texts = read_events(run_dir(tmp_path))["batchnorm/layers"]
     assert sorted(texts) == [0, 1]
     first, last = (texts[step].item().decode() for step in (0, 1))
-    rows = [line for line in last.splitlines() if line.startswith("| bn")]
-    assert rows == [
+    rows = [
         "| bn01-after | after | Dense(relu) -> BN -> Dense (after act) | 0.9 "
-        "| - | - | 2/4 dead (abs(gamma) < 0.001) |",
+        "| - | - |",
         "| bn02 | batch_normalization | Dense -> BN -> ReLU (before act) "
-        "| 0.99 | 8 | yes (rmax 3, dmax 5) | - |",
+        "| 0.99 | 8 | yes (rmax 3, dmax 5) |",
     ]
-    # At the start, no alert yet.
-    assert (
-        "| bn01-after | after | Dense(relu) -> BN -> Dense (after act) "
-        "| 0.9 | - | - | - |" in first
+    for table in (first, last):
+        assert [r for r in table.splitlines() if r.startswith("| bn")] == rows
+    # The alerts, under the table: none yet at the start.
+    assert first.endswith("No alerts.")
+    assert last.endswith(
+        "**Alerts**\n\n- bn01-after (after): 2/4 channels dead "
+        "(|gamma| < 0.001)"
     )

@@ -211,6 +211,6 @@ def test_tensorboard_serves_the_monitor_charts(tmp_path, rng):
         texts = get_json(f"{base}/data/plugin/text/text?{query}")
         last = texts[-1]["text"]
         assert last.index("bn01-first_bn") < last.index("bn02-second_bn")
-        assert "1/8 constant on the training batches" in last
+        assert "1/8 channels constant on the training batches" in last
     finally:
         stop(server)
