@@ -30,9 +30,14 @@ _HEADER = (
 
 def placements(model):
     """`{id(bn): (path, placement text)}` for the BN layers of `model`:
-    `"Dense -> BN -> relu (before act)"`."""
+    `"Dense -> BN -> relu (before act)"`; `{}` if the graph of a Functional
+    model cannot be read (a layer whose `get_config` Keras cannot make)."""
+    try:
+        neighbours = batchnorm_neighbours(model)
+    except NotImplementedError:
+        return {}
     found = {}
-    for path, layer, before, after in batchnorm_neighbours(model):
+    for path, layer, before, after in neighbours:
         text = f"{describe(before)} -> BN -> "
         text += describe(after) if after is not None else "output"
         where = position(before, after)

@@ -369,3 +369,35 @@ def test_text_summary_lists_placement_settings_and_alerts(tmp_path, rng):
         "**Alerts**\n\n- bn01-after (after): 2/4 channels dead "
         "(|gamma| < 0.001)"
     )
+
+
+class Opaque(keras.layers.Layer):
+    """A layer Keras cannot make a config of (an object argument)."""
+
+    def __init__(self, thing, **kwargs):
+        super().__init__(**kwargs)
+        self.thing = thing
+
+    def call(self, x):
+        return x
+
+
+def test_a_model_without_a_config_is_monitored_all_the_same(tmp_path, rng):
+    inputs = keras.Input((4,))
+    x = Opaque(object())(keras.layers.Dense(4)(inputs))
+    outputs = keras.layers.Dense(1)(keras.layers.BatchNormalization()(x))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(NotImplementedError):
+        model.get_config()  # the graph of layers cannot be read
+    x = rng.normal(size=(32, 4)).astype("float32")
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path)
+    model.fit(
+        x, x[:, :1], batch_size=16, epochs=1, verbose=0, callbacks=[monitor]
+    )
+    assert "bn01/moving_mean/drift" in read_scalars(run_dir(tmp_path))
+    table = read_events(run_dir(tmp_path))["batchnorm/layers"][0]
+    # Where it sits is unknown; the rest of its row is there.
+    assert "| bn01 | batch_normalization | ? | 0.99 | - | - |" in (
+        table.item().decode()
+    )
