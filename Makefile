@@ -40,8 +40,9 @@ bench: $(STAMP)
 
 # `bn-keras compare` on scikit-learn's digits (nothing to download): a small
 # CNN without BN, and with plain BN and batch renormalization at each of
-# three placements; about 90 s on two CPU cores. Results go to a new folder
-# runs/compare-digits-<time>; earlier runs are kept.
+# three placements; 140 s measured on two busy CPU cores (2026-11-30). Results
+# go to a new folder runs/compare-digits-<time>; earlier runs are kept; Ctrl-C
+# keeps the configurations finished so far.
 demo: $(STAMP)
 	$(PY) -m bn_keras compare --dataset digits --model cnn --epochs 12 \
 		--normalizations batch renorm --logdir runs

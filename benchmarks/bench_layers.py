@@ -11,7 +11,8 @@ max over the rounds. It measures
 - one epoch of `fit` on data whose last batch is partial (the batch size is
   then unknown when the step is traced), over Keras's;
 - `fold_batchnorm`: the conv model's inference step (`predict_on_batch`)
-  unfolded over folded, with our layer and with Keras's;
+  unfolded over folded, with our layer and with Keras's; and the same for
+  `keras.applications.MobileNetV2` with Keras's layer (96x96, batch 8);
 - `BatchNormMonitor(update_freq="epoch")`: the share of `fit` spent in its
   hooks, and `fit`'s time with it over without it
   (`benchmarks/bench_callbacks.py`);
@@ -327,6 +328,39 @@ def fold_speedup(rounds):
     }
 
 
+#: MobileNetV2 as `fold_batchnorm` meets it: input size, batch, batches.
+MOBILENET = (96, 8, 4)
+
+
+def mobilenet_fold_speedup(rounds):
+    """`keras.applications.MobileNetV2` (Keras's BN, random statistics),
+    `predict_on_batch` unfolded over folded: `[ratio per round]`."""
+    size, batch_size, steps = MOBILENET
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(
+        weights=None, input_shape=(size, size, 3)
+    )
+    rng = np.random.default_rng(0)
+    for bn in bn_keras.find_batchnorm(model):
+        n = bn.moving_mean.shape[0]
+        bn.moving_mean.assign(rng.normal(0.0, 0.1, n).astype("float32"))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+    models = {"unfolded": model, "folded": bn_keras.fold_batchnorm(model)}
+    x = rng.normal(size=(steps, batch_size, size, size, 3)).astype("float32")
+
+    def predictions_of(model):
+        def run():
+            for xb in x:
+                model.predict_on_batch(xb)
+
+        return run
+
+    times = interleaved(
+        {name: predictions_of(model) for name, model in models.items()}, rounds
+    )
+    return ratios(times, "unfolded", "folded")
+
+
 def monitor_overhead(rounds):
     """`BatchNormMonitor(update_freq="epoch")` on `fit`: the share of each
     `fit` spent in its hooks, and `fit` time with it over without it."""
@@ -470,6 +504,17 @@ def main(argv=None):
             targets.append(
                 (f"fold_batchnorm speed-up, with {name}", values, 1.3, False)
             )
+        mobilenet = mobilenet_fold_speedup(args.rounds)
+        size, batch_size, _ = MOBILENET
+        print(
+            f"fold_batchnorm, MobileNetV2 with keras BN ({size}x{size}, batch "
+            f"{batch_size}), predict_on_batch: unfolded / folded "
+            f"{_spread(mobilenet)}"
+        )
+        targets.append(
+            ("fold_batchnorm speed-up, MobileNetV2, keras BN", mobilenet,
+             1.4, False)
+        )
     if not args.no_monitor:
         overhead = monitor_overhead(args.rounds)
         print(

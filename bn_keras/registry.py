@@ -24,6 +24,10 @@ Normalizations:
 | `"ghost"`  | `bn_keras.layers.GhostBatchNormalization`     |
 | `"renorm"` | `bn_keras.layers.BatchRenormalization`        |
 
+`bn_keras.convert_batchnorm` also converts to `"keras"`, Keras's own
+`keras.layers.BatchNormalization`, for models shipped without bn-keras
+(`CONVERSIONS`, `get_conversion_class`).
+
 `normalization_for_run` builds these for a training run of known length
 (the ghost batch size, the momentum, and the renorm schedule scaled to the
 run by `bn_keras.layers.RenormClipping.scaled`); `placement_table` and
@@ -41,12 +45,9 @@ Example:
 ('GhostBatchNormalization', 32)
 """
 
-import keras
-
-from bn_keras.layers.batch_normalization import BatchNormalization
-from bn_keras.layers.batch_renormalization import BatchRenormalization
-from bn_keras.layers.ghost_batch_normalization import GhostBatchNormalization
-from bn_keras.layers.renorm_clipping import RenormClipping
+# Keras and the layers are imported by the functions that build layers, on
+# first use: the names cost nothing to import, so that `bn-keras --help`
+# lists them without starting Keras and TensorFlow.
 
 #: Canonical placement names; each spells its order of operations.
 PLACEMENTS = ("layer-bn-act", "layer-act-bn", "bn-act-layer", "layer-act")
@@ -66,12 +67,24 @@ PLACEMENT_ALIASES = {
 #: Tuner names that `bn_keras.tuner.get_tuner` knows.
 TUNERS = ("random", "grid", "hyperband", "bayesian")
 
-#: Normalization names and the layer class each one builds.
+#: Normalization names and the `bn_keras.layers` class each one builds.
 NORMALIZATIONS = {
-    "batch": BatchNormalization,
-    "ghost": GhostBatchNormalization,
-    "renorm": BatchRenormalization,
+    "batch": "BatchNormalization",
+    "ghost": "GhostBatchNormalization",
+    "renorm": "BatchRenormalization",
 }
+
+
+#: What `bn_keras.convert_batchnorm` converts BN layers to: the
+#: normalizations above, and `"keras"`, Keras's own layer.
+CONVERSIONS = {**NORMALIZATIONS, "keras": "keras.layers.BatchNormalization"}
+
+
+def _layer_class(name):
+    """The `bn_keras.layers` class of a registered normalization name."""
+    from bn_keras import layers
+
+    return getattr(layers, NORMALIZATIONS[name])
 
 
 def get_placement(placement):
@@ -224,13 +237,60 @@ def get_normalization_name(normalization):
     >>> bn_keras.registry.get_normalization_name(" Ghost")
     'ghost'
     """
+    return _lookup(normalization, NORMALIZATIONS)
+
+
+def get_conversion_name(normalization):
+    """The name of `CONVERSIONS` that `normalization` spells, in lowercase
+    (checked without importing Keras); a `ValueError` lists the valid ones.
+
+    Example:
+
+    >>> bn_keras.registry.get_conversion_name(" Keras")
+    'keras'
+    """
+    return _lookup(normalization, CONVERSIONS)
+
+
+def get_conversion_class(normalization):
+    """The layer class that `bn_keras.convert_batchnorm` converts to.
+
+    Args:
+        normalization: A name of `CONVERSIONS` (case-insensitive): a
+            normalization name, or `"keras"` for
+            `keras.layers.BatchNormalization`.
+
+    Returns:
+        A `keras.layers.BatchNormalization` class (or subclass).
+
+    Raises:
+        ValueError: for anything else; the message lists the valid names.
+
+    Example:
+
+    >>> cls = bn_keras.registry.get_conversion_class("Keras")
+    >>> cls is keras.layers.BatchNormalization
+    True
+    >>> bn_keras.registry.get_conversion_class("renorm").__name__
+    'BatchRenormalization'
+    """
+    name = get_conversion_name(normalization)
+    if name == "keras":
+        import keras
+
+        return keras.layers.BatchNormalization
+    return _layer_class(name)
+
+
+def _lookup(normalization, names):
+    """The lowercase name if it is a key of `names`, else a `ValueError`."""
     if isinstance(normalization, str):
         name = normalization.strip().lower()
-        if name in NORMALIZATIONS:
+        if name in names:
             return name
     raise ValueError(
         "Unknown normalization. Valid names: "
-        f"{', '.join(repr(n) for n in normalization_names())}. "
+        f"{', '.join(repr(n) for n in sorted(names))}. "
         f"Received: normalization={normalization!r}"
     )
 
@@ -274,21 +334,23 @@ def normalization_for_run(
     >>> layer.renorm_momentum, layer.renorm_clipping.rmax_steps
     (0.9, 800)
     """
+    from bn_keras import layers
+
     name = get_normalization_name(normalization)
     if name == "ghost" and ghost_batch_size is not None:
-        return GhostBatchNormalization(
+        return layers.GhostBatchNormalization(
             virtual_batch_size=ghost_batch_size, momentum=momentum
         )
     if name == "renorm":
-        schedule = RenormClipping()
+        schedule = layers.RenormClipping()
         if total_steps is not None:
             schedule = schedule.scaled(total_steps)
-        return BatchRenormalization(
+        return layers.BatchRenormalization(
             renorm_clipping=schedule,
             momentum=momentum,
             renorm_momentum=momentum,
         )
-    return NORMALIZATIONS[name](momentum=momentum)
+    return _layer_class(name)(momentum=momentum)
 
 
 def get_normalization(normalization=None, **defaults):
@@ -327,10 +389,14 @@ def get_normalization(normalization=None, **defaults):
     >>> layer.momentum, layer.axis
     (0.9, 1)
     """
+    import keras
+
+    from bn_keras.layers import BatchNormalization
+
     if normalization is None:
         return BatchNormalization(**defaults)
     if isinstance(normalization, str):
-        return NORMALIZATIONS[get_normalization_name(normalization)](**defaults)
+        return _layer_class(get_normalization_name(normalization))(**defaults)
     if isinstance(normalization, dict):
         if "class_name" in normalization:
             layer = keras.saving.deserialize_keras_object(normalization)
@@ -354,6 +420,8 @@ def get_normalization(normalization=None, **defaults):
 
 def serialize_normalization(layer):
     """The JSON-serializable form of a normalization layer (or `None`)."""
+    import keras
+
     if layer is None:
         return None
     return keras.saving.serialize_keras_object(layer)

@@ -1,5 +1,9 @@
 """Pieces shared by the subcommands: usage errors, the options `compare`
-and `search` both take and their checks, output folders, tables."""
+and `search` both take and their checks, output folders, tables.
+
+Nothing here imports Keras: the parsers and the checks of the options run
+before it is started (`bn_keras.cli.runtime.start_keras`).
+"""
 
 import argparse
 import contextlib
@@ -11,6 +15,17 @@ import shutil
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from bn_keras import registry
+
+PROG = "bn-keras"
+
+#: The architectures of `--model`.
+MODELS = ("mlp", "cnn")
+
+#: The fewest samples a dataset may have: enough to split off a
+#: validation set.
+MIN_SAMPLES = 10
 
 #: The widest the printed tables get, whatever the terminal.
 MAX_WIDTH = 100
@@ -149,6 +164,59 @@ def parse_names(values):
     for value in values or ():
         names.extend(part.strip() for part in value.split(",") if part.strip())
     return names
+
+
+def _resolve(names, get, kind, valid):
+    """`get(name)` for each name, in order, without duplicates; an unknown
+    name is a usage error that lists the `valid` ones."""
+    resolved = []
+    for name in names:
+        try:
+            value = get(name)
+        except ValueError:
+            raise UsageError(
+                f"unknown {kind} {name!r}. Valid {kind}s: {valid}"
+            ) from None
+        if value not in resolved:
+            resolved.append(value)
+    return resolved
+
+
+def resolve_placements(names):
+    """Canonical placement names, in order, without duplicates."""
+    return _resolve(
+        names,
+        registry.get_placement,
+        "placement",
+        registry.valid_placement_names(quoted=False),
+    )
+
+
+def resolve_normalizations(names):
+    """Registered normalization names, in order, without duplicates."""
+    return _resolve(
+        names,
+        registry.get_normalization_name,
+        "normalization",
+        ", ".join(registry.normalization_names()),
+    )
+
+
+def resolve_names(placements, normalizations, defaults):
+    """`(placements, normalizations)` of `--placements` and
+    `--normalizations` as typed (lists of space- or comma-separated names),
+    or of `defaults`, a pair of the same; resolved, as tuples."""
+    default_placements, default_normalizations = defaults
+    return (
+        tuple(
+            resolve_placements(parse_names(placements) or default_placements)
+        ),
+        tuple(
+            resolve_normalizations(
+                parse_names(normalizations) or default_normalizations
+            )
+        ),
+    )
 
 
 def new_session_dir(logdir, prefix):

@@ -5,14 +5,15 @@ split, once without batch normalization and once per (placement,
 normalization) pair, then ranks the configurations by their best
 validation accuracy (validation loss for regression).
 
-This module holds the command's options and their checks; the training is
-`bn_keras.cli.experiment.Comparison`, the output `bn_keras.cli.report`.
+This module holds the command's options and their checks, which need no
+Keras; the training is `bn_keras.cli.experiment.Comparison`, the output
+`bn_keras.cli.report`, both imported once the options are checked.
 """
 
 from bn_keras import registry
 from bn_keras.cli import datasets
-from bn_keras.cli import experiment
-from bn_keras.cli import report
+from bn_keras.cli import runtime
+from bn_keras.cli.common import MODELS
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import add_command
 from bn_keras.cli.common import add_model_arguments
@@ -22,7 +23,9 @@ from bn_keras.cli.common import check_positive
 from bn_keras.cli.common import console
 from bn_keras.cli.common import new_session_dir
 from bn_keras.cli.common import quiet_tensorflow_warnings
+from bn_keras.cli.common import resolve_names
 from bn_keras.cli.common import settings_options
+from bn_keras.cli.settings import ComparisonSettings
 
 DEFAULT_PLACEMENTS = ("layer-bn-act", "layer-act-bn", "bn-act-layer")
 DEFAULT_NORMALIZATIONS = ("batch",)
@@ -55,6 +58,11 @@ examples:
   bn-keras compare --dataset wine --normalizations batch renorm
   bn-keras compare --model cnn --placements layer-bn-act --epochs 10
   bn-keras compare --data my.csv --target label --quick
+  bn-keras compare --data my_images/ --model cnn --image-size 64
+  bn-keras compare --dataset fashion_mnist --model cnn --limit 5000 --quick
+
+Ctrl-C stops it: the configurations finished so far are written as
+leaderboard.csv and the plot (exit status 130).
 """
 
 
@@ -62,9 +70,10 @@ def _add_configuration_arguments(parser):
     runs = parser.add_argument_group("configurations")
     add_model_arguments(
         runs,
-        experiment.MODELS,
+        MODELS,
         model_help="architecture: a multilayer perceptron, or a small CNN for "
-        "image data (digits, or an NPZ of images) (default: mlp)",
+        "image data (digits, mnist, fashion_mnist, cifar10, a folder of "
+        "images, or an NPZ of images) (default: mlp)",
         placements_help="where BN goes (space- or comma-separated; default: "
         f"{' '.join(DEFAULT_PLACEMENTS)}). 'no BN' is always trained too",
         normalizations_help="which BN (default: batch); each placement is "
@@ -107,7 +116,8 @@ def add_parser(subparsers):
         "DIR/compare-<dataset>-<time> (default: runs)",
         quick_help=f"a smoke test in seconds: {QUICK_EPOCHS} epochs, a small "
         "model",
-        verbose_help="show Keras's own output for every epoch",
+        verbose_help="show Keras's own output for every epoch, and "
+        "TensorFlow's start-up log",
     )
     parser.set_defaults(run=run)
     return parser
@@ -139,13 +149,13 @@ def parse(args):
     """The comparison the options ask for, checked.
 
     Returns:
-        An `experiment.ComparisonSettings`.
+        A `bn_keras.cli.settings.ComparisonSettings`.
 
     Raises:
         UsageError: for any option out of range or name unknown.
     """
-    datasets.check_source(args.dataset, args.data, args.target)
-    placements, normalizations = experiment.resolve_names(
+    datasets.check_source(args)
+    placements, normalizations = resolve_names(
         args.placements,
         args.normalizations,
         defaults=(DEFAULT_PLACEMENTS, DEFAULT_NORMALIZATIONS),
@@ -161,7 +171,7 @@ def parse(args):
         }
     )
     _check_rates(args)
-    return experiment.ComparisonSettings(
+    return ComparisonSettings(
         placements=placements,
         normalizations=normalizations,
         momentum=args.momentum,
@@ -171,19 +181,35 @@ def parse(args):
     )
 
 
-def run(args):
-    settings = parse(args)
-    dataset = datasets.load(
-        args.dataset, args.data, args.target, args.task, args.seed
-    )
-    comparison = experiment.Comparison(settings, dataset)
-    session = new_session_dir(args.logdir, f"compare-{dataset.name}")
-    out = console()
-    report.print_comparison_setup(out, comparison)
+def _train(comparison, session):
+    """Trains every configuration, with a progress bar."""
+    from bn_keras.cli import report
+
     with (
         report.ComparisonProgress(comparison) as progress,
-        quiet_tensorflow_warnings(settings.verbose),
+        quiet_tensorflow_warnings(comparison.settings.verbose),
     ):
         comparison.run(session, progress)
+
+
+def run(args):
+    settings = parse(args)
+    runtime.start_keras(settings.verbose)
+    from bn_keras.cli import experiment
+    from bn_keras.cli import report
+
+    comparison = experiment.Comparison(settings, datasets.load_from_args(args))
+    session = new_session_dir(args.logdir, f"compare-{comparison.dataset.name}")
+    out = console()
+    report.print_comparison_setup(out, comparison)
+    runtime.warn_all(comparison.setup_warnings())
+    finished = runtime.completed(_train, comparison, session)
     report.comparison_summary(out, session, comparison)
-    return 0
+    if finished:
+        return 0
+    return runtime.interrupted(
+        "compare",
+        report.partial_results(
+            comparison.results, len(comparison.configurations), session
+        ),
+    )

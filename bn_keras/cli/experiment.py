@@ -1,10 +1,13 @@
 """What the commands train: configurations, models, training and results.
 
 `bn-keras compare` trains one model per `Configuration` through a
-`Comparison`; `bn-keras search` builds a hypermodel and a tuner here and
-runs the search. The objective of a task (validation accuracy, or
-validation loss for regression) is decided by `objective`, and only there.
-Nothing here prints or writes summaries: that is `bn_keras.cli.report`.
+`Comparison`; `bn-keras search` runs a keras-tuner search through a
+`Search`. Both keep a `Result` per finished configuration or trial (an
+interrupted command keeps what finished), with losses in the target's
+units (`in_target_units`). The objective of a task (validation accuracy,
+or validation loss for regression) is decided by `objective`, and only
+there. Nothing here prints or writes summaries: that is
+`bn_keras.cli.report`.
 """
 
 import dataclasses
@@ -12,22 +15,27 @@ import functools
 import math
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
 
 from bn_keras import registry
 from bn_keras.callbacks import BatchNormMonitor
+from bn_keras.cli import runtime
 from bn_keras.cli.common import UsageError
-from bn_keras.cli.common import parse_names
 from bn_keras.models import insert_batchnorm
-
-#: The architectures of `--model`.
-MODELS = ("mlp", "cnn")
 
 #: "Epochs to 95%": the first epoch whose validation accuracy is at least
 #: 95% of the best (for a loss: at most the best / 0.95).
 FRACTION_OF_BEST = 0.95
+
+#: What `--model cnn` trains on, for its error message.
+IMAGE_SOURCES = (
+    "--dataset digits, mnist, fashion_mnist or cifar10, --data FOLDER of "
+    "images, or --data FILE.npz whose features have shape (N, H, W) or "
+    "(N, H, W, C)"
+)
 
 
 def objective(task):
@@ -39,24 +47,6 @@ def objective(task):
 def higher_is_better(metric):
     """Whether a larger value of an `objective` metric is better."""
     return metric == "val_accuracy"
-
-
-# -- settings -----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Settings:
-    """What both commands take, validated (see their `--help`)."""
-
-    model: str
-    placements: tuple
-    normalizations: tuple
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    seed: int
-    quick: bool = False
-    verbose: bool = False
 
 
 # -- configurations -----------------------------------------------------------
@@ -87,59 +77,6 @@ class Configuration:
         if not self.has_batchnorm:
             return "no-bn"
         return f"{self.placement}_{self.normalization}"
-
-
-def _resolve(names, get, kind, valid):
-    """`get(name)` for each name, in order, without duplicates; an unknown
-    name is a usage error that lists the `valid` ones."""
-    resolved = []
-    for name in names:
-        try:
-            value = get(name)
-        except ValueError:
-            raise UsageError(
-                f"unknown {kind} {name!r}. Valid {kind}s: {valid}"
-            ) from None
-        if value not in resolved:
-            resolved.append(value)
-    return resolved
-
-
-def resolve_placements(names):
-    """Canonical placement names, in order, without duplicates."""
-    return _resolve(
-        names,
-        registry.get_placement,
-        "placement",
-        registry.valid_placement_names(quoted=False),
-    )
-
-
-def resolve_normalizations(names):
-    """Registered normalization names, in order, without duplicates."""
-    return _resolve(
-        names,
-        registry.get_normalization_name,
-        "normalization",
-        ", ".join(registry.normalization_names()),
-    )
-
-
-def resolve_names(placements, normalizations, defaults):
-    """`(placements, normalizations)` of `--placements` and
-    `--normalizations` as typed (lists of space- or comma-separated names),
-    or of `defaults`, a pair of the same; resolved, as tuples."""
-    default_placements, default_normalizations = defaults
-    return (
-        tuple(
-            resolve_placements(parse_names(placements) or default_placements)
-        ),
-        tuple(
-            resolve_normalizations(
-                parse_names(normalizations) or default_normalizations
-            )
-        ),
-    )
 
 
 def configurations(placements, normalizations):
@@ -188,10 +125,9 @@ def build_base_model(kind, dataset, quick=False):
     if kind == "cnn":
         if dataset.image_shape is None:
             raise UsageError(
-                "--model cnn needs image data (the digits dataset, or --data "
-                "FILE.npz whose features have shape (N, H, W) or "
-                f"(N, H, W, C)); {dataset.name} has {dataset.num_features} "
-                "features: use --model mlp"
+                f"--model cnn needs image data ({IMAGE_SOURCES}); "
+                f"{dataset.name} has {dataset.num_features} features: use "
+                "--model mlp"
             )
         body = _cnn_body(quick)
     else:
@@ -244,6 +180,24 @@ def compile_model(model, task, learning_rate):
 # -- training -----------------------------------------------------------------
 
 
+class InterruptCheck(keras.callbacks.Callback):
+    """Raises, after every batch, a Ctrl-C that Python could not raise
+    when it came (`bn_keras.cli.runtime.check_interrupt`).
+
+    keras-tuner deep-copies the search's callbacks for every trial; the
+    copy is this same object.
+    """
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def on_train_batch_end(self, batch, logs=None):
+        runtime.check_interrupt()
+
+    def on_test_batch_end(self, batch, logs=None):
+        runtime.check_interrupt()
+
+
 class _EpochClock(keras.callbacks.Callback):
     """Times every epoch and reports each epoch's start."""
 
@@ -289,7 +243,8 @@ def train(
 
     Returns:
         `(history, seconds)`: Keras's history (metric name to a list of
-        floats, one per epoch) and the seconds each epoch took.
+        floats, one per epoch; losses in the target's units, see
+        `in_target_units`) and the seconds each epoch took.
     """
     callbacks = [
         keras.callbacks.TensorBoard(
@@ -301,7 +256,7 @@ def train(
             BatchNormMonitor(run_dir, probe_data=dataset.x_val[:batch_size])
         )
     clock = _EpochClock(on_epoch)
-    callbacks.append(clock)
+    callbacks += [clock, InterruptCheck()]
     keras.utils.set_random_seed(seed)
     history = model.fit(
         dataset.x_train,
@@ -312,23 +267,69 @@ def train(
         callbacks=callbacks,
         verbose=2 if verbose else 0,
     )
-    values = {
-        name: [float(v) for v in curve]
-        for name, curve in history.history.items()
+    return in_target_units(history.history, dataset), clock.seconds
+
+
+def in_target_units(history, dataset):
+    """A Keras history as floats, its losses converted from the
+    standardized regression target to the target's units (mean squared
+    errors times `dataset.loss_scale`; classification is unchanged)."""
+    return {
+        name: [
+            float(v) * (dataset.loss_scale if _is_loss(name) else 1.0)
+            for v in curve
+        ]
+        for name, curve in history.items()
     }
-    return values, clock.seconds
+
+
+def _is_loss(name):
+    return name in ("loss", "val_loss")
+
+
+def batch_warnings(dataset, batch_size, ghost_batch_size=None):
+    """What is wrong with the batch sizes for this training set, as
+    messages: a batch larger than the training set, ghost batches not
+    smaller than the real batch (then 'ghost' is plain BN)."""
+    messages = []
+    samples = len(dataset.x_train)
+    batch = min(batch_size, samples)
+    if batch_size > samples:
+        messages.append(
+            f"--batch-size {batch_size} is larger than the {samples} "
+            "training samples: every step trains on all of them (one step "
+            f"per epoch, a batch of {samples}); give a --batch-size smaller "
+            f"than {samples} for several steps per epoch"
+        )
+    if ghost_batch_size is not None and ghost_batch_size >= batch:
+        messages.append(
+            f"ghost batches of {ghost_batch_size} samples are not smaller "
+            f"than the real batch of {batch}: 'ghost' trains as plain batch "
+            f"normalization; give a --ghost-batch-size smaller than {batch}"
+        )
+    return messages
 
 
 @dataclasses.dataclass
 class Result:
-    """A trained configuration: its validation curves and timings."""
+    """A trained configuration, or a search's trial: its validation curves
+    and timings."""
 
-    configuration: Configuration
     label: str
     run_dir: str
     history: dict  # Keras's history: metric name -> one float per epoch
     seconds: list  # seconds per epoch
-    metric: str  # the `objective` the configurations are ranked by
+    metric: str  # the `objective` the results are ranked by
+    configuration: Configuration = None  # None for a search's trial
+    first_epoch: int = 1  # a trial that hyperband continues starts later
+
+    @property
+    def is_baseline(self):
+        """Whether this is `compare`'s configuration without BN."""
+        return (
+            self.configuration is not None
+            and not self.configuration.has_batchnorm
+        )
 
     @property
     def curve(self):
@@ -352,7 +353,7 @@ class Result:
         best = self.best
         if math.isnan(best):
             return None
-        return self.curve.index(best) + 1
+        return self.first_epoch + self.curve.index(best)
 
     @property
     def epochs_to_fraction(self):
@@ -366,7 +367,7 @@ class Result:
         else:
             threshold = best / FRACTION_OF_BEST if best >= 0 else best
             reached = [v <= threshold for v in self.curve]
-        return reached.index(True) + 1
+        return self.first_epoch + reached.index(True)
 
     @property
     def seconds_per_epoch(self):
@@ -385,14 +386,6 @@ class Result:
 
 
 # -- bn-keras compare ---------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ComparisonSettings(Settings):
-    """What `bn-keras compare` trains, validated (see its `--help`)."""
-
-    momentum: float
-    ghost_batch_size: int
 
 
 class Comparison:
@@ -418,6 +411,16 @@ class Comparison:
         )
         self.metric = objective(dataset.task)
         self.results = []
+
+    def setup_warnings(self):
+        """What is wrong with the batch sizes here, as messages."""
+        settings = self.settings
+        ghost = "ghost" in settings.normalizations
+        return batch_warnings(
+            self.dataset,
+            settings.batch_size,
+            settings.ghost_batch_size if ghost else None,
+        )
 
     @property
     def steps_per_epoch(self):
@@ -477,26 +480,16 @@ class Comparison:
             on_epoch=on_epoch,
         )
         return Result(
-            configuration,
             configuration.label(settings.ghost_batch_size),
             run_dir,
             history,
             seconds,
             self.metric,
+            configuration,
         )
 
 
 # -- bn-keras search ----------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SearchSettings(Settings):
-    """What `bn-keras search` searches, validated (see its `--help`)."""
-
-    hypermodel: str
-    shared: bool
-    tuner: str
-    trials: int
 
 
 def tuner_class(name):
@@ -539,8 +532,7 @@ def _search_model(settings, dataset):
         return tuner.BNSearchMLP(input_shape=(dataset.num_features,), **space)
     if dataset.image_shape is None:
         raise UsageError(
-            "--hypermodel cnn needs image data (the digits dataset, or --data "
-            "FILE.npz whose features have shape (N, H, W) or (N, H, W, C)); "
+            f"--hypermodel cnn needs image data ({IMAGE_SOURCES}); "
             f"{dataset.name} has {dataset.num_features} features: use "
             "--hypermodel placement or mlp"
         )
@@ -574,28 +566,136 @@ def make_tuner(settings, hypermodel, task, session):
     )
 
 
-def search(tuner, settings, dataset, logdir, callbacks=()):
-    """Runs the search, one TensorBoard run per trial under `logdir`.
+class TrialRecorder(keras.callbacks.Callback):
+    """Records each trial's Keras history and epoch times, by trial id.
 
-    Every trial is logged by Keras's TensorBoard callback and a
-    `BatchNormMonitor`; `callbacks` are added to them.
+    keras-tuner deep-copies the search's callbacks for every trial; the
+    copy is this same object, so that it sees every trial.
+
+    Args:
+        tuner: The tuner whose running trial each `fit` belongs to.
     """
-    epochs = {"epochs": settings.epochs}
-    if settings.tuner == "hyperband":
-        epochs = {}  # hyperband decides, up to its max_epochs
-    keras.utils.set_random_seed(settings.seed)
-    tuner.search(
-        dataset.x_train,
-        dataset.y_train,
-        validation_data=(dataset.x_val, dataset.y_val),
-        batch_size=settings.batch_size,
-        callbacks=[
-            keras.callbacks.TensorBoard(
-                log_dir=logdir, write_graph=False, profile_batch=0
-            ),
-            BatchNormMonitor(logdir),
-            *callbacks,
-        ],
-        verbose=2 if settings.verbose else 0,
-        **epochs,
-    )
+
+    def __init__(self, tuner):
+        super().__init__()
+        self.tuner = tuner
+        self.histories = {}  # trial id -> metric name -> one float per epoch
+        self.seconds = {}  # trial id -> seconds per epoch
+        self.first_epochs = {}  # trial id -> its first epoch, from 1
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def on_train_begin(self, logs=None):
+        trial = self.tuner.oracle.ongoing_trials.get(self.tuner.tuner_id)
+        self._trial = trial.trial_id if trial else str(len(self.histories))
+        self.histories[self._trial] = {}
+        self.seconds[self._trial] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self.first_epochs.setdefault(self._trial, epoch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds[self._trial].append(time.perf_counter() - self._start)
+        history = self.histories[self._trial]
+        for name, value in (logs or {}).items():
+            history.setdefault(name, []).append(float(value))
+
+
+class Search:
+    """A keras-tuner search of BN placements, and its completed trials.
+
+    The hypermodel is built (seeded) when the search is created, so that a
+    usage error (a CNN on tabular data) comes before any output. `results`
+    lists the trials completed so far: what an interrupted search has done.
+
+    Args:
+        settings: A `SearchSettings`.
+        dataset: A `bn_keras.cli.datasets.Dataset`.
+    """
+
+    def __init__(self, settings, dataset):
+        self.settings = settings
+        self.dataset = dataset
+        self.metric = objective(dataset.task)
+        self.hypermodel = build_hypermodel(settings, dataset)
+        self.tuner = None
+        self.logdir = None
+
+    def setup_warnings(self):
+        """What is wrong with the batch size here, as messages."""
+        return batch_warnings(self.dataset, self.settings.batch_size)
+
+    def run(self, session, callbacks=()):
+        """Searches, with the tuner's trials in `session/tuner` and one
+        TensorBoard run per trial under `session/logs`.
+
+        Every trial is logged by Keras's TensorBoard callback and a
+        `BatchNormMonitor`; `callbacks` are added to them.
+        """
+        settings = self.settings
+        self.tuner = make_tuner(
+            settings, self.hypermodel, self.dataset.task, session
+        )
+        self.recorder = TrialRecorder(self.tuner)
+        self.logdir = os.path.join(session, "logs")
+        epochs = {"epochs": settings.epochs}
+        if settings.tuner == "hyperband":
+            epochs = {}  # hyperband decides, up to its max_epochs
+        keras.utils.set_random_seed(settings.seed)
+        self.tuner.search(
+            self.dataset.x_train,
+            self.dataset.y_train,
+            validation_data=(self.dataset.x_val, self.dataset.y_val),
+            batch_size=settings.batch_size,
+            callbacks=[
+                keras.callbacks.TensorBoard(
+                    log_dir=self.logdir, write_graph=False, profile_batch=0
+                ),
+                BatchNormMonitor(self.logdir),
+                self.recorder,
+                InterruptCheck(),
+                *callbacks,
+            ],
+            verbose=2 if settings.verbose else 0,
+            **epochs,
+        )
+
+    def results(self):
+        """A `Result` per completed trial (losses in the target's units)."""
+        if self.tuner is None:
+            return []
+        results = []
+        for trial_id, history in self.recorder.histories.items():
+            trial = self.tuner.oracle.trials.get(trial_id)
+            done = trial is not None and str(trial.status) == "COMPLETED"
+            if not done or self.metric not in history:
+                continue
+            results.append(
+                Result(
+                    f"trial {trial_id}",
+                    os.path.join(self.logdir, trial_id),
+                    in_target_units(history, self.dataset),
+                    self.recorder.seconds[trial_id],
+                    self.metric,
+                    first_epoch=self.recorder.first_epochs[trial_id],
+                )
+            )
+        return results
+
+    def best_model(self):
+        """The best trial's model at its best epoch, without its optimizer;
+        for regression, with a last layer that turns its standardized
+        outputs back into the target's units."""
+        with warnings.catch_warnings():
+            # keras-tuner's checkpoints hold the optimizer's state too.
+            warnings.filterwarnings("ignore", message="Skipping variable")
+            best = self.tuner.get_best_models(1)[0]
+        dataset = self.dataset
+        if dataset.task != "regression":
+            return best
+        outputs = keras.layers.Rescaling(
+            dataset.target_scale, offset=dataset.target_mean, name="to_target"
+        )(best.outputs[0])
+        return keras.Model(best.inputs, outputs, name=best.name)

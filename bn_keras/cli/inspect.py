@@ -2,12 +2,13 @@
 
 One row per BN layer: its kind, its neighbours, a summary of its moving
 statistics, its dead channels, whether `bn_keras.fold_batchnorm` can fold
-it, and warnings; `--fold OUT.keras` writes the folded model.
+it, and warnings; `--fold OUT.keras` writes the folded model. The command's
+options are `bn_keras.cli.inspect_command`'s (they need no Keras).
 """
 
-import argparse
 import dataclasses
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -25,50 +26,6 @@ from bn_keras.models._placement import batchnorm_neighbours
 from bn_keras.models._placement import describe
 from bn_keras.models._placement import kind_of
 from bn_keras.models._placement import position
-
-HELP = "one row per BN layer of a saved model; --fold writes it folded"
-
-DESCRIPTION = """\
-List every batch normalization layer of a saved Keras model (nested ones
-included), in forward order, one row each:
-
-  layer        its path in the model
-  kind         plain, ghost(N) (ghost batches of N samples), renorm
-  neighbours   the layers before and after it, and where it sits relative to
-               the activation (before act, after act)
-  moving mean  range over channels, min..max
-  moving var   the same for the moving variance
-  dead         channels with |gamma| < 1e-3, of all channels
-  fold         whether bn_keras.fold_batchnorm folds it into the layer
-               before it
-  warn         how many warnings it has
-
-Under the table, one line per reason a layer cannot be folded and per
-warning: non-finite statistics; collapsed channels (moving variance below
-epsilon: constant inputs); statistics still at their initial values (never
-trained).
-"""
-
-
-def add_parser(subparsers):
-    parser = subparsers.add_parser(
-        "inspect",
-        help=HELP,
-        description=DESCRIPTION,
-        epilog="example:\n  bn-keras inspect model.keras --fold "
-        "model_folded.keras",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("model", metavar="MODEL.keras", help="a saved model")
-    parser.add_argument(
-        "--fold",
-        metavar="OUT.keras",
-        help="write an inference copy with every foldable BN folded into the "
-        "layer before it",
-    )
-    parser.set_defaults(run=run)
-    return parser
-
 
 # -- reading the model --------------------------------------------------------
 
@@ -229,8 +186,22 @@ def print_rows(out, rows):
 # -- the command --------------------------------------------------------------
 
 
+def _what_it_is(path):
+    """A few words on a file that is not a zip archive."""
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file that is not a zip archive"
+    return "a text file"
+
+
 def load(path):
-    """Loads a `.keras` model; a `UsageError` names the file and problem."""
+    """Loads a `.keras` model without its optimizer (inspecting needs no
+    training state); a `UsageError` names the file and the problem."""
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -239,15 +210,34 @@ def load(path):
         raise UsageError(
             f"{path}: expected a model saved as .keras (model.save(...))"
         )
-    try:
-        return keras.saving.load_model(path)
-    except Exception as error:  # anything Keras raises on a bad file
+    archive = "model.save(...) writes a zip archive with a config.json"
+    if not zipfile.is_zipfile(path):
         raise UsageError(
-            f"{path}: cannot load the model: {type(error).__name__}: {error}"
-        ) from error
+            f"{path}: not a valid .keras archive ({archive}); this is "
+            f"{_what_it_is(path)}"
+        )
+    try:
+        with zipfile.ZipFile(path) as opened:
+            names = opened.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UsageError(
+            f"{path}: not a valid .keras archive ({archive}): {error}"
+        ) from None
+    if "config.json" not in names:
+        raise UsageError(
+            f"{path}: not a valid .keras archive ({archive}); this zip "
+            "archive has no config.json"
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # anything Keras raises on a bad file
+        reason = " ".join(str(error).split())
+        raise UsageError(
+            f"{path}: cannot load the model: {type(error).__name__}: {reason}"
+        ) from None
 
 
-def _max_difference(model, folded):
+def max_difference(model, folded):
     """Largest |output difference| on random inputs, or None if unknown."""
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) != 1:
@@ -292,7 +282,7 @@ def run(args):
         f"folded {len(report['folded'])} of {len(rows)} BN layers "
         f"({len(report['kept'])} kept); wrote {args.fold}"
     )
-    difference = _max_difference(model, folded)
+    difference = max_difference(model, folded)
     if difference is not None and not np.isfinite(difference):
         out.print(
             "outputs on random inputs are not finite (see the warnings); "

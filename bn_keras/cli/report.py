@@ -1,20 +1,21 @@
 """What the commands show and write: progress, leaderboards, plots, paths.
 
 `bn-keras compare` ends with `leaderboard.csv`, a PNG of the validation
-curves and the printed leaderboard (`comparison_summary`); `bn-keras
-search` with `bn_keras.tuner.placement_report`, the best model and the
-paths (`search_summary`). The progress bars go to standard error, the rest
-to standard output. The figures come from `bn_keras.cli.experiment`.
+curves (`bn_keras.cli.plot`) and the printed leaderboard
+(`comparison_summary`); `bn-keras search` with
+`bn_keras.tuner.placement_report`, the same CSV and PNG of its trials, the
+best model and the paths (`search_summary`). Interrupted, both write what
+finished. The progress bars go to standard error, the rest to standard
+output. The figures come from `bn_keras.cli.experiment`.
 """
 
 import csv
 import math
 import os
-import warnings
 
 import keras
-import numpy as np
 
+from bn_keras.cli import plot
 from bn_keras.cli.common import console
 from bn_keras.cli.common import table
 from bn_keras.cli.experiment import Result
@@ -23,11 +24,8 @@ LEADERBOARD = "leaderboard.csv"
 PLOT = "validation_curves.png"
 BEST_MODEL = "best_model.keras"
 
-CSV_COLUMNS = (
-    "rank",
-    "configuration",
-    "placement",
-    "normalization",
+#: The leaderboard's columns after the rank and what was trained.
+RESULT_COLUMNS = (
     "best_{metric}",
     "best_epoch",
     "epochs_to_95pct_of_best",
@@ -140,13 +138,9 @@ def leaderboard_rows(results):
     return list(enumerate(sorted(results, key=Result.sort_key), start=1))
 
 
-def _csv_row(rank, result):
-    configuration = result.configuration
+def _result_cells(result):
+    """The `RESULT_COLUMNS` of a result."""
     return [
-        rank,
-        result.label,
-        configuration.placement if configuration.has_batchnorm else "none",
-        configuration.normalization or "none",
         f"{result.best:.6g}",
         result.best_epoch or "",
         result.epochs_to_fraction or "",
@@ -157,61 +151,37 @@ def _csv_row(rank, result):
     ]
 
 
-def write_csv(path, results, metric):
-    """The leaderboard as CSV, best first."""
+def write_csv(path, header, rows):
+    """A CSV file: the `header`, then the `rows`."""
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow([name.format(metric=metric) for name in CSV_COLUMNS])
-        for rank, result in leaderboard_rows(results):
-            writer.writerow(_csv_row(rank, result))
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
-def _plot_curve(axes, result):
-    """One configuration's line, with a circle on its best epoch."""
-    epochs = np.arange(1, len(result.curve) + 1)
-    style = {"marker": ".", "label": result.label}
-    if not result.configuration.has_batchnorm:
-        style.update(linestyle="--", color="black")
-    (line,) = axes.plot(epochs, result.curve, **style)
-    if result.best_epoch:
-        axes.plot(
-            result.best_epoch,
-            result.best,
-            "o",
-            color=line.get_color(),
-            markersize=7,
-            markerfacecolor="none",
-        )
+def _configuration_cells(result):
+    configuration = result.configuration
+    return [
+        result.label,
+        configuration.placement if configuration.has_batchnorm else "none",
+        configuration.normalization or "none",
+    ]
 
 
-def _log_scale_if_wide(axes, results):
-    """A log scale for losses that span more than a factor of 50."""
-    finite = [v for r in results for v in r.curve if math.isfinite(v) and v > 0]
-    if finite and max(finite) / min(finite) > 50:
-        axes.set_yscale("log")
-
-
-def write_plot(path, results, metric, title):
-    """Validation curves, one line per configuration, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    figure = Figure(figsize=(8, 5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for _, result in leaderboard_rows(results):
-        _plot_curve(axes, result)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch")
-    axes.set_ylabel(metric.replace("_", " "))
-    if metric == "val_loss":
-        _log_scale_if_wide(axes, results)
-    axes.set_title(title)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path)
+def write_comparison_csv(path, results, metric):
+    """The leaderboard of a comparison, best first."""
+    header = [
+        "rank",
+        "configuration",
+        "placement",
+        "normalization",
+        *(name.format(metric=metric) for name in RESULT_COLUMNS),
+    ]
+    rows = [
+        [rank, *_configuration_cells(result), *_result_cells(result)]
+        for rank, result in leaderboard_rows(results)
+    ]
+    write_csv(path, header, rows)
 
 
 def print_leaderboard(out, results, metric):
@@ -241,20 +211,46 @@ def print_leaderboard(out, results, metric):
     out.print(table(columns, rows))
 
 
-def comparison_summary(out, session, comparison):
-    """Writes the CSV and the plot into `session`, prints the leaderboard
-    and where everything is."""
-    metric = comparison.metric
+def write_results(session, results, metric, title, write_table):
+    """Writes the leaderboard (with `write_table(path, results, metric)`)
+    and the plot into `session`; returns their paths."""
     csv_path = os.path.join(session, LEADERBOARD)
     png_path = os.path.join(session, PLOT)
-    write_csv(csv_path, comparison.results, metric)
-    title = (
-        f"{comparison.dataset.name}, {comparison.settings.model}: "
-        f"{metric.replace('_', ' ')} per epoch"
+    write_table(csv_path, results, metric)
+    ranked = [result for _, result in leaderboard_rows(results)]
+    plot.write_plot(png_path, ranked, metric, title)
+    return csv_path, png_path
+
+
+def partial_results(results, total, session, kind="configurations"):
+    """What an interrupted command finished, for its last line; `total`
+    is `None` when unknown in advance (hyperband)."""
+    of = f" of {total}" if total else ""
+    if not results:
+        return f"before any{of} {kind} finished"
+    return (
+        f"after {len(results)}{of} {kind}; their leaderboard and plot are "
+        f"in {session}"
     )
-    write_plot(png_path, comparison.results, metric, title)
+
+
+def comparison_summary(out, session, comparison):
+    """Writes the CSV and the plot of the finished configurations into
+    `session`, prints the leaderboard and where everything is."""
+    results = comparison.results
+    total = len(comparison.configurations)
     out.print()
-    print_leaderboard(out, comparison.results, metric)
+    if not results:
+        out.print(f"no configuration finished; TensorBoard logs: {session}")
+        return
+    title = f"{comparison.dataset.name}, {comparison.settings.model}"
+    if len(results) < total:
+        title += f" ({len(results)} of {total} configurations)"
+    metric = comparison.metric
+    csv_path, png_path = write_results(
+        session, results, metric, title, write_comparison_csv
+    )
+    print_leaderboard(out, results, metric)
     out.print(f"leaderboard:  {csv_path}")
     out.print(f"plot:         {png_path}")
     out.print(f"TensorBoard:  {session} (one run per configuration)")
@@ -334,17 +330,51 @@ class SearchProgress:
         return self._progress.__exit__(*exc_info)
 
 
-def _save_best_model(tuner, path):
-    with warnings.catch_warnings():
-        # keras-tuner's checkpoints hold the optimizer's state too.
-        warnings.filterwarnings("ignore", message="Skipping variable")
-        best = tuner.get_best_models(1)[0]
-    best.save(path)
+def _trials_csv(tuner):
+    """`write_table` for `write_results`: the trials' leaderboard, with
+    each trial's hyperparameters."""
+
+    def write(path, results, metric):
+        header = [
+            "rank",
+            "trial",
+            *(name.format(metric=metric) for name in RESULT_COLUMNS),
+            "hyperparameters",
+        ]
+        rows = []
+        for rank, result in leaderboard_rows(results):
+            trial_id = os.path.basename(result.run_dir)
+            values = tuner.oracle.trials[trial_id].hyperparameters.values
+            rows.append(
+                [
+                    rank,
+                    trial_id,
+                    *_result_cells(result),
+                    "; ".join(f"{k}={v}" for k, v in values.items()),
+                ]
+            )
+        write_csv(path, header, rows)
+
+    return write
 
 
-def search_summary(out, tuner, session, metric):
-    """Prints the placement report, saves the best model into `session`
-    and prints where everything is.
+def _print_best(out, search, rows, session):
+    """Saves the best model; prints its trial and score, in the target's
+    units."""
+    best_path = os.path.join(session, BEST_MODEL)
+    search.best_model().save(best_path)
+    score = rows[0]["score"]
+    if score is not None and search.metric == "val_loss":
+        score *= search.dataset.loss_scale
+    shown = "-" if score is None or math.isnan(score) else _fmt(score)
+    out.print(f"best trial {rows[0]['trial_id']}: {search.metric} {shown}")
+    out.print(f"best model:   {best_path}")
+
+
+def search_summary(out, search, session):
+    """Prints the placement report, writes the leaderboard and plot of the
+    completed trials and the best model into `session`, and prints where
+    everything is.
 
     Returns:
         The report's rows (`bn_keras.tuner.placement_report`), best first;
@@ -353,18 +383,28 @@ def search_summary(out, tuner, session, metric):
     from bn_keras.tuner import placement_report
 
     out.print()
-    rows = placement_report(tuner, console=out)
+    rows = placement_report(search.tuner, console=out) if search.tuner else []
+    dataset = search.dataset
+    if rows and dataset.task == "regression":
+        out.print(
+            f"(the report's scores are on the standardized target; times "
+            f"{dataset.loss_scale:.4g} in the target's units, as in "
+            f"{LEADERBOARD})"
+        )
+    results = search.results()
+    if results:
+        title = f"{dataset.name}, {search.settings.hypermodel} search"
+        csv_path, png_path = write_results(
+            session, results, search.metric, title, _trials_csv(search.tuner)
+        )
+        out.print(f"leaderboard:  {csv_path}")
+        out.print(f"plot:         {png_path}")
     if rows:
-        best_path = os.path.join(session, BEST_MODEL)
-        _save_best_model(tuner, best_path)
-        score = rows[0]["score"]
-        shown = "-" if score is None or math.isnan(score) else f"{score:.4f}"
-        out.print(f"best trial {rows[0]['trial_id']}: {metric} {shown}")
-        out.print(f"best model:   {best_path}")
+        _print_best(out, search, rows, session)
     else:
         out.print("no trial completed")
-    logs = os.path.join(session, "logs")
     out.print(f"tuner:        {os.path.join(session, 'tuner')}")
-    out.print(f"TensorBoard:  {logs} (one run per trial)")
-    tensorboard_hint(out, logs)
+    if search.logdir:
+        out.print(f"TensorBoard:  {search.logdir} (one run per trial)")
+        tensorboard_hint(out, search.logdir)
     return rows

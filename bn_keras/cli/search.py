@@ -4,17 +4,16 @@ Runs `bn_keras.tuner.BNPlacementHyperModel` on the `compare` architecture
 (or a ready-made `BNSearchMLP` / `BNSearchCNN`) with a chosen tuner and
 trial budget, and prints `bn_keras.tuner.placement_report`.
 
-This module holds the command's options and their checks; the hypermodel,
-the tuner and the search are `bn_keras.cli.experiment`'s, the output
-`bn_keras.cli.report`'s.
+This module holds the command's options and their checks, which need no
+Keras; the hypermodel, the tuner and the search are
+`bn_keras.cli.experiment.Search`'s, the output `bn_keras.cli.report`'s,
+both imported once the options are checked.
 """
-
-import os
 
 from bn_keras import registry
 from bn_keras.cli import datasets
-from bn_keras.cli import experiment
-from bn_keras.cli import report
+from bn_keras.cli import runtime
+from bn_keras.cli.common import MODELS
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import add_command
 from bn_keras.cli.common import add_model_arguments
@@ -24,7 +23,9 @@ from bn_keras.cli.common import check_positive
 from bn_keras.cli.common import console
 from bn_keras.cli.common import new_session_dir
 from bn_keras.cli.common import quiet_tensorflow_warnings
+from bn_keras.cli.common import resolve_names
 from bn_keras.cli.common import settings_options
+from bn_keras.cli.settings import SearchSettings
 
 HYPERMODELS = ("placement", "mlp", "cnn")
 DEFAULT_TRIALS = 10
@@ -53,9 +54,11 @@ tuners: random, grid, hyperband (--epochs is its max_epochs; --trials is
 ignored), bayesian (needs scipy: pip install 'bn-keras[bayesian]').
 
 Writes the tuner's trials, one TensorBoard run per trial (Keras's fit
-metrics, bn_keras's BatchNormMonitor and the trial's HParams) and the best
+metrics, bn_keras's BatchNormMonitor and the trial's HParams),
+leaderboard.csv and a PNG of the trials' validation curves, and the best
 model (best_model.keras, for 'bn-keras inspect') into a new folder under
---logdir.
+--logdir. Ctrl-C stops it: the trials completed so far are written the
+same way (exit status 130).
 """
 
 EPILOG = """\
@@ -63,6 +66,7 @@ examples:
   bn-keras search --trials 10                    # digits, random search
   bn-keras search --dataset wine --tuner bayesian --shared
   bn-keras search --hypermodel cnn --tuner hyperband --epochs 9
+  bn-keras search --data my_images/ --hypermodel cnn --quick
 """
 
 
@@ -76,7 +80,7 @@ def _add_space_arguments(parser):
     )
     add_model_arguments(
         space,
-        experiment.MODELS,
+        MODELS,
         model_help="with --hypermodel placement: the architecture (default: "
         "mlp)",
         placements_help="placements to choose from (space- or "
@@ -129,7 +133,8 @@ def add_parser(subparsers):
         "DIR/search-<dataset>-<time> (default: runs)",
         quick_help=f"a smoke test: {QUICK_TRIALS} trials of {QUICK_EPOCHS} "
         "epochs, small models",
-        verbose_help="show keras-tuner's and Keras's own output",
+        verbose_help="show keras-tuner's and Keras's own output, and "
+        "TensorFlow's start-up log",
     )
     parser.set_defaults(run=run)
     return parser
@@ -158,21 +163,20 @@ def parse(args):
     """The search the options ask for, checked.
 
     Returns:
-        An `experiment.SearchSettings`.
+        A `bn_keras.cli.settings.SearchSettings`.
 
     Raises:
         UsageError: for any option out of range, name unknown, or a tuner
             whose dependencies are missing.
     """
-    datasets.check_source(args.dataset, args.data, args.target)
-    placements, normalizations = experiment.resolve_names(
+    datasets.check_source(args)
+    placements, normalizations = resolve_names(
         args.placements,
         args.normalizations,
         defaults=(registry.PLACEMENTS, registry.normalization_names()),
     )
     trials, epochs = _budget(args)
-    experiment.tuner_class(args.tuner)  # bayesian needs scipy: say so now
-    return experiment.SearchSettings(
+    return SearchSettings(
         hypermodel=args.hypermodel,
         placements=placements,
         normalizations=normalizations,
@@ -184,29 +188,42 @@ def parse(args):
     )
 
 
+def _search(search, session):
+    """Runs the search, with a progress bar."""
+    from bn_keras.cli import report
+
+    with (
+        report.SearchProgress(search.settings) as progress,
+        quiet_tensorflow_warnings(search.settings.verbose),
+    ):
+        search.run(session, callbacks=[progress.callback])
+
+
 def run(args):
     settings = parse(args)
-    dataset = datasets.load(
-        args.dataset, args.data, args.target, args.task, args.seed
-    )
+    runtime.start_keras(settings.verbose)
+    from bn_keras.cli import experiment
+    from bn_keras.cli import report
+
+    experiment.tuner_class(settings.tuner)  # bayesian needs scipy: say so
+    dataset = datasets.load_from_args(args)
     if settings.hypermodel == "mlp":
         dataset.flatten_images()
-    hypermodel = experiment.build_hypermodel(settings, dataset)
+    search = experiment.Search(settings, dataset)
     session = new_session_dir(args.logdir, f"search-{dataset.name}")
-    tuner = experiment.make_tuner(settings, hypermodel, dataset.task, session)
     out = console()
     report.print_search_setup(out, dataset, settings)
-    with (
-        report.SearchProgress(settings) as progress,
-        quiet_tensorflow_warnings(settings.verbose),
-    ):
-        experiment.search(
-            tuner,
-            settings,
-            dataset,
-            os.path.join(session, "logs"),
-            callbacks=[progress.callback],
+    runtime.warn_all(search.setup_warnings())
+    finished = runtime.completed(_search, search, session)
+    rows = report.search_summary(out, search, session)
+    if not finished:
+        return runtime.interrupted(
+            "search",
+            report.partial_results(
+                search.results(),
+                None if settings.tuner == "hyperband" else settings.trials,
+                session,
+                "trials",
+            ),
         )
-    metric = experiment.objective(dataset.task)
-    rows = report.search_summary(out, tuner, session, metric)
     return 0 if rows else 1

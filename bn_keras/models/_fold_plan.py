@@ -166,6 +166,8 @@ def _why_kept(graph, bn):
         return "it does not follow a layer of this model"
     producer = graph.by_name[producers[0]]
     reason = why_not_foldable(producer, bn)
+    if reason is None and graph.calls[producer.name] != 1:
+        return f"'{producer.name}' is called more than once"
     if reason is None and not graph.single_path(producer.name, bn.name):
         return f"the output of '{producer.name}' is used elsewhere too"
     return reason

@@ -101,19 +101,39 @@ def _output_refs(value):
     return []
 
 
+def is_raw_op(operation):
+    """Whether a node of a Functional graph is a raw tensor operation.
+
+    `h * 2.0`, `h + 1.0` or `keras.ops.relu(h)` on the symbolic tensors of
+    a Functional model add a `keras.Operation` to its graph that is not a
+    layer: it has no weights and is not in `model.layers`, but it is in
+    `model.operations` and in the model's config. Rewrites call it as it
+    is, on the new model's tensors.
+    """
+    return isinstance(operation, keras.Operation) and not isinstance(
+        operation, keras.layers.Layer
+    )
+
+
 class LayerGraph:
     """Which layer feeds which, for a Sequential or Functional model.
 
     Built from public information only (the layer list of a Sequential
-    model, the `inbound_nodes` of a Functional model's config). Attributes:
+    model; the `operations` of a Functional model and the `inbound_nodes`
+    of its config). The nodes are the model's layers and, in a Functional
+    model, its raw tensor operations (`h * 2.0`, `keras.ops.relu(h)`; see
+    `is_raw_op`), so that a layer whose output also feeds an operation is
+    known to feed more than one node. Attributes:
 
     - `layers`: the model's layers, without its `InputLayer`s;
-    - `calls[name]`: how many times the layer is called in the model;
-    - `producers[name]`: names of the layers whose outputs it consumes, one
+    - `ops`: its raw tensor operations, in the order of `model.operations`;
+    - `by_name[name]`: the layer or operation of that name;
+    - `calls[name]`: how many times the node is called in the model;
+    - `producers[name]`: names of the nodes whose outputs it consumes, one
       entry per tensor (model inputs are left out);
-    - `consumers[name]`: names of the layers that consume its outputs, one
+    - `consumers[name]`: names of the nodes that consume its outputs, one
       entry per use;
-    - `outputs`: names of the layers that produce a model output, once per
+    - `outputs`: names of the nodes that produce a model output, once per
       output.
     """
 
@@ -123,8 +143,11 @@ class LayerGraph:
             for layer in model.layers
             if not isinstance(layer, keras.layers.InputLayer)
         ]
-        names = [layer.name for layer in self.layers]
-        self.by_name = dict(zip(names, self.layers))
+        self.ops = []
+        if kind == "functional":
+            self.ops = [op for op in model.operations if is_raw_op(op)]
+        names = [node.name for node in self.layers + self.ops]
+        self.by_name = dict(zip(names, self.layers + self.ops))
         self.calls = {name: 1 for name in names}
         self.producers = {name: [] for name in names}
         self.consumers = {name: [] for name in names}
@@ -212,6 +235,18 @@ class Replacement:
         self.main = main
         self.weights = weights
         self.make_extra = make_extra or (lambda: ((), ()))
+
+
+def copied(layer, make_extra=None):
+    """The `Replacement` that copies `layer` with its weights.
+
+    A `keras.layers.Lambda` is used as it is, as a raw operation is: it
+    has no weights of its own, and its Python function cannot be copied
+    from its config (Keras's safe mode refuses to deserialize a lambda).
+    """
+    if isinstance(layer, keras.layers.Lambda):
+        return Replacement(layer, None, make_extra)
+    return Replacement(copy_layer(layer), layer.get_weights(), make_extra)
 
 
 def rebuild(model, kind, replace, input_layers=None):
@@ -303,9 +338,11 @@ def _rebuild_functional(model, replacement, input_layers):
 def _functional_call(replacement, normalized):
     """The `call_function` of `clone_model` that applies the replacements.
 
-    Every call of a layer in the original graph goes through it, with the
-    new model's tensors: inputs that have an input layer are swapped for
-    its output, and the layer's replacement is called in its place.
+    Every call of a layer or raw tensor operation in the original graph
+    goes through it, with the new model's tensors: inputs that have an
+    input layer are swapped for its output; a raw operation (`h * 2.0`,
+    see `is_raw_op`) is called as it is, and a layer's replacement is
+    called in the layer's place.
     """
     weights_set = set()
 
@@ -314,6 +351,8 @@ def _functional_call(replacement, normalized):
             args, kwargs = keras.tree.map_structure(
                 lambda t: normalized.get(id(t), t), (args, kwargs)
             )
+        if is_raw_op(layer):
+            return layer(*args, **kwargs)  # stateless: nothing to copy
         step = replacement(layer)
         before, after = step.make_extra()
         args = list(args)

@@ -16,6 +16,7 @@ from bn_keras.layers._layer_kinds import is_linear
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.models._graph import GraphError
 from bn_keras.models._graph import LayerGraph
+from bn_keras.models._graph import is_raw_op
 from bn_keras.models._graph import model_kind
 from bn_keras.models.find_batchnorm import find_batchnorm
 
@@ -52,6 +53,8 @@ def describe(layer):
         return "input"
     if isinstance(layer, str):
         return layer
+    if is_raw_op(layer):  # `h * 2.0`, `keras.ops.relu(h)`
+        return f"{type(layer).__name__} (op)"
     if isinstance(layer, keras.layers.Activation):
         return keras.activations.serialize(layer.activation)
     if isinstance(layer, ACTIVATION_LAYERS):

@@ -13,6 +13,7 @@ from bn_keras._validation import check_bool
 from bn_keras.models._fold_plan import fold_spec
 from bn_keras.models._fold_plan import plan_fold
 from bn_keras.models._graph import Replacement
+from bn_keras.models._graph import copied
 from bn_keras.models._graph import copy_layer
 from bn_keras.models._graph import rebuild
 
@@ -67,7 +68,7 @@ def _apply(model, plan):
             return Replacement(_apply(layer, plan.nested[layer.name]))
         if layer.name in plan.blocks:
             return _folded_block(layer)
-        return Replacement(copy_layer(layer), layer.get_weights())
+        return copied(layer)
 
     return rebuild(model, plan.kind, replace)
 

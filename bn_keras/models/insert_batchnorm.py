@@ -14,6 +14,7 @@ from bn_keras.models._graph import LayerGraph
 from bn_keras.models._graph import Replacement
 from bn_keras.models._graph import all_layer_names
 from bn_keras.models._graph import all_layers
+from bn_keras.models._graph import copied
 from bn_keras.models._graph import copy_layer
 from bn_keras.models._graph import input_names
 from bn_keras.models._graph import model_kind
@@ -64,11 +65,6 @@ def _select(model, layers):
 _LAYER_ACT_BN = ("layer", "act", "bn")
 
 
-def _copied(layer, extra=None):
-    """`layer` copied with its weights; `extra()` gives (before, after)."""
-    return Replacement(copy_layer(layer), layer.get_weights(), extra)
-
-
 class _Insertion:
     """What `insert_batchnorm` adds, applied to a model and its sub-models.
 
@@ -113,10 +109,10 @@ class _Insertion:
                 return Replacement(self.rewrite(layer))
             if layer.name in bn_after:
                 normalized = bn_after[layer.name]
-                return _copied(layer, lambda: ((), (bn_for(normalized),)))
+                return copied(layer, lambda: ((), (bn_for(normalized),)))
             moved = layer.name in {b.name for b in bn_after.values()}
             if moved or not self.selected(layer) or "bn" not in self.order:
-                return _copied(layer)
+                return copied(layer)
             return self._with_bn(layer, bn_for, taken)
 
         return rebuild(model, kind, replace, input_bn)
@@ -147,9 +143,9 @@ class _Insertion:
     def _with_bn(self, layer, bn_for, taken):
         """The replacement of a selected layer: BN at the placement."""
         if self.order[0] == "bn":
-            return _copied(layer, lambda: ((bn_for(layer),), ()))
+            return copied(layer, lambda: ((bn_for(layer),), ()))
         if self.order == _LAYER_ACT_BN or is_linear(layer):
-            return _copied(layer, lambda: ((), (bn_for(layer),)))
+            return copied(layer, lambda: ((), (bn_for(layer),)))
         # "layer-bn-act": split the layer's own activation out.
         activation = layer.get_config()["activation"]
 

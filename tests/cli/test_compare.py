@@ -139,7 +139,7 @@ def test_compare_printed_table(digits_run):
 @pytest.mark.slow
 def test_compare_plot_is_a_png(digits_run):
     assert_png(
-        digits_run["session"] / "validation_curves.png", width=800, height=500
+        digits_run["session"] / "validation_curves.png", width=1200, height=500
     )
 
 
@@ -242,10 +242,10 @@ def _write(path, text):
 
 ERRORS = {
     "unknown dataset": (
-        ["--dataset", "mnist"],
+        ["--dataset", "imagenet"],
         (
-            "unknown dataset 'mnist'. Valid datasets: digits, wine, "
-            "breast_cancer, scales"
+            "unknown dataset 'imagenet'. Valid datasets: digits, wine, "
+            "breast_cancer, scales, mnist, fashion_mnist, cifar10"
         ),
     ),
     "unknown placement": (
@@ -289,12 +289,14 @@ ERRORS = {
         ["--data", "{tmp}/absent.csv", "--target", "y"],
         "{tmp}/absent.csv: cannot read the file: No such file or directory",
     ),
-    "unknown file type": (
-        ["--data", "{tmp}/data.txt", "--target", "y"],
-        (
-            "--data {tmp}/data.txt: unknown file type '.txt'; expected a "
-            ".csv or .npz file"
-        ),
+    "missing folder": (
+        ["--data", "{tmp}/my_images"],
+        "--data {tmp}/my_images: no such file or folder",
+    ),
+    "limit too small": (["--limit", "9"], "--limit must be at least 10"),
+    "image size without a folder": (
+        ["--image-size", "32"],
+        "--image-size goes with --data FOLDER",
     ),
 }
 
@@ -367,7 +369,8 @@ def test_compare_malformed_npz(tmp_path, capsys):
         "--logdir", tmp_path / "runs",
     )
     assert status == 2
-    assert f"{corrupt}: not a readable NPZ file" in err
+    assert f"{corrupt}: not a valid .npz archive" in err
+    assert "allow_pickle" not in err
 
     arrays = tmp_path / "arrays.npz"
     np.savez(arrays, x=np.zeros((20, 3)), labels=np.zeros(20))

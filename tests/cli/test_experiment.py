@@ -4,16 +4,17 @@ import keras
 import numpy as np
 
 import bn_keras
+from bn_keras.cli import common
 from bn_keras.cli import datasets
 from bn_keras.cli import experiment
 
 
 def test_configurations_and_their_models():
     configurations = experiment.configurations(
-        experiment.resolve_placements(
+        common.resolve_placements(
             ["none", "pre_activation", "layer-bn-act"]
         ),
-        experiment.resolve_normalizations(["renorm", "ghost"]),
+        common.resolve_normalizations(["renorm", "ghost"]),
     )
     assert [c.slug for c in configurations] == [
         "no-bn",

@@ -3,11 +3,14 @@
 import os
 
 import keras
+import numpy as np
 import pytest
 
 import bn_keras
 from bn_keras.cli import datasets
+from tests.cli.helpers import assert_png
 from tests.cli.helpers import event_files
+from tests.cli.helpers import read_csv
 from tests.cli.helpers import read_scalars
 from tests.cli.helpers import run_cli
 from tests.cli.helpers import session_dirs
@@ -57,6 +60,21 @@ def test_search_placement_hypermodel(tmp_path, capsys):
     assert status == 0, err
     assert f"{len(layers)} batch normalization layer" in inspected
 
+    # The trials' leaderboard and plot, as compare writes them.
+    rows = read_csv(session / "leaderboard.csv")
+    assert sorted(row["trial"] for row in rows) == trials
+    assert float(rows[0]["best_val_accuracy"]) == pytest.approx(score, abs=6e-5)
+    for row in rows:
+        logged = read_scalars(
+            session / "logs" / row["run_dir"] / "execution0" / "validation"
+        )["epoch_accuracy"]
+        assert float(row["best_val_accuracy"]) == pytest.approx(
+            max(logged.values()), abs=1e-6
+        )
+        assert row["epochs"] == "2"
+        assert "/placement=" in row["hyperparameters"]
+    assert_png(session / "validation_curves.png", width=1200, height=500)
+
 
 @pytest.mark.slow
 @pytest.mark.tensorflow_only
@@ -73,7 +91,20 @@ def test_search_ready_made_mlp_regression(tmp_path, capsys):
     assert "val_loss (min)" in out
     assert "block_0" in out
     (session,) = session_dirs(tmp_path, "search-scales")
-    assert (tmp_path / session / "best_model.keras").is_file()
+    session = tmp_path / session
+    # The best model predicts in the target's units: its error on the raw
+    # targets is the leaderboard's best validation loss.
+    best = keras.saving.load_model(
+        session / "best_model.keras", compile=False
+    )
+    data = datasets.load("scales", seed=0)
+    raw = data.y_val * data.target_scale + data.target_mean
+    predicted = best.predict(data.x_val, verbose=0)[:, 0]
+    (first, *_) = read_csv(session / "leaderboard.csv")
+    assert float(first["best_val_loss"]) == pytest.approx(
+        float(np.mean((predicted - raw) ** 2)), rel=1e-3
+    )
+    assert float(first["best_val_loss"]) > 1.0  # not the standardized loss
 
 
 @pytest.mark.parametrize(
@@ -92,7 +123,7 @@ def test_search_ready_made_mlp_regression(tmp_path, capsys):
                 "batch, ghost, renorm"
             ),
         ),
-        (["--dataset", "cifar10"], "unknown dataset 'cifar10'"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (
             ["--dataset", "wine", "--hypermodel", "cnn"],
             "--hypermodel cnn needs image data",

@@ -271,6 +271,38 @@ def test_functional_model_with_a_nested_model():
     assert model(np.ones((2, 4, 4, 2), "float32")).shape == (2, 2)
 
 
+def test_functional_model_with_raw_tensor_ops():
+    # `h + 1.0` and `keras.ops.relu` are operations, not layers: `hidden`
+    # still feeds `out` through them, so it is not an output slot.
+    inputs = keras.Input((4,), name="x")
+    h = keras.ops.relu(keras.layers.Dense(6, name="hidden")(inputs) + 1.0)
+    outputs = keras.layers.Dense(2, name="out")(h * 2.0)
+    hypermodel = BNPlacementHyperModel(
+        keras.Model(inputs, outputs), input_batchnorm=False
+    )
+    assert hypermodel.slots == ["hidden", "out"]
+    assert hypermodel.slot_placements("hidden") == bn_keras.registry.PLACEMENTS
+    model = hypermodel.build(
+        pinned(
+            hidden__placement="layer-bn-act",
+            hidden__normalization="renorm",
+            out__placement="layer-act",
+        )
+    )
+    assert [type(op).__name__ for op in model.operations] == [
+        "InputLayer",
+        "Dense",
+        "BatchNormalization",
+        "Add",
+        "Relu",
+        "Multiply",
+        "Dense",
+    ]
+    assert [(bn.name, kind(bn)) for bn in bn_keras.find_batchnorm(model)] == [
+        ("hidden_bn", "renorm"),
+    ]
+
+
 def test_the_users_model_is_never_modified_nor_shared(tmp_path):
     model = user_model()
     model.fit(*tiny_data(), epochs=1, verbose=0)  # "pretrained"
