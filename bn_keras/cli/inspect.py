@@ -19,16 +19,13 @@ from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import console
 from bn_keras.cli.common import table
-from bn_keras.layers import BNBlock
-from bn_keras.layers._layer_kinds import ACTIVATION_LAYERS
-from bn_keras.layers._layer_kinds import is_linear
-from bn_keras.models import find_batchnorm
 from bn_keras.models import fold_batchnorm
 from bn_keras.models._fold_plan import plan_fold
 from bn_keras.models._graph import GraphError
-from bn_keras.models._graph import LayerGraph
-from bn_keras.models._graph import is_raw_op
-from bn_keras.models._graph import model_kind
+from bn_keras.models._placement import batchnorm_neighbours
+from bn_keras.models._placement import describe
+from bn_keras.models._placement import kind_of
+from bn_keras.models._placement import position
 
 # -- reading the model --------------------------------------------------------
 
@@ -62,96 +59,6 @@ class Row:
         return notes + [f"warning: {warning}" for warning in self.warnings]
 
 
-def kind_of(layer):
-    """'plain', 'ghost(N)', 'renorm' or 'ghost(N)+renorm'."""
-    parts = []
-    size = getattr(layer, "virtual_batch_size", None)
-    if size:
-        parts.append(f"ghost({size})")
-    if getattr(layer, "renorm", False):
-        parts.append("renorm")
-    return "+".join(parts) or "plain"
-
-
-def _is_activation(layer):
-    if layer is None:
-        return False
-    return isinstance(layer, ACTIVATION_LAYERS) or not is_linear(layer)
-
-
-def _describe(layer):
-    """A short label: the class, or the activation's name."""
-    if layer is None:
-        return "input"
-    if isinstance(layer, str):
-        return layer
-    if is_raw_op(layer):  # `h * 2.0`, `keras.ops.relu(h)`
-        return f"{type(layer).__name__} (op)"
-    if isinstance(layer, keras.layers.Activation):
-        return keras.activations.serialize(layer.activation)
-    if isinstance(layer, ACTIVATION_LAYERS):
-        return type(layer).__name__
-    label = type(layer).__name__
-    if not is_linear(layer):
-        label += f"({keras.activations.serialize(layer.activation)})"
-    return label
-
-
-def _position(before, after):
-    """Where the BN sits relative to the activation, if next to one.
-
-    After a layer with a built-in activation (`Dense(relu)`) counts as after
-    the activation; before such a layer does not (its activation comes
-    after its kernel).
-    """
-    if isinstance(after, ACTIVATION_LAYERS):
-        return "before act"
-    if _is_activation(before):
-        return "after act"
-    return ""
-
-
-#: The neighbour of a layer that has several inputs or outputs.
-SEVERAL = "several"
-
-
-def _neighbour(graph, names, outside):
-    """The one layer in `names`, `SEVERAL`, or `outside` if none."""
-    if not names:
-        return outside
-    if len(set(names)) > 1:
-        return SEVERAL
-    return graph.by_name[names[0]]
-
-
-def _walk(model, prefix, outer_before, outer_after, found):
-    """Records `(path, bn, before, after)` for every BN in forward order."""
-    try:
-        graph = LayerGraph(model, model_kind(model, "inspect"))
-    except GraphError:
-        return  # subclassed: find_batchnorm still lists its BN layers
-    for layer in graph.layers:
-        producers = graph.producers[layer.name]
-        consumers = graph.consumers[layer.name]
-        before = _neighbour(graph, producers, outer_before)
-        after = _neighbour(graph, consumers, outer_after)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append((prefix + layer.name, layer, before, after))
-        elif isinstance(layer, keras.Model):
-            _walk(layer, f"{prefix}{layer.name}/", before, after, found)
-        elif isinstance(layer, BNBlock) and layer.normalization is not None:
-            steps = layer.layers
-            i = steps.index(layer.normalization)
-            found.append(
-                (
-                    f"{prefix}{layer.name}/{layer.normalization.name}",
-                    layer.normalization,
-                    steps[i - 1] if i > 0 else before,
-                    steps[i + 1] if i + 1 < len(steps) else after,
-                )
-            )
-
-
 def _range(values):
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -183,18 +90,6 @@ def _warnings(layer, statistics):
     return messages
 
 
-def _batchnorm_layers(model):
-    """`(path, bn, before, after)` for every BN layer, in forward order."""
-    found = []
-    _walk(model, "", None, None, found)
-    walked = {id(entry[1]) for entry in found}
-    for layer in find_batchnorm(model):  # e.g. inside a subclassed model
-        if id(layer) not in walked:
-            path = getattr(layer, "path", layer.name)
-            found.append((path, layer, None, None))
-    return found
-
-
 def _fold_notes(model):
     """Why `fold_batchnorm` keeps each BN layer ("" if it folds it), by
     path, and the note for the BN layers it does not reach."""
@@ -222,9 +117,9 @@ def _row(path, layer, before, after, fold_note):
     return Row(
         path=path,
         kind=kind_of(layer),
-        before=_describe(before),
-        after=_describe(after) if after is not None else "output",
-        position=_position(before, after),
+        before=describe(before),
+        after=describe(after) if after is not None else "output",
+        position=position(before, after),
         channels=channels,
         mean_range=_range(mean),
         variance_range=_range(variance),
@@ -240,7 +135,7 @@ def inspect_model(model):
     notes, unreached = _fold_notes(model)
     return [
         _row(path, layer, before, after, notes.get(path, unreached))
-        for path, layer, before, after in _batchnorm_layers(model)
+        for path, layer, before, after in batchnorm_neighbours(model)
     ]
 
 

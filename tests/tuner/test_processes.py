@@ -207,4 +207,4 @@ def test_trial_folders_and_hparams_on_jax(tmp_path):
         assert hparams_sessions(execution) == [trial["values"]]
         tags = scalar_tags(os.path.join(execution, "batchnorm"))
         drift = [t for t in tags if t.endswith("/moving_mean/drift")]
-        assert {tag.split("/")[0] for tag in drift} == set(trial["bn_layers"])
+        assert {tag.split("/")[0] for tag in drift} == set(trial["bn_tags"])
