@@ -23,6 +23,8 @@ import numpy as np
 from bn_keras import registry
 from bn_keras.callbacks import BatchNormMonitor
 from bn_keras.cli import runtime
+from bn_keras.cli._comparison_hparams import write_comparison_experiment
+from bn_keras.cli._comparison_hparams import write_configuration_session
 from bn_keras.cli.common import UsageError
 from bn_keras.models import insert_batchnorm
 
@@ -444,6 +446,7 @@ class Comparison:
         Returns:
             `results`, one `Result` per configuration, in order.
         """
+        write_comparison_experiment(session, self)
         for index, configuration in enumerate(self.configurations):
             on_epoch = None
             if progress is not None:
@@ -468,6 +471,7 @@ class Comparison:
         )
         compile_model(model, self.dataset.task, settings.learning_rate)
         run_dir = os.path.join(session, configuration.slug)
+        write_configuration_session(run_dir, configuration, settings)
         history, seconds = train(
             model,
             self.dataset,
