@@ -324,6 +324,7 @@ class Result:
     metric: str  # the `objective` the results are ranked by
     configuration: Configuration = None  # None for a search's trial
     first_epoch: int = 1  # a trial that hyperband continues starts later
+    trial_id: str = None  # a search's trial
 
     @property
     def is_baseline(self):
@@ -657,7 +658,12 @@ class Search:
                 keras.callbacks.TensorBoard(
                     log_dir=self.logdir, write_graph=False, profile_batch=0
                 ),
-                BatchNormMonitor(self.logdir),
+                # Probed like `compare`'s: the train/inference gap is a
+                # metric of the HParams dashboard.
+                BatchNormMonitor(
+                    self.logdir,
+                    probe_data=self.dataset.x_val[: settings.batch_size],
+                ),
                 self.recorder,
                 InterruptCheck(),
                 *callbacks,
@@ -668,6 +674,8 @@ class Search:
 
     def results(self):
         """A `Result` per completed trial (losses in the target's units)."""
+        from bn_keras.tuner._trial_runs import run_name
+
         if self.tuner is None:
             return []
         results = []
@@ -676,14 +684,16 @@ class Search:
             done = trial is not None and str(trial.status) == "COMPLETED"
             if not done or self.metric not in history:
                 continue
+            values = trial.hyperparameters.values
             results.append(
                 Result(
                     f"trial {trial_id}",
-                    os.path.join(self.logdir, trial_id),
+                    os.path.join(self.logdir, run_name(trial_id, values)),
                     in_target_units(history, self.dataset),
                     self.recorder.seconds[trial_id],
                     self.metric,
                     first_epoch=self.recorder.first_epochs[trial_id],
+                    trial_id=trial_id,
                 )
             )
         return results
