@@ -20,6 +20,7 @@ opened when nothing was written in it.
 
 import contextlib
 import os
+import re
 
 import keras
 from keras_tuner.engine import hyperparameters as hp_types
@@ -52,12 +53,23 @@ def slot_names(names):
     )
 
 
+def _safe(value):
+    """A value as it may appear in a folder name: letters, digits, `.`,
+    `-` and `+` kept, anything else (a `/`, a space) a `-`."""
+    return re.sub(r"[^A-Za-z0-9.+-]", "-", str(value))
+
+
 def _choice(values, slot):
-    """`placement` or `placement.normalization` of one slot."""
-    placement = registry.get_placement(values[f"{slot}/{PLACEMENT}"])
+    """`placement` or `placement.normalization` of one slot (a value that
+    is not a placement name, from a hypermodel of your own, as it is)."""
+    placement = values[f"{slot}/{PLACEMENT}"]
     normalization = values.get(f"{slot}/{NORMALIZATION}")
+    try:
+        placement = registry.get_placement(placement)
+    except (TypeError, ValueError):
+        return _safe(placement)
     if registry.has_batchnorm(placement) and normalization is not None:
-        return f"{placement}.{normalization}"
+        return f"{placement}.{_safe(normalization)}"
     return placement
 
 

@@ -88,6 +88,17 @@ def test_many_layers_are_summarized_by_count():
     assert len(name) <= MAX_CONFIGURATION_CHARS
 
 
+def test_values_of_a_hypermodel_of_your_own_make_a_folder_name():
+    values = {
+        "head/placement": "after pooling",  # not a placement name
+        "body/placement": "layer-bn-act",
+        "body/normalization": "group/4",
+    }
+    assert run_name("2", values) == (
+        "trial_2-after-pooling_layer-bn-act.group-4"
+    )
+
+
 def test_names_are_the_same_for_the_same_values():
     first = {
         **slot("a", "layer-act-bn", "batch"),
