@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Keep TensorFlow's C++ logging quiet; errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install lint test test-tf test-jax bench demo clean
+.PHONY: install lint test test-tf test-jax bench demo screenshots clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ install: $(STAMP)
 # ruff (pinned in the dev extra, configured in pyproject.toml) over the
 # package, the tests, the examples and the benchmarks.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bn_keras tests examples benchmarks
+	$(VENV)/bin/ruff check bn_keras tests examples benchmarks docs
 
 # Lint first, then the whole suite on the TensorFlow backend, then the layer
 # tests again on JAX so that the layers stay backend-agnostic (keras.ops
@@ -52,5 +52,16 @@ demo: $(STAMP)
 	echo "one TensorBoard run per configuration; open the dashboard with"; \
 	echo "  $(VENV)/bin/tensorboard --logdir $$latest"
 
+# The README's pictures (docs/images): the demo's comparison, served by
+# TensorBoard on 127.0.0.1 and photographed by Debian's headless Chromium
+# through selenium, which lives in its own environment, $(SHOTS_VENV), not
+# in the package's. Needs `apt-get install chromium chromium-driver`; 4
+# minutes on two busy CPU cores. Not part of `make test`.
+SHOTS_VENV := .venv-screenshots
+screenshots: $(STAMP)
+	test -x $(SHOTS_VENV)/bin/python || $(PYTHON) -m venv $(SHOTS_VENV)
+	$(SHOTS_VENV)/bin/python -m pip install --quiet selenium pillow
+	$(SHOTS_VENV)/bin/python docs/screenshots.py --python $(PY)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SHOTS_VENV) build *.egg-info .pytest_cache

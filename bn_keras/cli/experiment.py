@@ -23,6 +23,8 @@ import numpy as np
 from bn_keras import registry
 from bn_keras.callbacks import BatchNormMonitor
 from bn_keras.cli import runtime
+from bn_keras.cli._comparison_hparams import write_comparison_experiment
+from bn_keras.cli._comparison_hparams import write_configuration_session
 from bn_keras.cli.common import UsageError
 from bn_keras.models import insert_batchnorm
 
@@ -350,6 +352,7 @@ class Result:
     metric: str  # the `objective` the results are ranked by
     configuration: Configuration = None  # None for a search's trial
     first_epoch: int = 1  # a trial that hyperband continues starts later
+    trial_id: str = None  # a search's trial
 
     @property
     def is_baseline(self):
@@ -474,6 +477,7 @@ class Comparison:
         Returns:
             `results`, one `Result` per configuration, in order.
         """
+        write_comparison_experiment(session, self)
         for index, configuration in enumerate(self.configurations):
             on_epoch = None
             if progress is not None:
@@ -498,6 +502,7 @@ class Comparison:
         )
         compile_model(model, self.dataset.task, settings.learning_rate)
         run_dir = os.path.join(session, configuration.slug)
+        write_configuration_session(run_dir, configuration, settings)
         history, seconds = train(
             model,
             self.dataset,
@@ -683,7 +688,12 @@ class Search:
                 keras.callbacks.TensorBoard(
                     log_dir=self.logdir, write_graph=False, profile_batch=0
                 ),
-                BatchNormMonitor(self.logdir),
+                # Probed like `compare`'s: the train/inference gap is a
+                # metric of the HParams dashboard.
+                BatchNormMonitor(
+                    self.logdir,
+                    probe_data=self.dataset.x_val[: settings.batch_size],
+                ),
                 self.recorder,
                 InterruptCheck(),
                 *callbacks,
@@ -694,6 +704,8 @@ class Search:
 
     def results(self):
         """A `Result` per completed trial (losses in the target's units)."""
+        from bn_keras.tuner._trial_runs import run_name
+
         if self.tuner is None:
             return []
         results = []
@@ -702,14 +714,16 @@ class Search:
             done = trial is not None and str(trial.status) == "COMPLETED"
             if not done or self.metric not in history:
                 continue
+            values = trial.hyperparameters.values
             results.append(
                 Result(
                     f"trial {trial_id}",
-                    os.path.join(self.logdir, trial_id),
+                    os.path.join(self.logdir, run_name(trial_id, values)),
                     in_target_units(history, self.dataset),
                     self.recorder.seconds[trial_id],
                     self.metric,
                     first_epoch=self.recorder.first_epochs[trial_id],
+                    trial_id=trial_id,
                 )
             )
         return results

@@ -343,7 +343,7 @@ def _trials_csv(tuner):
         ]
         rows = []
         for rank, result in leaderboard_rows(results):
-            trial_id = os.path.basename(result.run_dir)
+            trial_id = result.trial_id
             values = tuner.oracle.trials[trial_id].hyperparameters.values
             rows.append(
                 [

@@ -1,6 +1,8 @@
 """A table of the completed trials of a search and their BN choices."""
 
 from bn_keras import registry
+from bn_keras.tuner._trial_runs import run_name
+from bn_keras.tuner._trial_runs import slot_names
 from bn_keras.tuner.bn_hyperparameters import DMAX
 from bn_keras.tuner.bn_hyperparameters import MOMENTUM
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATION
@@ -26,13 +28,10 @@ _COMPLETED = "COMPLETED"
 
 def _slots(space_names, trials):
     """Slot prefixes (names with a `"/placement"`), in declaration order."""
-    suffix = f"/{PLACEMENT}"
     names = list(space_names)
     for trial in trials:
         names.extend(n for n in trial.hyperparameters.values if n not in names)
-    return list(
-        dict.fromkeys(n[: -len(suffix)] for n in names if n.endswith(suffix))
-    )
+    return slot_names(names)
 
 
 def _completed_trials(oracle):
@@ -93,8 +92,10 @@ def placement_report(tuner, print_table=True, console=None):
 
     Returns:
         A list with one dict per completed trial, best first, with keys
-        `"rank"` (from 1), `"trial_id"`, `"score"`, `"slots"` (a dict from
-        slot name to a dict with `"placement"` and, with BN,
+        `"rank"` (from 1), `"trial_id"`, `"run_name"` (the name of the
+        trial's TensorBoard run, as `bn_keras.tuner.BNHyperModel` gives it,
+        such as `"trial_03-layer-bn-act.batch"`), `"score"`, `"slots"` (a
+        dict from slot name to a dict with `"placement"` and, with BN,
         `"normalization"`, `"momentum"` and the normalization's settings;
         slots absent from the trial, such as the blocks beyond its depth,
         are left out) and `"hyperparameters"` (the trial's other values).
@@ -133,6 +134,9 @@ def placement_report(tuner, print_table=True, console=None):
             {
                 "rank": rank,
                 "trial_id": trial.trial_id,
+                "run_name": run_name(
+                    trial.trial_id, trial.hyperparameters.values
+                ),
                 "score": (
                     None if trial.score is None else float(trial.score)
                 ),
@@ -171,6 +175,14 @@ def _caption(oracle, count, constant):
     return caption
 
 
+def _run_cell(name):
+    """A run name broken into lines after the trial id and each slot."""
+    trial, dash, configuration = name.partition("-")
+    parts = configuration.split("_")
+    lines = [trial + dash] + [f"{part}_" for part in parts[:-1]] + parts[-1:]
+    return "\n".join(line for line in lines if line)
+
+
 def _print(rows, slots, oracle, console):
     from rich.console import Console
     from rich.table import Table
@@ -190,7 +202,8 @@ def _print(rows, slots, oracle, console):
         show_lines=True,
     )
     table.add_column("#", justify="right")
-    table.add_column("trial")
+    run_cells = [_run_cell(row["run_name"]) for row in rows]
+    table.add_column("trial (TensorBoard run)", overflow="fold")
     table.add_column(
         objective + (f" ({direction})" if direction else ""), justify="right"
     )
@@ -205,12 +218,12 @@ def _print(rows, slots, oracle, console):
         for other in others
     ]
     if any(varied):
-        table.add_column("other hyperparameters")
-    for row, other in zip(rows, varied):
+        table.add_column("other hyperparameters", overflow="fold")
+    for row, run_cell, other in zip(rows, run_cells, varied):
         score = row["score"]
         cells = [
             str(row["rank"]),
-            str(row["trial_id"]),
+            run_cell,
             "-" if score is None else f"{score:.4f}",
             *[_slot_cell(row["slots"].get(slot)) for slot in slots],
         ]

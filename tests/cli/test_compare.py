@@ -15,6 +15,8 @@ from tests.cli.helpers import read_csv
 from tests.cli.helpers import read_scalars
 from tests.cli.helpers import run_cli
 from tests.cli.helpers import session_dirs
+from tests.tuner.helpers import hparams_experiments
+from tests.tuner.helpers import hparams_sessions
 
 EPOCHS = 2
 LABELS = {
@@ -160,6 +162,49 @@ def test_compare_run_folders_and_event_files(digits_run):
         steps = scalars["batchnorm/max_drift_in_std"]
         assert sorted(steps) == list(range(EPOCHS))
         assert any(tag.endswith("/1_probe_gap") for tag in scalars)
+
+
+@pytest.mark.slow
+def test_compare_hparams_experiment_and_sessions(digits_run):
+    """One HParams session per configuration, named after its run folder;
+    the config ranks placement, normalization, then the rest, and puts
+    the objective first among the metrics."""
+    session = digits_run["session"]
+    (experiment,) = hparams_experiments(session)
+    assert experiment["display_names"] == [
+        "placement",
+        "normalization",
+        "momentum",
+        "ghost_batch_size",
+    ]
+    domains = experiment["domains"]
+    assert domains["1.placement"] == ["bn-act-layer", "layer-bn-act", "none"]
+    assert domains["2.normalization"] == ["batch", "ghost", "none"]
+    assert domains["3.ghost_batch_size"] == [8]
+    assert experiment["metrics"] == [
+        ("validation", "epoch_accuracy"),
+        ("validation", "epoch_loss"),
+        ("batchnorm", "batchnorm/max_probe_gap"),
+        ("batchnorm", "batchnorm/max_drift_in_std"),
+        ("batchnorm", "batchnorm/min_moving_variance"),
+        ("batchnorm", "batchnorm/nonfinite_layers"),
+    ]
+    rows = {
+        row["run_dir"]: row
+        for row in read_csv(session / "leaderboard.csv")
+    }
+    for name in LABELS:
+        ((group, values),) = hparams_sessions(session / name)
+        assert group == name
+        expected = {
+            "1.placement": rows[name]["placement"],
+            "2.normalization": rows[name]["normalization"],
+        }
+        if name != "no-bn":
+            expected["3.momentum"] = 0.99
+        if name.endswith("_ghost"):
+            expected["3.ghost_batch_size"] = 8
+        assert values == expected
 
 
 @pytest.mark.slow
