@@ -28,19 +28,23 @@ import os
 from tensorboard.plugins.hparams import summary_v2
 
 from bn_keras.callbacks._event_writer import SummaryWriter
-from bn_keras.callbacks.batch_norm_monitor import RUN_NAME
+from bn_keras.callbacks._layout import MAX_DRIFT
+from bn_keras.callbacks._layout import MAX_PROBE_GAP
+from bn_keras.callbacks._layout import MIN_VARIANCE
+from bn_keras.callbacks._layout import NONFINITE
+from bn_keras.callbacks._layout import RUN_NAME
 
 #: Subfolders of a run where `keras.callbacks.TensorBoard` writes.
 TRAIN_GROUP = "train"
 VALIDATION_GROUP = "validation"
 
 # The monitor's model-wide figures, in the order the dashboard shows
-# them: (tag under `batchnorm/`, display name, needs `probe_data`).
+# them (the Overview's): (tag, display name, needs `probe_data`).
 _MONITOR_FIGURES = (
-    ("max_probe_gap", "BN max train/inference gap", True),
-    ("max_drift_in_std", "BN max drift (std units)", False),
-    ("min_moving_variance", "BN min moving variance", False),
-    ("nonfinite_layers", "BN non-finite layers", False),
+    (MAX_PROBE_GAP, "BN max train/inference gap", True),
+    (MAX_DRIFT, "BN max drift (std units)", False),
+    (MIN_VARIANCE, "BN min moving variance", False),
+    (NONFINITE, "BN non-finite layers", False),
 )
 
 
@@ -66,9 +70,7 @@ def monitor_metrics(probe):
     """The model-wide figures of `BatchNormMonitor`, as HParams metrics;
     the train/inference gap only when it has `probe_data` (`probe`)."""
     return [
-        summary_v2.Metric(
-            f"{RUN_NAME}/{tag}", group=RUN_NAME, display_name=display_name
-        )
+        summary_v2.Metric(tag, group=RUN_NAME, display_name=display_name)
         for tag, display_name, needs_probe in _MONITOR_FIGURES
         if probe or not needs_probe
     ]

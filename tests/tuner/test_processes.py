@@ -211,7 +211,7 @@ def test_trial_folders_and_hparams_on_jax(tmp_path):
         if os.path.isdir(os.path.join(log_dir, name))
     ]
     assert sorted(runs) == sorted(names.values())
-    assert [len(t["bn_layers"]) for t in trials.values()] == [1, 2]
+    assert [len(t["bn_tags"]) for t in trials.values()] == [1, 2]
     for trial_id, trial in trials.items():
         assert trial["status"] == "COMPLETED"
         run_dir = os.path.join(log_dir, names[trial_id])
