@@ -1,7 +1,7 @@
 """The Custom Scalars layout of `BatchNormMonitor`'s run.
 
-An "Overview" category first (Keras's validation curves and the
-model-wide BN figures, across runs), then one category per BN layer in
+An "Overview" category first (the validation curves and the model-wide BN
+figures, across runs), then one category per BN layer in
 forward order, titled with its tag prefix. TensorBoard merges the layouts
 of all runs by category title, keeping the first run's order, so runs of
 one architecture share their categories.
@@ -56,19 +56,27 @@ def _band(title, value, lower, upper):
     )
 
 
-def overview_category(accuracy_names, probe):
-    """The Overview: Keras's per-epoch accuracy (for each name in
-    `accuracy_names`) and loss, written by `keras.callbacks.TensorBoard`
-    in the `train` and `validation` runs, then the model-wide figures."""
+#: Keras's epoch metrics (`logs` at each epoch end), as the monitor writes
+#: them in its own run: `epoch/val_loss`, `epoch/val_accuracy`, ...
+EPOCH_METRICS = "epoch"
+
+
+def overview_category(accuracy_names, probe, validation=True):
+    """The Overview: the model's accuracy metrics (each name in
+    `accuracy_names`) and loss per epoch, on the validation data (on the
+    training data when there is none), then the model-wide figures.
+
+    The monitor writes the epoch metrics in its own run, so that each run
+    of the comparison draws one line (Keras's `TensorBoard` callback writes
+    `epoch_loss` in both its `train` and `validation` runs, which a Custom
+    Scalars chart cannot tell apart)."""
+    prefix = "val_" if validation else ""
+    data = "validation" if validation else "training (no validation data)"
     charts = [
-        _lines(
-            f"{name} per epoch (train and validation runs)", [f"epoch_{name}"]
-        )
+        _lines(f"{data} {name}", [f"{EPOCH_METRICS}/{prefix}{name}"])
         for name in accuracy_names
     ]
-    charts.append(
-        _lines("loss per epoch (train and validation runs)", ["epoch_loss"])
-    )
+    charts.append(_lines(f"{data} loss", [f"{EPOCH_METRICS}/{prefix}loss"]))
     if probe:
         charts.append(
             _lines(

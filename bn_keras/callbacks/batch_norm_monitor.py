@@ -28,6 +28,7 @@ from bn_keras.callbacks._figures import drift_figures
 from bn_keras.callbacks._figures import ghost_moments
 from bn_keras.callbacks._figures import ghost_of_rows
 from bn_keras.callbacks._figures import probe_gap
+from bn_keras.callbacks._layout import EPOCH_METRICS
 from bn_keras.callbacks._layout import MAX_DRIFT
 from bn_keras.callbacks._layout import MAX_PROBE_GAP
 from bn_keras.callbacks._layout import MIN_VARIANCE
@@ -67,6 +68,15 @@ LOG_NONFINITE = "bn_nonfinite_layers"
 _SCALAR_METADATA = scalar_metadata.create_summary_metadata(
     display_name=None, description=None
 )
+
+
+def _is_real(value):
+    """Whether a `logs` entry is a number (a float or a scalar tensor)."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return np.ndim(value) == 0
 
 
 def _scalar(tag, value):
@@ -203,13 +213,19 @@ class BatchNormMonitor(keras.callbacks.Callback):
     It also writes the model-wide `batchnorm/max_drift_in_std` (largest
     `2_mean_drift_in_std` over layers), `batchnorm/min_moving_variance`,
     `batchnorm/nonfinite_layers` and, with `probe_data`,
-    `batchnorm/max_probe_gap`. At the start of training it writes a
-    custom-scalars layout (TensorBoard's "Custom Scalars" dashboard): an
-    "Overview" category first (accuracy and loss per epoch, from
-    `keras.callbacks.TensorBoard`'s `train` and `validation` runs, and the
-    model-wide figures), then one category per layer, in forward order,
-    titled with its tag prefix, with gamma and beta as bands from min to
-    max around the mean. It also writes, at the start and the end of
+    `batchnorm/max_probe_gap`; and at every epoch end the model's own
+    epoch metrics from `logs` under `epoch/` (`epoch/val_loss`,
+    `epoch/val_accuracy`, `epoch/loss`, ...), so that a chart of them draws
+    one line per run (Keras's `TensorBoard` callback writes `epoch_loss`
+    in both its `train` and `validation` runs). A model without batch
+    normalization gets these and the layout only, so that a baseline
+    without BN shows in the comparison too. At the start of training it
+    writes a custom-scalars layout (TensorBoard's "Custom Scalars"
+    dashboard): an "Overview" category first (validation accuracy and loss
+    per epoch, or training accuracy and loss when `fit` has no validation
+    data, and the model-wide figures), then one category per layer, in
+    forward order, titled with its tag prefix, with gamma and beta as bands
+    from min to max around the mean. It also writes, at the start and the end of
     training, a text summary `batchnorm/layers` (TensorBoard's "Text"
     dashboard): a table of the layers in forward order with their
     placement, momentum, ghost batch size, renorm settings and alerts
@@ -400,10 +416,13 @@ class BatchNormMonitor(keras.callbacks.Callback):
             if layer.renorm
             and getattr(layer, "virtual_batch_size", None) is None
         ]
+        self._validation = None  # known at the first epoch end
+        self._write_layout(validation=True)
         if not self._layers:
             warnings.warn(
                 "BatchNormMonitor: the model has no batch normalization "
-                "layer; nothing will be logged.",
+                "layer; only its epoch metrics will be logged (for the "
+                "Overview's comparison of runs).",
                 stacklevel=2,
             )
             return
@@ -412,13 +431,6 @@ class BatchNormMonitor(keras.callbacks.Callback):
         self._latest = {}  # per tag: (constant channels, probe figures)
         self._last_step = 0
         self._placements = placements(model)
-        probe = self.probe_data is not None
-        categories = [overview_category(_accuracy_names(model), probe)]
-        categories += [
-            layer_category(name, layer, probe)
-            for name, layer in zip(self._names, self._layers)
-        ]
-        self._writer.write(layout_summary(categories), step=0)
         self._write_text(
             self._start.states,
             "Written as training began; the summary written as it ended "
@@ -453,6 +465,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
             self._write(self._batches_seen)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._write_epoch_metrics(epoch, logs or {})
         if not self._layers:
             return
         if self.update_freq == "epoch":
@@ -483,6 +496,40 @@ class BatchNormMonitor(keras.callbacks.Callback):
             )
         self._writer.close()
         self._writer = None
+
+    # -- the Overview ----------------------------------------------------
+
+    def _write_layout(self, validation):
+        """The Custom Scalars layout: the Overview (validation curves, or
+        training curves without validation data), then each layer's."""
+        probe = self.probe_data is not None
+        categories = [
+            overview_category(
+                _accuracy_names(self.model), probe, validation=validation
+            )
+        ]
+        categories += [
+            layer_category(name, layer, probe)
+            for name, layer in zip(self._names, self._layers)
+        ]
+        self._writer.write(layout_summary(categories), step=0)
+
+    def _write_epoch_metrics(self, epoch, logs):
+        """Keras's epoch metrics in this run (`epoch/<name>`), so that the
+        Overview draws one line per run; the layout switches to training
+        curves at the first epoch end without validation figures."""
+        if self._validation is None:
+            self._validation = "val_loss" in logs
+            if not self._validation:
+                self._write_layout(validation=False)
+        values = [
+            _scalar(f"{EPOCH_METRICS}/{key}", value)
+            for key, value in logs.items()
+            if not key.startswith("bn_") and _is_real(value)
+        ]
+        if values:
+            step = epoch if self.update_freq == "epoch" else self._batches_seen
+            self._writer.write(summary_pb2.Summary(value=values), step)
 
     # -- figures ---------------------------------------------------------
 

@@ -254,10 +254,14 @@ def train(
     batch_size,
     seed,
     verbose=False,
-    monitor=True,
     on_epoch=None,
 ):
     """Fits a compiled model with TensorBoard logs in `run_dir`.
+
+    Keras's `TensorBoard` callback writes the `train` and `validation` runs,
+    and a `BatchNormMonitor` (probed on the first validation batch) the
+    `batchnorm` run: the BN layers' figures and the epoch metrics that the
+    dashboards' Overview compares, a model without BN's too.
 
     Args:
         model: A compiled model.
@@ -266,8 +270,6 @@ def train(
         epochs, batch_size, seed: As `fit` takes them; the seed is set just
             before `fit`, so that every configuration sees the same batches.
         verbose: Whether Keras prints a line per epoch.
-        monitor: Whether a `BatchNormMonitor` logs the BN layers too (in
-            `run_dir/batchnorm`, probed on the first validation batch).
         on_epoch: Optional function called with each epoch (from 0) as it
             begins.
 
@@ -276,19 +278,28 @@ def train(
         floats, one per epoch; losses in the target's units, see
         `in_target_units`) and the seconds each epoch took.
     """
+    clock = _EpochClock(on_epoch)
     callbacks = [
         keras.callbacks.TensorBoard(
             log_dir=run_dir, write_graph=False, profile_batch=0
-        )
+        ),
+        BatchNormMonitor(run_dir, probe_data=dataset.x_val[:batch_size]),
+        clock,
+        InterruptCheck(),
     ]
-    if monitor:
-        callbacks.append(
-            BatchNormMonitor(run_dir, probe_data=dataset.x_val[:batch_size])
-        )
-    clock = _EpochClock(on_epoch)
-    callbacks += [clock, InterruptCheck()]
     keras.utils.set_random_seed(seed)
-    history = model.fit(
+    with warnings.catch_warnings():
+        # The baseline without BN: the monitor logs its epoch metrics only,
+        # as it should; its warning that there is no BN says nothing here.
+        warnings.filterwarnings(
+            "ignore", message="BatchNormMonitor: the model has no batch"
+        )
+        history = _fit(model, dataset, epochs, batch_size, callbacks, verbose)
+    return in_target_units(history.history, dataset), clock.seconds
+
+
+def _fit(model, dataset, epochs, batch_size, callbacks, verbose):
+    return model.fit(
         dataset.x_train,
         dataset.y_train,
         validation_data=(dataset.x_val, dataset.y_val),
@@ -297,7 +308,6 @@ def train(
         callbacks=callbacks,
         verbose=2 if verbose else 0,
     )
-    return in_target_units(history.history, dataset), clock.seconds
 
 
 def in_target_units(history, dataset):
@@ -511,7 +521,6 @@ class Comparison:
             batch_size=settings.batch_size,
             seed=settings.seed,
             verbose=settings.verbose,
-            monitor=not configuration.is_baseline,
             on_epoch=on_epoch,
         )
         return Result(

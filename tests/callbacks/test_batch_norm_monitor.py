@@ -200,10 +200,11 @@ def test_layout_opens_on_an_overview_then_one_category_per_layer(
     ]
     tags = set(read_scalars(run_dir(tmp_path)))
     overview, *layers = layout.category
-    # Keras's loss (no accuracy: the model is compiled without it), then
-    # the model-wide figures.
+    # The loss (no accuracy: the model is compiled without it), on the
+    # training data since `fit` has no validation data, then the
+    # model-wide figures.
     assert [list(c.multiline.tag) for c in overview.chart] == [
-        ["^epoch_loss$"],
+        ["^epoch/loss$"],
         ["^batchnorm/max_probe_gap$"],
         ["^batchnorm/max_drift_in_std$"],
         ["^batchnorm/min_moving_variance$"],
@@ -287,14 +288,20 @@ def test_overview_charts_the_accuracy_the_model_is_compiled_with(
     overview = read_layout(run_dir(tmp_path)).category[0]
     patterns = [list(c.multiline.tag) for c in overview.chart]
     assert patterns[:3] == [
-        ["^epoch_accuracy$"],
-        ["^epoch_sparse_top_k_categorical_accuracy$"],
-        ["^epoch_loss$"],
+        ["^epoch/val_accuracy$"],
+        ["^epoch/val_sparse_top_k_categorical_accuracy$"],
+        ["^epoch/val_loss$"],
     ]
-    # The tags Keras's callback writes in the validation run.
-    validation = set(read_scalars(os.path.join(tmp_path, "validation")))
-    for pattern in patterns[:3]:
-        assert any(re.search(pattern[0], t) for t in validation), pattern
+    # The monitor writes them in its own run, with the values Keras's
+    # callback writes in its validation run (`epoch_<name>`).
+    ours = read_scalars(run_dir(tmp_path))
+    validation = read_scalars(os.path.join(tmp_path, "validation"))
+    for (pattern,) in patterns[:3]:
+        (tag,) = [t for t in ours if re.search(pattern, t)]
+        keras_tag = "epoch_" + tag.removeprefix("epoch/val_")
+        np.testing.assert_allclose(
+            ours[tag][0], validation[keras_tag][0], rtol=1e-6
+        )
 
 
 def test_update_freq_in_batches(tmp_path, rng):

@@ -190,9 +190,17 @@ def test_tensorboard_serves_the_monitor_charts(tmp_path, rng):
         assert titles == ["Overview", "bn01-first_bn", "bn02-second_bn"]
         overview = layout["category"][0]["chart"]
         assert [c["multiline"]["tag"] for c in overview[:2]] == [
-            ["^epoch_accuracy$"],
-            ["^epoch_loss$"],
+            ["^epoch/val_accuracy$"],
+            ["^epoch/val_loss$"],
         ]
+        # The monitor's run holds the validation curves the Overview draws,
+        # one line per run: the values Keras logged in its validation run.
+        for name in ("accuracy", "loss"):
+            ours = scalar_values(base, "batchnorm", f"epoch/val_{name}")
+            keras_run = scalar_values(base, "validation", f"epoch_{name}")
+            assert [(s, v) for _, s, v in ours] == [
+                (s, v) for _, s, v in keras_run
+            ]
         served = {tag for run_scalars in tags.values() for tag in run_scalars}
         for category in layout["category"]:
             for chart in category["chart"]:

@@ -154,11 +154,20 @@ def test_compare_run_folders_and_event_files(digits_run):
     for name in LABELS:
         for run in ("train", "validation"):
             assert event_files(session / name / run), (name, run)
-        if name == "no-bn":
-            assert not (session / name / "batchnorm").exists()
-            continue
-        # BatchNormMonitor's run sits beside Keras's, one step per epoch.
+        # BatchNormMonitor's run sits beside Keras's, one step per epoch,
+        # with the validation curves that the Overview compares; the
+        # baseline without BN has those only.
         scalars = read_scalars(session / name / "batchnorm")
+        for metric in ("epoch/val_accuracy", "epoch/val_loss"):
+            assert sorted(scalars[metric]) == list(range(EPOCHS))
+        if name == "no-bn":
+            assert sorted(scalars) == [
+                "epoch/accuracy",
+                "epoch/loss",
+                "epoch/val_accuracy",
+                "epoch/val_loss",
+            ]
+            continue
         steps = scalars["batchnorm/max_drift_in_std"]
         assert sorted(steps) == list(range(EPOCHS))
         assert any(tag.endswith("/1_probe_gap") for tag in scalars)
@@ -279,8 +288,11 @@ def test_compare_input_batchnorm_configurations(tmp_path, capsys):
         ),
     }
     assert all(math.isfinite(float(row["best_val_loss"])) for row in rows)
-    # The monitor watches every configuration with a BN, the input's too.
-    assert not (session / "no-bn" / "batchnorm").exists()
+    # The monitor watches every configuration with a BN, the input's too;
+    # the baseline's run holds its epoch metrics only, for the Overview.
+    baseline = read_scalars(session / "no-bn" / "batchnorm")
+    assert sorted(baseline) == ["epoch/loss", "epoch/val_loss"]
+    assert sorted(baseline["epoch/val_loss"]) == [0, 1]
     scalars = read_scalars(session / "input-renorm_no-bn" / "batchnorm")
     (drift,) = [tag for tag in scalars if tag.endswith("max_drift_in_std")]
     assert sorted(scalars[drift]) == [0, 1]

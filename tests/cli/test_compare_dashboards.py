@@ -85,9 +85,7 @@ def test_every_run_is_named_by_its_configuration(served_comparison):
     for name in CONFIGURATIONS:
         expected.append(name)
         expected.extend(
-            f"{name}/{run}"
-            for run in ("batchnorm", "train", "validation")
-            if not (name == "no-bn" and run == "batchnorm")
+            f"{name}/{run}" for run in ("batchnorm", "train", "validation")
         )
     assert sorted(runs) == sorted(expected)
     assert sorted(tags) == sorted(

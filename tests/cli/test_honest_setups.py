@@ -226,6 +226,7 @@ def test_search_warnings_are_plain_lines(tmp_path, capsys):
     lines = [line for line in err.splitlines() if "BatchNormMonitor" in line]
     assert lines == [
         "warning: BatchNormMonitor: the model has no batch normalization "
-        "layer; nothing will be logged."
+        "layer; only its epoch metrics will be logged (for the Overview's "
+        "comparison of runs)."
     ]
     assert "UserWarning" not in err and ".py:" not in err
