@@ -16,6 +16,12 @@ def _clean_keras_session():
     keras.utils.clear_session(free_memory=False)
     keras.utils.set_random_seed(1234)
     keras.config.set_dtype_policy("float32")
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # Each test compiles its own functions: no recompilation limit
+        # carried over from earlier tests (and their memory freed).
+        torch.compiler.reset()
     yield
     keras.config.set_dtype_policy("float32")
 
