@@ -55,6 +55,7 @@ test-jax: $(STAMP)
 test-torch: $(TORCH_STAMP)
 	KERAS_BACKEND=torch $(TORCH_PY) -m pytest tests/layers \
 		"tests/callbacks/test_other_backends.py::test_monitor_writes_event_files_without_tensorflow[torch]" \
+		"tests/benchmarks/test_bench_layers.py::test_backend_option_reports_on_that_backend[torch]" \
 		-m "not tensorflow_only"
 
 bench: $(STAMP)

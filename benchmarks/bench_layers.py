@@ -26,17 +26,33 @@ Models (from the project's issues):
   pooling, Dense(10); batch 256; SGD.
 - mlp: 256 -> [Dense(512) - BN - ReLU] x 2 -> Dense(10); batch 1024; SGD.
 
-Run: `make bench`, or `python benchmarks/bench_layers.py --help`.
+Run: `make bench`, or `python benchmarks/bench_layers.py --help`; on
+another backend, `--backend jax` or `--backend torch` (from an environment
+that has it, e.g. `.venv-torch/bin/python` after `make install-torch`).
 """
 
 import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def requested_backend(argv):
+    """The value of `--backend` in `argv`, or None."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--backend", choices=BACKENDS)
+    return parser.parse_known_args(argv)[0].backend
+
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__" and requested_backend(sys.argv[1:]):
+    # Keras reads KERAS_BACKEND once, when it is first imported.
+    os.environ["KERAS_BACKEND"] = requested_backend(sys.argv[1:])
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -212,13 +228,22 @@ def bandwidth(shape, rounds, repeats=20):
     bandwidth is that of `x + 1` (one read, one write), compiled the same
     way. Returns `{name: [GB/s per round]}` for "copy", "keras BN" and
     "bn_keras plain" (compiled with `jax.jit` on JAX, `tf.function` with XLA
-    on TensorFlow).
+    on TensorFlow, `torch.compile` on PyTorch).
     """
     x = keras.ops.convert_to_tensor(
         np.random.default_rng(0).normal(size=shape).astype("float32")
     )
     nbytes = 4 * int(np.prod(shape))
-    if keras.backend.backend() == "jax":
+    if keras.backend.backend() == "torch":
+        import torch
+
+        block = keras.ops.convert_to_numpy
+        compile_ = torch.compile
+
+        def training_call(layer):
+            return compile_(lambda x: layer(x, training=True))
+
+    elif keras.backend.backend() == "jax":
         import jax
 
         compile_, block = jax.jit, jax.block_until_ready
@@ -389,8 +414,21 @@ def step_targets(model_name, jit_compile, times):
     return rows
 
 
+def rerun_on(backend, argv):
+    """Runs this script on `backend` in a new process (Keras's backend is
+    fixed once imported); returns its exit status."""
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    return subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *argv], env=env, check=False
+    ).returncode
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="Keras backend to measure (default: "
+                        "KERAS_BACKEND, else Keras's default)")
     parser.add_argument("--models", default="conv,mlp",
                         help="comma-separated: conv, mlp (default: both)")
     parser.add_argument("--jit", choices=["off", "on", "both"], default="both",
@@ -410,6 +448,8 @@ def main(argv=None):
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated variant names")
     args = parser.parse_args(argv)
+    if args.backend and args.backend != keras.backend.backend():
+        return rerun_on(args.backend, argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1. Received: --rounds={args.rounds}")
     variants = [v.strip() for v in args.variants.split(",")]
@@ -486,7 +526,8 @@ def main(argv=None):
              1.02, True)
         )
     print_targets(targets)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
