@@ -459,6 +459,13 @@ def main(argv=None):
     needed = {VARIANTS[v][1] for v in variants} | {"no BN"}
     variants = [v for v in VARIANTS if v in set(variants) | needed]
     jits = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # Every model's compiled step shares Keras's code objects, which
+        # torch.compile recompiles per model: past its limit of 8 it would
+        # run the later variants eagerly, with a mere warning.
+        torch._dynamo.config.recompile_limit = 64
 
     print(
         f"bn_keras {bn_keras.__version__}, keras {keras.__version__}, "
