@@ -10,6 +10,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+if keras.backend.backend() == "torch":
+    import torch
+
+    # Past its recompilation limit torch.compile runs a function eagerly,
+    # with a mere warning: a `jit_compile=True` test would then test eager
+    # mode. Fail instead.
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+
+
 @pytest.fixture(autouse=True)
 def _clean_keras_session():
     # free_memory=False: a gc.collect() per test costs 0.3-0.7 s each.
