@@ -11,7 +11,8 @@ max over the rounds. It measures
 - one epoch of `fit` on data whose last batch is partial (the batch size is
   then unknown when the step is traced), over Keras's;
 - `fold_batchnorm`: the conv model's inference step (`predict_on_batch`)
-  unfolded over folded, with our layer and with Keras's;
+  unfolded over folded, with our layer and with Keras's; and the same for
+  `keras.applications.MobileNetV2` with Keras's layer (96x96, batch 8);
 - `BatchNormMonitor(update_freq="epoch")`: the share of `fit` spent in its
   hooks, and `fit`'s time with it over without it
   (`benchmarks/bench_callbacks.py`);
@@ -95,7 +96,9 @@ def build_model(model_name, make_bn):
     x = inputs
     for _ in range(2):
         if model_name == "conv":
-            x = keras.layers.Conv2D(32, 3, padding="same", use_bias=make_bn is None)(x)
+            x = keras.layers.Conv2D(
+                32, 3, padding="same", use_bias=make_bn is None
+            )(x)
         else:
             x = keras.layers.Dense(512, use_bias=make_bn is None)(x)
         if make_bn is not None:
@@ -156,7 +159,10 @@ def time_variants(model_name, variants, jit_compile, rounds):
     x, y = make_data(model_name)
     _, batch_size, steps = MODELS[model_name]
     batches = [
-        (x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
+        (
+            x[i * batch_size : (i + 1) * batch_size],
+            y[i * batch_size : (i + 1) * batch_size],
+        )
         for i in range(steps)
     ]
 
@@ -306,7 +312,9 @@ def fit_ratios(model_name, jit_compile, rounds):
     names = ["keras BN", "bn_keras plain", "bn_keras ghost m=32"]
 
     def epoch_of(model):
-        return lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+        return lambda: model.fit(
+            x, y, batch_size=batch_size, epochs=1, verbose=0
+        )
 
     times = interleaved(
         {
@@ -350,6 +358,39 @@ def fold_speedup(rounds):
         name: ratios(times, name, name + " folded")
         for name in ("keras BN", "bn_keras plain")
     }
+
+
+#: MobileNetV2 as `fold_batchnorm` meets it: input size, batch, batches.
+MOBILENET = (96, 8, 4)
+
+
+def mobilenet_fold_speedup(rounds):
+    """`keras.applications.MobileNetV2` (Keras's BN, random statistics),
+    `predict_on_batch` unfolded over folded: `[ratio per round]`."""
+    size, batch_size, steps = MOBILENET
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(
+        weights=None, input_shape=(size, size, 3)
+    )
+    rng = np.random.default_rng(0)
+    for bn in bn_keras.find_batchnorm(model):
+        n = bn.moving_mean.shape[0]
+        bn.moving_mean.assign(rng.normal(0.0, 0.1, n).astype("float32"))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+    models = {"unfolded": model, "folded": bn_keras.fold_batchnorm(model)}
+    x = rng.normal(size=(steps, batch_size, size, size, 3)).astype("float32")
+
+    def predictions_of(model):
+        def run():
+            for xb in x:
+                model.predict_on_batch(xb)
+
+        return run
+
+    times = interleaved(
+        {name: predictions_of(model) for name, model in models.items()}, rounds
+    )
+    return ratios(times, "unfolded", "folded")
 
 
 def monitor_overhead(rounds):
@@ -451,7 +492,9 @@ def main(argv=None):
     if args.backend and args.backend != keras.backend.backend():
         return rerun_on(args.backend, argv)
     if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1. Received: --rounds={args.rounds}")
+        parser.error(
+            f"--rounds must be at least 1. Received: --rounds={args.rounds}"
+        )
     variants = [v.strip() for v in args.variants.split(",")]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -469,7 +512,8 @@ def main(argv=None):
 
     print(
         f"bn_keras {bn_keras.__version__}, keras {keras.__version__}, "
-        f"backend {keras.backend.backend()}, python {platform.python_version()}, "
+        f"backend {keras.backend.backend()}, "
+        f"python {platform.python_version()}, "
         f"{os.cpu_count()} CPU cores, {platform.machine()}"
     )
     targets = []
@@ -477,7 +521,9 @@ def main(argv=None):
         if model_name not in MODELS:
             parser.error(f"unknown model {model_name!r}; valid: {list(MODELS)}")
         for jit_compile in jits:
-            times = time_variants(model_name, variants, jit_compile, args.rounds)
+            times = time_variants(
+                model_name, variants, jit_compile, args.rounds
+            )
             rows = summarize(times)
             print_table(model_name, jit_compile, rows)
             if "bn_keras plain" in times:
@@ -511,12 +557,26 @@ def main(argv=None):
             print(f"{name:<16}{median:8.1f} GB/s  {median / copy:.2f} of copy")
     if not args.no_fold:
         speedups = fold_speedup(args.rounds)
-        print("\nfold_batchnorm, conv model, predict_on_batch: unfolded / folded")
+        print(
+            "\nfold_batchnorm, conv model, predict_on_batch: "
+            "unfolded / folded"
+        )
         for name, values in speedups.items():
             print(f"{'model with ' + name:<28}{_spread(values)}")
             targets.append(
                 (f"fold_batchnorm speed-up, with {name}", values, 1.3, False)
             )
+        mobilenet = mobilenet_fold_speedup(args.rounds)
+        size, batch_size, _ = MOBILENET
+        print(
+            f"fold_batchnorm, MobileNetV2 with keras BN ({size}x{size}, batch "
+            f"{batch_size}), predict_on_batch: unfolded / folded "
+            f"{_spread(mobilenet)}"
+        )
+        targets.append(
+            ("fold_batchnorm speed-up, MobileNetV2, keras BN", mobilenet,
+             1.4, False)
+        )
     if not args.no_monitor:
         overhead = monitor_overhead(args.rounds)
         print(

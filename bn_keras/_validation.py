@@ -82,21 +82,24 @@ def check_nonnegative_int(name, value, what="integer"):
     return int(value)
 
 
-def check_fraction(name, value):
-    """Returns `value` as a `float` in `[0, 1)`, as momenta are.
+def check_fraction(name, value, allow_none=False):
+    """Returns `value` as a `float` in `[0, 1)`, as momenta are (or `None`
+    where allowed).
 
     >>> bn_keras._validation.check_fraction("momentum", 0.9)
     0.9
+    >>> bn_keras._validation.check_fraction("momentum", None, allow_none=True)
     """
+    if allow_none and value is None:
+        return None
+    expected = "a float in [0, 1)" + (" or None" if allow_none else "")
     if not is_number(value):
         raise TypeError(
-            f"Argument `{name}` must be a float in [0, 1). "
-            f"{_received(name, value)}"
+            f"Argument `{name}` must be {expected}. {_received(name, value)}"
         )
     if not 0.0 <= value < 1.0:
         raise ValueError(
-            f"Argument `{name}` must be a float in [0, 1). "
-            f"{_received(name, value)}"
+            f"Argument `{name}` must be {expected}. {_received(name, value)}"
         )
     return float(value)
 

@@ -24,6 +24,30 @@ Normalizations:
 | `"ghost"`  | `bn_keras.layers.GhostBatchNormalization`     |
 | `"renorm"` | `bn_keras.layers.BatchRenormalization`        |
 
+`bn_keras.convert_batchnorm` also converts to `"keras"`, Keras's own
+`keras.layers.BatchNormalization`, for models shipped without bn-keras
+(`CONVERSIONS`, `get_conversion_class`).
+
+Input normalizations (`bn_keras.insert_batchnorm(input_batchnorm=...)`,
+the hypermodels and `bn-keras compare --input-batchnorm`): a
+`bn_keras.layers.BatchNormalization` without `gamma` and `beta` on each
+input, in place of standardizing the data by hand:
+
+| name       | layer                                                        |
+| ---------- | ------------------------------------------------------------ |
+| `"none"`   | no layer                                                     |
+| `"batch"`  | plain BN: each training batch standardized by its own        |
+|            | statistics                                                   |
+| `"renorm"` | unclipped renorm with cumulative statistics (`momentum=None`,|
+|            | `renorm_momentum=None`): each training batch standardized by |
+|            | the statistics of all the batches before it                  |
+
+`normalization_for_run` builds these for a training run of known length
+(the ghost batch size, the momentum, and the renorm schedule scaled to the
+run by `bn_keras.layers.RenormClipping.scaled`); `placement_table` and
+`valid_placement_names` render the placement names for help texts and
+error messages.
+
 Example:
 
 >>> bn_keras.registry.get_placement("before_activation")
@@ -35,11 +59,9 @@ Example:
 ('GhostBatchNormalization', 32)
 """
 
-import keras
-
-from bn_keras.layers.batch_normalization import BatchNormalization
-from bn_keras.layers.batch_renormalization import BatchRenormalization
-from bn_keras.layers.ghost_batch_normalization import GhostBatchNormalization
+# Keras and the layers are imported by the functions that build layers, on
+# first use: the names cost nothing to import, so that `bn-keras --help`
+# lists them without starting Keras and TensorFlow.
 
 #: Canonical placement names; each spells its order of operations.
 PLACEMENTS = ("layer-bn-act", "layer-act-bn", "bn-act-layer", "layer-act")
@@ -59,24 +81,32 @@ PLACEMENT_ALIASES = {
 #: Tuner names that `bn_keras.tuner.get_tuner` knows.
 TUNERS = ("random", "grid", "hyperband", "bayesian")
 
-#: Normalization names and the layer class each one builds.
+#: Input normalization names and the arguments of the
+#: `BatchNormalization` each one puts on an input (`None`: no layer).
+INPUT_NORMALIZATIONS = {
+    "none": None,
+    "batch": {},
+    "renorm": {"renorm": True, "momentum": None, "renorm_momentum": None},
+}
+
+#: Normalization names and the `bn_keras.layers` class each one builds.
 NORMALIZATIONS = {
-    "batch": BatchNormalization,
-    "ghost": GhostBatchNormalization,
-    "renorm": BatchRenormalization,
+    "batch": "BatchNormalization",
+    "ghost": "GhostBatchNormalization",
+    "renorm": "BatchRenormalization",
 }
 
 
-def _valid_placements():
-    aliases = {name: [] for name in PLACEMENTS}
-    for alias, name in PLACEMENT_ALIASES.items():
-        if alias != name:
-            aliases[name].append(alias)
-    aliases["layer-act"].append(None)
-    return ", ".join(
-        f"{name!r} (or {' or '.join(repr(a) for a in aliases[name])})"
-        for name in PLACEMENTS
-    )
+#: What `bn_keras.convert_batchnorm` converts BN layers to: the
+#: normalizations above, and `"keras"`, Keras's own layer.
+CONVERSIONS = {**NORMALIZATIONS, "keras": "keras.layers.BatchNormalization"}
+
+
+def _layer_class(name):
+    """The `bn_keras.layers` class of a registered normalization name."""
+    from bn_keras import layers
+
+    return getattr(layers, NORMALIZATIONS[name])
 
 
 def get_placement(placement):
@@ -106,7 +136,7 @@ def get_placement(placement):
         if name is not None:
             return name
     raise ValueError(
-        f"Unknown placement. Valid placements: {_valid_placements()}. "
+        f"Unknown placement. Valid placements: {valid_placement_names()}. "
         f"Received: placement={placement!r}"
     )
 
@@ -130,9 +160,220 @@ def has_batchnorm(placement):
     return "bn" in placement_order(placement)
 
 
+#: How each step of a placement's order reads in `placement_table`.
+_STEP_WORDS = {"layer": "layer", "bn": "BN", "act": "activation"}
+
+
+def placement_aliases(placement):
+    """The other names of a placement, in the order of `PLACEMENT_ALIASES`.
+
+    Example:
+
+    >>> bn_keras.registry.placement_aliases("layer-act")
+    ['none']
+    """
+    name = get_placement(placement)
+    return [
+        alias
+        for alias, canonical in PLACEMENT_ALIASES.items()
+        if canonical == name and alias != name
+    ]
+
+
+def valid_placement_names(quoted=True):
+    """The placement names with their aliases, as one line for messages.
+
+    Args:
+        quoted: `True` for Python callers: names as `repr`s, and `None`
+            among the aliases of `"layer-act"`; `False` for the command
+            line: bare names, as they are typed.
+
+    Example:
+
+    >>> bn_keras.registry.valid_placement_names().split(", ")[-1]
+    "'layer-act' (or 'none' or None)"
+    >>> bn_keras.registry.valid_placement_names(quoted=False).split(", ")[0]
+    'layer-bn-act (or before_activation)'
+    """
+    entries = []
+    for name in PLACEMENTS:
+        aliases = placement_aliases(name)
+        if quoted:
+            aliases = [repr(a) for a in aliases]
+            if not has_batchnorm(name):
+                aliases.append("None")
+            name = repr(name)
+        entries.append(f"{name} (or {' or '.join(aliases)})")
+    return ", ".join(entries)
+
+
+def placement_table(indent=2, width=34):
+    """The placements as lines of text for a `--help`: names and order.
+
+    Args:
+        indent: Spaces before each line. Defaults to `2`.
+        width: Width of the names column (name and aliases). Defaults to
+            `34`.
+
+    Example:
+
+    >>> print(bn_keras.registry.placement_table())
+      layer-bn-act (before_activation)   layer, BN, activation
+      layer-act-bn (after_activation)    layer, activation, BN
+      bn-act-layer (pre_activation)      BN, activation, layer
+      layer-act (none)                   layer, activation (no BN)
+    """
+    lines = []
+    for name in PLACEMENTS:
+        label = f"{name} ({', '.join(placement_aliases(name))})"
+        order = ", ".join(_STEP_WORDS[step] for step in placement_order(name))
+        if not has_batchnorm(name):
+            order += " (no BN)"
+        lines.append(f"{' ' * indent}{label:<{width}} {order}")
+    return "\n".join(lines)
+
+
 def normalization_names():
     """The registered normalization names, sorted."""
     return sorted(NORMALIZATIONS)
+
+
+def get_normalization_name(normalization):
+    """Returns the registered name of a normalization.
+
+    The one check of normalization names: every module that takes one
+    (`get_normalization`, the tuner, the command line) validates it here.
+
+    Args:
+        normalization: A registered name, `"batch"`, `"ghost"` or
+            `"renorm"` (case-insensitive, surrounding spaces ignored).
+
+    Returns:
+        The name in lowercase.
+
+    Raises:
+        ValueError: for anything else; the message lists the valid names.
+
+    Example:
+
+    >>> bn_keras.registry.get_normalization_name(" Ghost")
+    'ghost'
+    """
+    return _lookup(normalization, sorted(NORMALIZATIONS))
+
+
+def get_conversion_name(normalization):
+    """The name of `CONVERSIONS` that `normalization` spells, in lowercase
+    (checked without importing Keras); a `ValueError` lists the valid ones.
+
+    Example:
+
+    >>> bn_keras.registry.get_conversion_name(" Keras")
+    'keras'
+    """
+    return _lookup(normalization, sorted(CONVERSIONS))
+
+
+def get_conversion_class(normalization):
+    """The layer class that `bn_keras.convert_batchnorm` converts to.
+
+    Args:
+        normalization: A name of `CONVERSIONS` (case-insensitive): a
+            normalization name, or `"keras"` for
+            `keras.layers.BatchNormalization`.
+
+    Returns:
+        A `keras.layers.BatchNormalization` class (or subclass).
+
+    Raises:
+        ValueError: for anything else; the message lists the valid names.
+
+    Example:
+
+    >>> cls = bn_keras.registry.get_conversion_class("Keras")
+    >>> cls is keras.layers.BatchNormalization
+    True
+    >>> bn_keras.registry.get_conversion_class("renorm").__name__
+    'BatchRenormalization'
+    """
+    name = get_conversion_name(normalization)
+    if name == "keras":
+        import keras
+
+        return keras.layers.BatchNormalization
+    return _layer_class(name)
+
+
+def _lookup(value, names, kind="normalization", argument="normalization"):
+    """The lowercase name if it is one of `names`, else a `ValueError` that
+    lists them, in their order."""
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in names:
+            return name
+    raise ValueError(
+        f"Unknown {kind}. Valid names: "
+        f"{', '.join(repr(n) for n in names)}. "
+        f"Received: {argument}={value!r}"
+    )
+
+
+def normalization_for_run(
+    normalization, momentum=0.99, ghost_batch_size=None, total_steps=None
+):
+    """Returns a fresh normalization layer set up for one training run.
+
+    What `bn-keras compare` trains with, for a name of the table above:
+
+    - `"batch"`: `BatchNormalization(momentum=momentum)`;
+    - `"ghost"`: `GhostBatchNormalization(virtual_batch_size=
+      ghost_batch_size, momentum=momentum)`;
+    - `"renorm"`: `BatchRenormalization(momentum=momentum,
+      renorm_momentum=momentum, renorm_clipping=schedule)`, where the
+      schedule is the paper's (`bn_keras.layers.RenormClipping()`) scaled
+      to the run with `RenormClipping.scaled(total_steps)`.
+
+    Args:
+        normalization: A registered name (case-insensitive).
+        momentum: Momentum of the moving statistics (and, for `"renorm"`,
+            of the renorm statistics). Defaults to `0.99`.
+        ghost_batch_size: The ghost batch size of `"ghost"`; the other
+            normalizations have none. Defaults to `None`: the layer's
+            default, 32.
+        total_steps: The run's number of training steps, to which the
+            renorm schedule is scaled; the other normalizations have no
+            schedule. Defaults to `None`: the paper's schedule as it is.
+
+    Returns:
+        A new, unbuilt layer.
+
+    Raises:
+        ValueError: for an unknown name or an invalid setting.
+
+    Example:
+
+    >>> layer = bn_keras.registry.normalization_for_run(
+    ...     "renorm", momentum=0.9, total_steps=800)
+    >>> layer.renorm_momentum, layer.renorm_clipping.rmax_steps
+    (0.9, 800)
+    """
+    from bn_keras import layers
+
+    name = get_normalization_name(normalization)
+    if name == "ghost" and ghost_batch_size is not None:
+        return layers.GhostBatchNormalization(
+            virtual_batch_size=ghost_batch_size, momentum=momentum
+        )
+    if name == "renorm":
+        schedule = layers.RenormClipping()
+        if total_steps is not None:
+            schedule = schedule.scaled(total_steps)
+        return layers.BatchRenormalization(
+            renorm_clipping=schedule,
+            momentum=momentum,
+            renorm_momentum=momentum,
+        )
+    return _layer_class(name)(momentum=momentum)
 
 
 def get_normalization(normalization=None, **defaults):
@@ -171,18 +412,14 @@ def get_normalization(normalization=None, **defaults):
     >>> layer.momentum, layer.axis
     (0.9, 1)
     """
+    import keras
+
+    from bn_keras.layers import BatchNormalization
+
     if normalization is None:
         return BatchNormalization(**defaults)
     if isinstance(normalization, str):
-        cls = NORMALIZATIONS.get(normalization.strip().lower())
-        if cls is None:
-            raise ValueError(
-                "Unknown normalization. Valid names: "
-                f"{', '.join(repr(n) for n in normalization_names())} (or "
-                "None, a dict of BatchNormalization arguments, or a layer). "
-                f"Received: normalization={normalization!r}"
-            )
-        return cls(**defaults)
+        return _layer_class(get_normalization_name(normalization))(**defaults)
     if isinstance(normalization, dict):
         if "class_name" in normalization:
             layer = keras.saving.deserialize_keras_object(normalization)
@@ -206,6 +443,61 @@ def get_normalization(normalization=None, **defaults):
 
 def serialize_normalization(layer):
     """The JSON-serializable form of a normalization layer (or `None`)."""
+    import keras
+
     if layer is None:
         return None
     return keras.saving.serialize_keras_object(layer)
+
+
+def input_normalization_names():
+    """The input normalization names, in the order of the table."""
+    return list(INPUT_NORMALIZATIONS)
+
+
+def get_input_normalization_name(name):
+    """Returns the registered name of an input normalization, lowercase.
+
+    `name` is `"none"`, `"batch"` or `"renorm"`, case-insensitive, with
+    surrounding spaces ignored; anything else raises a `ValueError` that
+    lists the valid names (as `get_normalization_name` does).
+
+    >>> bn_keras.registry.get_input_normalization_name("ReNorm")
+    'renorm'
+    """
+    return _lookup(
+        name,
+        input_normalization_names(),
+        "input normalization",
+        "input_batchnorm",
+    )
+
+
+def get_input_normalization(normalization, **defaults):
+    """Returns a fresh input normalization layer for a name, or `None`.
+
+    Args:
+        normalization: A registered input normalization name (see the
+            module docstring), case-insensitive.
+        **defaults: Further `BatchNormalization` arguments, such as `name`
+            or `axis`.
+
+    Returns:
+        A new, unbuilt `bn_keras.layers.BatchNormalization` with
+        `center=False` and `scale=False`, or `None` for `"none"`.
+
+    Example:
+
+    >>> layer = bn_keras.registry.get_input_normalization("renorm")
+    >>> layer.renorm, layer.momentum, layer.renorm_momentum, layer.center
+    (True, None, None, False)
+    """
+    from bn_keras.layers import BatchNormalization
+
+    name = get_input_normalization_name(normalization)
+    arguments = INPUT_NORMALIZATIONS[name]
+    if arguments is None:
+        return None
+    return BatchNormalization(
+        **{"center": False, "scale": False, **defaults, **arguments}
+    )

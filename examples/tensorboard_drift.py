@@ -176,9 +176,10 @@ def run(quick=False, out=".", seed=0):
         "train, validation and batchnorm). Open the dashboard with\n\n"
         f"    tensorboard --logdir {log_root}\n\n"
         "then http://localhost:6006: 'Scalars' for every figure per layer "
-        "(filter on probe/gap or drift_in_std), 'Custom Scalars' for one "
-        "group of charts per BN layer, 'Histograms' for gamma, beta and the "
-        "moving statistics."
+        "(filter on probe_gap or drift_in_std), 'Custom Scalars' for an "
+        "overview and one group of charts per BN layer, 'Histograms' for "
+        "gamma, beta and the moving statistics, 'Text' for a table of the "
+        "BN layers."
     )
     return results
 

@@ -9,7 +9,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-
 if keras.backend.backend() == "torch":
     import torch
 

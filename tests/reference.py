@@ -16,6 +16,15 @@
   moving standard deviation and `moving_variance = relu(stddev^2 - eps)`.
   With ghost batches, `r` and `d` are computed per ghost batch.
 - The paper's warm-up schedule for `rmax` and `dmax` (section 4).
+- Cumulative statistics (`momentum=None`, PyTorch's `momentum=None`): the
+  statistics of all the batches seen, each weighing one, written in closed
+  form as the pooled mean and variance of groups: `k` earlier batches
+  summarized by `(M0, V0)` and the batches since, `(mu_i, var_i)`:
+  `M = (k * M0 + sum(mu_i)) / (k + m)` and
+  `V = (k * (V0 + (M0 - M)^2) + sum(var_i + (mu_i - M)^2)) / (k + m)`.
+  With renorm, standard deviations are `sqrt(V + epsilon)`; with
+  `renorm_momentum=None`, the first step (`k + m = 0` before it) uses
+  `r = 1`, `d = 0`.
 
 Everything is computed in float64 with plain loops, independently of
 `bn_keras`; tests compare the layer with it.
@@ -147,6 +156,11 @@ class ReferenceBatchNorm:
         self.renorm_mean = np.zeros(channels)
         self.renorm_stddev = np.ones(channels)
         self.step = 0
+        # Cumulative statistics: the groups before (count, mean, variance)
+        # per statistic set, and the (mean, variance) of each batch since.
+        self.num_batches_tracked = 0
+        self._prior = {}
+        self._batches = []
 
     def set_state(self, **values):
         """Sets parameters and statistics by weight name (`gamma`, `beta`,
@@ -154,15 +168,22 @@ class ReferenceBatchNorm:
         for name, value in values.items():
             if name == "renorm_step":
                 self.step = int(value)
+            elif name == "num_batches_tracked":
+                self.num_batches_tracked = int(value)
             elif hasattr(self, name):
                 setattr(self, name, np.array(value, np.float64))
             else:
                 raise KeyError(f"Unknown weight {name!r}")
+        self._prior, self._batches = {}, []
 
     def state(self):
         names = ["moving_mean", "moving_variance"]
         if self.renorm:
             names += ["moving_stddev", "renorm_mean", "renorm_stddev"]
+        if self.momentum is None or (
+            self.renorm and self.renorm_momentum is None
+        ):
+            names.append("num_batches_tracked")
         return {name: getattr(self, name) for name in names}
 
     def clipping(self):
@@ -192,6 +213,8 @@ class ReferenceBatchNorm:
             r = np.minimum(r, bounds["rmax"])
         if bounds.get("dmax") is not None:
             d = np.clip(d, -bounds["dmax"], bounds["dmax"])
+        if self.renorm_momentum is None and self.num_batches_tracked == 0:
+            r, d = np.ones_like(r), np.zeros_like(d)
         return r, d
 
     def inference(self, x):
@@ -218,22 +241,64 @@ class ReferenceBatchNorm:
         finite = np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))
         if self.skip_nonfinite and not finite:
             return
+        if self.momentum is None or (
+            self.renorm and self.renorm_momentum is None
+        ):
+            self._remember_prior()
+            self._batches.append((mean, variance))
+            self.num_batches_tracked += 1
 
         def moved(old, new, momentum):
             return old * momentum + new * (1.0 - momentum)
 
+        stddev = np.sqrt(variance + self.epsilon)
+        if self.renorm and self.renorm_momentum is None:
+            self.renorm_mean, renorm_variance = self._pooled("renorm")
+            self.renorm_stddev = np.sqrt(renorm_variance + self.epsilon)
+        elif self.renorm:
+            self.renorm_mean = moved(
+                self.renorm_mean, mean, self.renorm_momentum
+            )
+            self.renorm_stddev = moved(
+                self.renorm_stddev, stddev, self.renorm_momentum
+            )
+        if self.momentum is None:
+            self.moving_mean, self.moving_variance = self._pooled("moving")
+            self.moving_stddev = np.sqrt(self.moving_variance + self.epsilon)
+            return
         self.moving_mean = moved(self.moving_mean, mean, self.momentum)
         if not self.renorm:
             self.moving_variance = moved(
                 self.moving_variance, variance, self.momentum
             )
             return
-        stddev = np.sqrt(variance + self.epsilon)
-        self.renorm_mean = moved(self.renorm_mean, mean, self.renorm_momentum)
-        self.renorm_stddev = moved(
-            self.renorm_stddev, stddev, self.renorm_momentum
-        )
         self.moving_stddev = moved(self.moving_stddev, stddev, self.momentum)
         self.moving_variance = np.maximum(
             self.moving_stddev**2 - self.epsilon, 0.0
         )
+
+    def _remember_prior(self):
+        """Before the first batch since the state was set: the statistics
+        in force summarize `num_batches_tracked` earlier batches."""
+        if self._prior:
+            return
+        k = self.num_batches_tracked
+        # A renorm layer keeps standard deviations: its variances derive.
+        eps = self.epsilon
+        moving_variance = self.moving_variance
+        if self.renorm:
+            moving_variance = np.maximum(self.moving_stddev**2 - eps, 0.0)
+        self._prior["moving"] = (k, self.moving_mean, moving_variance)
+        renorm_variance = np.maximum(self.renorm_stddev**2 - eps, 0.0)
+        self._prior["renorm"] = (k, self.renorm_mean, renorm_variance)
+
+    def _pooled(self, which):
+        """Mean and variance of the prior group and the batches since."""
+        k, prior_mean, prior_variance = self._prior[which]
+        means = np.array([m for m, _ in self._batches])
+        variances = np.array([v for _, v in self._batches])
+        total = k + len(self._batches)
+        mean = (k * prior_mean + means.sum(axis=0)) / total
+        spread = k * (prior_variance + (prior_mean - mean) ** 2)
+        spread = spread + (variances + (means - mean) ** 2).sum(axis=0)
+        return mean, spread / total

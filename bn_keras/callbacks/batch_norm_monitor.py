@@ -1,39 +1,59 @@
 """TensorBoard monitoring of batch normalization layers during `fit`."""
 
-import itertools
-import math
+import collections
 import os
-import re
-import socket
 import tempfile
-import time
 import warnings
 
 import keras
 import numpy as np
-from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.compat.proto import tensor_pb2
 from tensorboard.compat.proto import tensor_shape_pb2
 from tensorboard.compat.proto import types_pb2
-from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
-from tensorboard.plugins.scalar.summary_v2 import scalar_pb
-from tensorboard.summary.writer.record_writer import RecordWriter
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from bn_keras._validation import check_bool
 from bn_keras._validation import is_integer
-from bn_keras.models.find_batchnorm import find_batchnorm
+from bn_keras.callbacks._event_writer import SummaryWriter
+from bn_keras.callbacks._figures import MEAN_DRIFT_IN_STD
+from bn_keras.callbacks._figures import PROBE_GAP
+from bn_keras.callbacks._figures import affine_figures
+from bn_keras.callbacks._figures import clipped_fraction
+from bn_keras.callbacks._figures import clipping
+from bn_keras.callbacks._figures import constant_channels
+from bn_keras.callbacks._figures import constant_in_batches
+from bn_keras.callbacks._figures import drift_figures
+from bn_keras.callbacks._figures import ghost_moments
+from bn_keras.callbacks._figures import ghost_of_rows
+from bn_keras.callbacks._figures import probe_gap
+from bn_keras.callbacks._layout import MAX_DRIFT
+from bn_keras.callbacks._layout import MAX_PROBE_GAP
+from bn_keras.callbacks._layout import MIN_VARIANCE
+from bn_keras.callbacks._layout import NONFINITE
+from bn_keras.callbacks._layout import RUN_NAME
+from bn_keras.callbacks._layout import layer_category
+from bn_keras.callbacks._layout import layout_summary
+from bn_keras.callbacks._layout import overview_category
+from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
+from bn_keras.callbacks._statistics import as_float64
+from bn_keras.callbacks._statistics import nonfinite
+from bn_keras.callbacks._statistics import read_statistics
+from bn_keras.callbacks._tags import batchnorm_tags
+from bn_keras.callbacks._text_summary import layer_alerts
+from bn_keras.callbacks._text_summary import placements
+from bn_keras.callbacks._text_summary import summary_markdown
+from bn_keras.callbacks._text_summary import text_summary
+from bn_keras.layers._formulas import renorm_update_input
 from bn_keras.models._tracing import channels_last_2d
 from bn_keras.models._tracing import is_array_like
 from bn_keras.models._tracing import model_inputs
-from bn_keras.models._tracing import PooledMoments
 from bn_keras.models._tracing import record_inputs
 
-RUN_NAME = "batchnorm"
-DEAD_GAMMA = 1e-3
 HISTOGRAM_BUCKETS = 30  # as keras.callbacks.TensorBoard
+#: Histogram tags start with this, apart from the layers' scalars.
+HISTOGRAM_PREFIX = "histograms"
 
 # Figures added to `logs` at each epoch end.
 LOG_MAX_DRIFT = "bn_max_drift_in_std"
@@ -41,301 +61,72 @@ LOG_MIN_VARIANCE = "bn_min_moving_variance"
 LOG_MAX_PROBE_GAP = "bn_max_probe_gap"
 LOG_NONFINITE = "bn_nonfinite_layers"
 
-
-class _EventFile:
-    """Appends events to a new event file in a local folder, synchronously.
-
-    TensorBoard's `EventFileWriter` does the same through `tf.io.gfile`,
-    which imports TensorFlow when it is installed (seconds, on the JAX
-    backend); this one needs only TensorBoard's record format.
-    """
-
-    _uid = itertools.count()
-
-    def __init__(self, run_dir):
-        name = "events.out.tfevents.%010d.%s.%s.%s" % (
-            time.time(),
-            socket.gethostname(),
-            os.getpid(),
-            next(self._uid),
-        )
-        self._records = RecordWriter(open(os.path.join(run_dir, name), "wb"))
-        self.add_event(
-            event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
-        )
-
-    def add_event(self, event):
-        self._records.write(event.SerializeToString())
-        self._records.flush()
-
-    def flush(self):
-        self._records.flush()
-
-    def close(self):
-        self._records.close()
+#: What `tensorboard.plugins.scalar.summary_v2.scalar_pb` attaches to every
+#: scalar; made once (scalar_pb makes it, and a tensor proto through NumPy,
+#: for every value: a third of a write's time on a model of 52 BN layers).
+_SCALAR_METADATA = scalar_metadata.create_summary_metadata(
+    display_name=None, description=None
+)
 
 
-class _SummaryWriter:
-    """Writes `Summary` protos to an event file in `run_dir`.
-
-    On the TensorFlow backend through `tf.summary`; on other backends
-    through TensorBoard's own record writer, which needs no TensorFlow
-    (remote paths such as `gs://...` through TensorBoard's
-    `EventFileWriter`). The protos are the same either way.
-    """
-
-    def __init__(self, run_dir):
-        self._tf = None
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            self._tf = tf
-            self._writer = tf.summary.create_file_writer(run_dir)
-        elif "://" in run_dir:
-            from tensorboard.summary.writer.event_file_writer import (
-                EventFileWriter,
-            )
-
-            self._writer = EventFileWriter(run_dir)
-        else:
-            self._writer = _EventFile(run_dir)
-
-    def write(self, summary, step):
-        if self._tf is not None:
-            with self._writer.as_default():
-                self._tf.summary.experimental.write_raw_pb(
-                    summary.SerializeToString(), step=int(step)
-                )
-        else:
-            self._writer.add_event(
-                event_pb2.Event(
-                    wall_time=time.time(), step=int(step), summary=summary
-                )
-            )
-
-    def close(self):
-        self._writer.flush()
-        self._writer.close()
-
-
-def _value(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
-
-
-def _read(layer):
-    """The layer's statistics and affine weights as float64 arrays."""
-    stats = {
-        "moving_mean": _value(layer.moving_mean),
-        "moving_variance": _value(layer.moving_variance),
-    }
-    if layer.scale:
-        stats["gamma"] = _value(layer.gamma)
-    if layer.center:
-        stats["beta"] = _value(layer.beta)
-    if layer.renorm:
-        stats["moving_stddev"] = _value(layer.moving_stddev)
-        stats["renorm_mean"] = _value(layer.renorm_mean)
-        stats["renorm_stddev"] = _value(layer.renorm_stddev)
-    return stats
-
-
-def _drift_figures(now, previous, start, epsilon):
-    """Drift of the moving statistics since `previous` and `start`."""
-    mean, variance = now["moving_mean"], now["moving_variance"]
-    change = mean - previous["moving_mean"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        log_change = np.log(variance + epsilon) - np.log(
-            previous["moving_variance"] + epsilon
-        )
-        mean_in_std = np.abs(change) / np.sqrt(variance + epsilon)
-    return {
-        "moving_mean/drift": np.linalg.norm(change),
-        "moving_mean/drift_from_start": np.linalg.norm(
-            mean - start["moving_mean"]
+def _scalar(tag, value):
+    """A scalar summary value, as `scalar_pb` writes it (a float32)."""
+    return summary_pb2.Summary.Value(
+        tag=tag,
+        metadata=_SCALAR_METADATA,
+        tensor=tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_FLOAT,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+            float_val=[float(np.float32(value))],
         ),
-        "moving_mean/drift_in_std": np.mean(mean_in_std),
-        "moving_variance/drift": np.linalg.norm(
-            variance - previous["moving_variance"]
-        ),
-        "moving_variance/drift_from_start": np.linalg.norm(
-            variance - start["moving_variance"]
-        ),
-        "moving_variance/drift_in_std": np.mean(np.abs(log_change)),
-        "moving_variance/min": np.min(variance),
-        "moving_variance/mean": np.mean(variance),
-    }
-
-
-def _affine_figures(now):
-    figures = {}
-    for name in ("gamma", "beta"):
-        if name in now:
-            values = now[name]
-            figures[f"{name}/mean"] = np.mean(values)
-            figures[f"{name}/std"] = np.std(values)
-            figures[f"{name}/min"] = np.min(values)
-            figures[f"{name}/max"] = np.max(values)
-    if "gamma" in now:
-        figures["gamma/dead_fraction"] = np.mean(
-            np.abs(now["gamma"]) < DEAD_GAMMA
-        )
-    return figures
-
-
-def _clipping(layer, step=None):
-    """Clipping bounds of a renorm layer as floats; missing bounds left out.
-
-    `step` picks the step of a `RenormClipping` schedule (default: the
-    layer's current step); fixed bounds ignore it.
-    """
-    schedule = getattr(layer, "renorm_schedule", None)
-    if schedule is not None:
-        if step is None:
-            step = int(_value(layer.renorm_step))
-        bounds = schedule(max(int(step), 0))
-    else:
-        bounds = layer.renorm_clipping or {}
-    return {k: float(v) for k, v in bounds.items() if v is not None}
-
-
-def _clipped_fraction(
-    mean, stddev, renorm_mean, renorm_stddev, epsilon, bounds
-):
-    """Fraction of r and d pairs that the bounds clip.
-
-    `mean` and `stddev` are the batch (or per-ghost, shape `(G, C)`)
-    statistics, `renorm_*` the renorm statistics before the batch. The
-    formulas are Keras's: `r = stddev / renorm_stddev`,
-    `d = (mean - renorm_mean) / renorm_stddev`, with `renorm_stddev` floored
-    at `sqrt(epsilon)`.
-    """
-    denominator = np.maximum(renorm_stddev, math.sqrt(epsilon))
-    r = stddev / denominator
-    d = (mean - renorm_mean) / denominator
-    clipped = np.zeros(np.broadcast(r, d).shape, dtype=bool)
-    if "rmin" in bounds:
-        clipped |= r < bounds["rmin"]
-    if "rmax" in bounds:
-        clipped |= r > bounds["rmax"]
-    if "dmax" in bounds:
-        clipped |= np.abs(d) > bounds["dmax"]
-    return float(np.mean(clipped))
-
-
-def _ghost_moments(layer, inputs, mask):
-    """Batch statistics of the layer's inputs, per ghost batch if it has
-    them: arrays of shape `(G, C)`, the ghost batches as the layer forms
-    them (consecutive chunks, a last chunk of one sample merged)."""
-    rows, weights = channels_last_2d(layer, inputs, mask)
-    batch = int(inputs.shape[0])
-    size = getattr(layer, "virtual_batch_size", None)
-    if size is None:
-        ghost_of_sample = np.zeros(batch, dtype=int)
-    else:
-        num_ghosts = max(1, (batch - 2) // size + 1)
-        ghost_of_sample = np.minimum(np.arange(batch) // size, num_ghosts - 1)
-    ghost_of_row = np.repeat(ghost_of_sample, rows.shape[0] // batch)
-    means, variances = [], []
-    for ghost in range(ghost_of_sample.max() + 1):
-        pooled = PooledMoments()
-        selected = ghost_of_row == ghost
-        pooled.add(
-            rows[selected], None if weights is None else weights[selected]
-        )
-        means.append(pooled.mean)
-        variances.append(pooled.variance)
-    return np.stack(means), np.stack(variances)
-
-
-def _weighted_mean(values, weights):
-    if weights is None:
-        return values.mean(axis=0)
-    return (weights[:, None] * values).sum(axis=0) / weights.sum()
-
-
-def _layout_charts(name, layer, probe):
-    """The custom-scalars charts of one layer: `(title, [tag suffixes])`."""
-    charts = [
-        (
-            "moving_mean drift",
-            ["moving_mean/drift", "moving_mean/drift_from_start"],
-        ),
-        ("moving_mean drift_in_std", ["moving_mean/drift_in_std"]),
-        (
-            "moving_variance drift",
-            ["moving_variance/drift", "moving_variance/drift_from_start"],
-        ),
-        (
-            "moving_variance drift_in_std (log)",
-            ["moving_variance/drift_in_std"],
-        ),
-        (
-            "moving_variance min and mean",
-            ["moving_variance/min", "moving_variance/mean"],
-        ),
-    ]
-    for weight in ("gamma", "beta"):
-        if getattr(layer, "scale" if weight == "gamma" else "center"):
-            charts.append(
-                (
-                    weight,
-                    [f"{weight}/{s}" for s in ("mean", "std", "min", "max")],
-                )
-            )
-    if layer.scale:
-        charts.append(("gamma dead_fraction", ["gamma/dead_fraction"]))
-    if layer.renorm:
-        charts.append(("renorm bounds", ["renorm/rmax", "renorm/dmax"]))
-        clipped = ["renorm/clipped_fraction"]
-        if probe:
-            clipped.append("probe/clipped_fraction")
-        charts.append(("renorm clipped_fraction", clipped))
-    if probe:
-        charts.append(
-            ("train/inference gap (probe)", ["probe/gap", "probe/gap_max"])
-        )
-    prefix = re.escape(f"{name}/")
-    return [
-        layout_pb2.Chart(
-            title=f"{name}: {title}",
-            multiline=layout_pb2.MultilineChartContent(
-                tag=[f"^{prefix}{re.escape(tag)}$" for tag in tags]
-            ),
-        )
-        for title, tags in charts
-    ]
-
-
-def _layout_summary(layout):
-    tensor = tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_STRING,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-        string_val=[layout.SerializeToString()],
     )
-    summary = summary_pb2.Summary()
-    summary.value.add(
-        tag=layout_metadata.CONFIG_SUMMARY_TAG,
-        metadata=layout_metadata.create_summary_metadata(),
-        tensor=tensor,
-    )
-    return summary
 
 
-def _tag_names(layers):
-    """A tag prefix per layer: its name, its path if names clash."""
-    names = [layer.name for layer in layers]
-    tags = [
-        name if names.count(name) == 1 else getattr(layer, "path", name)
-        for name, layer in zip(names, layers)
+#: The layers' statistics at a moment, and the training steps done then
+#: (the optimizer's `iterations`; `None` without one).
+Reading = collections.namedtuple("Reading", ["states", "steps"])
+
+
+def _steps_between(earlier, later):
+    if earlier.steps is None or later.steps is None:
+        return 0
+    return later.steps - earlier.steps
+
+
+def _accuracy_names(model):
+    """Names of the accuracy metrics `model` was compiled with, as Keras
+    logs them (a flat list of metrics only)."""
+    metrics = (model.get_compile_config() or {}).get("metrics")
+    if not isinstance(metrics, (list, tuple)):
+        return []
+    names = []
+    for metric in metrics:
+        if isinstance(metric, dict):
+            metric = (metric.get("config") or {}).get("name")
+        if isinstance(metric, str) and "acc" in metric:
+            names.append(metric)
+    return names
+
+
+def _model_figures(figures, states):
+    """The model-wide figures of the layers' `figures` (`{tag: {...}}`):
+    `{tag: value}`, undefined ones left out."""
+    drifts = [f[MEAN_DRIFT_IN_STD] for f in figures.values()]
+    variances = [
+        f["moving_variance/min"]
+        for f in figures.values()
+        if "moving_variance/min" in f
     ]
-    unique = []
-    for tag in tags:
-        candidate, index = tag, 1
-        while candidate in unique:
-            index += 1
-            candidate = f"{tag}_{index}"
-        unique.append(candidate)
-    return unique
+    gaps = [f[PROBE_GAP] for f in figures.values() if PROBE_GAP in f]
+    result = {
+        MAX_DRIFT: np.max(drifts),
+        NONFINITE: sum(bool(nonfinite(now)) for now in states.values()),
+    }
+    if variances:
+        result[MIN_VARIANCE] = np.min(variances)
+    if gaps:
+        result[MAX_PROBE_GAP] = np.max(gaps)
+    return result
 
 
 class BatchNormMonitor(keras.callbacks.Callback):
@@ -344,16 +135,32 @@ class BatchNormMonitor(keras.callbacks.Callback):
     For each batch normalization layer of the model (Keras's and
     bn-keras's, nested ones included, as `bn_keras.find_batchnorm` finds
     them), every epoch or every `update_freq` batches, this callback writes
-    scalars under the tag prefix `<layer name>/`:
+    scalars under the layer's tag prefix (see **Tags** below):
 
+    - `1_probe_gap` (with `probe_data`): the mean over channels of
+      `rms(y_batch - y_moving) / std(y_batch)`, where `y_batch` is the
+      layer's output on the probe batch normalized with the batch's own
+      statistics (the training transform: ghost batches and renorm's `r`
+      and `d` included) and `y_moving` with the moving statistics (the
+      inference transform), both from the same input, the one the layer
+      receives when the model runs the probe batch in inference mode;
+      `probe/gap_max`, the largest channel's gap. Renorm layers also get
+      `probe/clipped_fraction`, the fraction of (ghost batch, channel)
+      pairs whose `r` or `d` would be clipped on the probe batch. The
+      moving statistics are left untouched.
+    - `2_mean_drift_in_std`: mean over channels of
+      `|change of moving_mean| / sqrt(moving_variance + epsilon)` since the
+      previous write, a scale-free figure. (The two names start with digits
+      so that they sort first in the layer's group of TensorBoard's Time
+      Series dashboard.)
     - `moving_mean/drift`: L2 norm of the change of the moving mean since
       the previous write; `moving_mean/drift_from_start`: since this `fit`
-      began; `moving_mean/drift_in_std`: mean over channels of
-      `|change| / sqrt(moving_variance + epsilon)`, a scale-free figure.
+      began.
     - `moving_variance/drift`, `moving_variance/drift_from_start`: the same
       norms for the moving variance; `moving_variance/drift_in_std`: mean
       over channels of `|change of log(moving_variance + epsilon)|`;
-      `moving_variance/min` and `moving_variance/mean`.
+      `moving_variance/min` (constant channels left out, see below) and
+      `moving_variance/mean`.
     - `gamma/{mean,std,min,max}`, `beta/{mean,std,min,max}`, and
       `gamma/dead_fraction`, the fraction of channels with `|gamma| < 1e-3`.
     - Renorm layers: `renorm/rmax` and `renorm/dmax`, the bounds in force
@@ -365,33 +172,66 @@ class BatchNormMonitor(keras.callbacks.Callback):
       the callback snapshots just before the batch. It is not written for
       ghost-batch renorm layers (their per-ghost `r` and `d` cannot be
       recovered from the pooled update), nor with `steps_per_execution > 1`.
-    - Histograms `gamma/histogram`, `beta/histogram`,
-      `moving_mean/histogram` and `moving_variance/histogram` (when
-      `histograms=True`; skipped while the values are not all finite).
-    - With `probe_data`: `probe/gap`, the mean over channels of
-      `rms(y_batch - y_moving) / std(y_batch)`, where `y_batch` is the
-      layer's output on the probe batch normalized with the batch's own
-      statistics (the training transform: ghost batches and renorm's `r`
-      and `d` included) and `y_moving` with the moving statistics (the
-      inference transform), both from the same input, the one the layer
-      receives when the model runs the probe batch in inference mode;
-      `probe/gap_max`, the largest channel's gap. Renorm layers also get
-      `probe/clipped_fraction`, the fraction of (ghost batch, channel)
-      pairs whose `r` or `d` would be clipped on the probe batch. The
-      moving statistics are left untouched.
+    - `moving_variance/constant_channels` and, with `probe_data`,
+      `probe/constant_channels`: how many channels are constant on the
+      data they are measured on.
+    - Histograms `histograms/<prefix>/{gamma,beta,moving_mean,
+      moving_variance}` (when `histograms=True`; skipped while the values
+      are not all finite), under a prefix of their own so that the layers'
+      groups in Time Series hold scalars only.
 
-    It also writes `batchnorm/max_drift_in_std` (largest
-    `moving_mean/drift_in_std` over layers), `batchnorm/min_moving_variance`,
+    **Constant channels.** A channel whose input is constant (a pixel that
+    is 0 in every image, a ReLU unit that is 0 on every row) has no
+    variance: its gap would be infinite and its moving variance decays
+    towards 0, which looks like a collapse. Such channels are counted and
+    left out of the gap and of `moving_variance/min`, never turned into an
+    infinity or a false alarm; a figure whose every channel is constant is
+    not written. On the probe, a channel is constant when it holds one
+    value in every row of each batch the layer normalizes over (the probe
+    batch, or each of its ghost batches). In the moving variance, a
+    channel is constant when every training batch since the previous
+    write had zero variance in it: the weighted mean of those batches'
+    variances, recovered from the moving variance's update
+    (`v_new = v_old * m^k + (1 - m) * sum(m^j * batch_variance)` over the
+    `k` steps counted by the optimizer's `iterations`), is 0 within
+    float32 rounding (for renorm layers, whose moving variance derives
+    from the moving average of `sqrt(variance + epsilon)`: that average's
+    batches are `sqrt(epsilon)`). A test against epsilon would not do: a
+    feature of small scale has a real variance below epsilon. Non-finite
+    statistics are reported as they are.
+
+    It also writes the model-wide `batchnorm/max_drift_in_std` (largest
+    `2_mean_drift_in_std` over layers), `batchnorm/min_moving_variance`,
     `batchnorm/nonfinite_layers` and, with `probe_data`,
-    `batchnorm/max_probe_gap`; and, at the start of training, a
-    custom-scalars layout (TensorBoard's "Custom Scalars" dashboard) with
-    one category per layer, titled with its tag prefix.
+    `batchnorm/max_probe_gap`. At the start of training it writes a
+    custom-scalars layout (TensorBoard's "Custom Scalars" dashboard): an
+    "Overview" category first (accuracy and loss per epoch, from
+    `keras.callbacks.TensorBoard`'s `train` and `validation` runs, and the
+    model-wide figures), then one category per layer, in forward order,
+    titled with its tag prefix, with gamma and beta as bands from min to
+    max around the mean. It also writes, at the start and the end of
+    training, a text summary `batchnorm/layers` (TensorBoard's "Text"
+    dashboard): a table of the layers in forward order with their
+    placement, momentum, ghost batch size, renorm settings and alerts
+    (non-finite statistics, dead or constant channels, a moving variance
+    below epsilon in channels that are not constant).
+
+    **Tags.** A layer's tags start with `bn<N>`, its position in forward
+    order counted from 1 (zero-padded to two digits or more: `bn01`), then,
+    if the user named the layer or the models and blocks it sits in, a dash
+    and those names from the outermost in, joined by dots:
+    `bn03-block_a.bn`. Names that Keras gives automatically (the snake case
+    name of a class, with an optional `_N`: `batch_normalization_4`) and
+    names `insert_batchnorm` and `BNBlock` derive from them (`dense_3_bn`)
+    are left out, so two models of one architecture built in one process
+    log the same tags, and their runs overlay.
 
     At every epoch end it adds to `logs`, for `EarlyStopping`, a tuner
     objective or `History`: `bn_max_drift_in_std` (largest
-    `moving_mean/drift_in_std` over layers, over the epoch),
+    `2_mean_drift_in_std` over layers, over the epoch),
     `bn_min_moving_variance`, `bn_nonfinite_layers` and, with `probe_data`,
-    `bn_max_probe_gap`. Callbacks placed after this one see them.
+    `bn_max_probe_gap` (NaN where undefined). Callbacks placed after this
+    one see them.
 
     A statistic that is not finite (checked at every write and epoch end)
     is reported once per layer with a `RuntimeWarning` naming the layer;
@@ -487,6 +327,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
         self.histograms = bool(histograms)
         self.probe_data = probe_data
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        self._guard = NonFiniteGuard(stop=self.stop_on_nonfinite)
         self._writer = None
         if self.update_freq == "epoch":
             # Nothing to do at batch ends: keep Keras's default (no-op)
@@ -524,17 +365,32 @@ class BatchNormMonitor(keras.callbacks.Callback):
         """
         return self.model
 
+    def _reading(self, model):
+        """The layers' statistics now, and the training steps done."""
+        optimizer = getattr(model, "optimizer", None)
+        iterations = getattr(optimizer, "iterations", None)
+        steps = None if iterations is None else int(as_float64(iterations))
+        return Reading(
+            {
+                name: read_statistics(layer)
+                for name, layer in zip(self._names, self._layers)
+            },
+            steps,
+        )
+
     # -- training hooks --------------------------------------------------
 
     def on_train_begin(self, logs=None):
         model = self.model
-        self._layers = find_batchnorm(model)
-        self._names = _tag_names(self._layers)
+        tagged = batchnorm_tags(model)
+        self._layers = [layer for layer, _ in tagged]
+        self._names = [tag for _, tag in tagged]
         self._open_writer()
         self._batches_seen = 0
         self._batch_begins = 0
         self._renorm_before = None
-        self._reported = set()
+        self._guard.set_model(model)
+        self._guard.on_train_begin()
         self._steps_per_execution = int(
             getattr(model, "steps_per_execution", 1) or 1
         )
@@ -551,21 +407,23 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 stacklevel=2,
             )
             return
-        self._start = {n: _read(l) for n, l in zip(self._names, self._layers)}
-        self._last = dict(self._start)
-        self._epoch_start = dict(self._start)
-        layout = layout_pb2.Layout(
-            category=[
-                layout_pb2.Category(
-                    title=name,
-                    chart=_layout_charts(
-                        name, layer, self.probe_data is not None
-                    ),
-                )
-                for name, layer in zip(self._names, self._layers)
-            ]
+        self._start = self._reading(model)
+        self._last = self._epoch_start = self._start
+        self._latest = {}  # per tag: (constant channels, probe figures)
+        self._last_step = 0
+        self._placements = placements(model)
+        probe = self.probe_data is not None
+        categories = [overview_category(_accuracy_names(model), probe)]
+        categories += [
+            layer_category(name, layer, probe)
+            for name, layer in zip(self._names, self._layers)
+        ]
+        self._writer.write(layout_summary(categories), step=0)
+        self._write_text(
+            self._start.states,
+            "Written as training began; the summary written as it ended "
+            "lists the alerts.",
         )
-        self._writer.write(_layout_summary(layout), step=0)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._batch_begins += 1
@@ -582,8 +440,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 self._batch_begins,
                 {
                     name: (
-                        _value(layer.renorm_mean),
-                        _value(layer.renorm_stddev),
+                        as_float64(layer.renorm_mean),
+                        as_float64(layer.renorm_stddev),
                     )
                     for name, layer in self._renorm_layers
                 },
@@ -598,35 +456,141 @@ class BatchNormMonitor(keras.callbacks.Callback):
         if not self._layers:
             return
         if self.update_freq == "epoch":
-            states, probe = self._write(epoch)
+            reading, figures = self._write(epoch)
         else:
-            self._sync()
-            states = {n: _read(l) for n, l in zip(self._names, self._layers)}
+            reading = self._reading(self._sync())
             probe = self._probe() if self.probe_data is not None else {}
-            self._check_finite(states)
-        drifts = []
-        for name, layer in zip(self._names, self._layers):
-            figures = _drift_figures(
-                states[name],
-                self._epoch_start[name],
-                self._start[name],
-                layer.epsilon,
-            )
-            drifts.append(figures["moving_mean/drift_in_std"])
-        self._epoch_start = states
+            figures = self._figures(reading, self._epoch_start, probe, None)
+            self._check_finite(reading.states)
+        self._epoch_start = reading
         if logs is not None:
-            logs[LOG_MAX_DRIFT] = float(np.max(drifts))
-            logs[LOG_MIN_VARIANCE] = float(
-                np.min([s["moving_variance"].min() for s in states.values()])
-            )
-            logs[LOG_NONFINITE] = float(_count_nonfinite(states))
+            wide = _model_figures(figures, reading.states)
+            logs[LOG_MAX_DRIFT] = float(wide[MAX_DRIFT])
+            logs[LOG_MIN_VARIANCE] = float(wide.get(MIN_VARIANCE, np.nan))
+            logs[LOG_NONFINITE] = float(wide[NONFINITE])
             if self.probe_data is not None:
-                logs[LOG_MAX_PROBE_GAP] = _max_probe_gap(probe)
+                logs[LOG_MAX_PROBE_GAP] = float(wide.get(MAX_PROBE_GAP, np.nan))
 
     def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._writer is None:
+            return
+        if self._layers:
+            # The statistics of the last epoch end: no more training since.
+            self._write_text(
+                self._epoch_start.states,
+                "Written as training ended.",
+                self._last_step,
+            )
+        self._writer.close()
+        self._writer = None
+
+    # -- figures ---------------------------------------------------------
+
+    def _figures(self, reading, previous, probe, snapshot):
+        """`{tag: {figure: value}}` of every layer, from `previous` (a
+        `Reading`) to `reading`; remembers the constant channels and probe
+        figures for the text summary's alerts."""
+        steps = _steps_between(previous, reading)
+        figures = {}
+        for name, layer in zip(self._names, self._layers):
+            now, before = reading.states[name], previous.states[name]
+            constant = constant_channels(layer, now, before, steps)
+            layer_figures = drift_figures(
+                now, before, self._start.states[name], layer.epsilon, constant
+            )
+            layer_figures.update(affine_figures(now))
+            if layer.renorm:
+                layer_figures.update(
+                    self._renorm_figures(name, layer, now, snapshot)
+                )
+            layer_figures.update(probe.get(name, {}))
+            figures[name] = layer_figures
+            self._latest[name] = (constant, probe.get(name, {}))
+        return figures
+
+    def _renorm_figures(self, name, layer, now, snapshot):
+        bounds = clipping(layer)
+        figures = {
+            f"renorm/{k}": bounds[k] for k in ("rmax", "dmax") if k in bounds
+        }
+        if snapshot is not None and name in snapshot and layer.trainable:
+            old_mean, old_stddev = snapshot[name]
+            # The batch's statistics, from the update they made.
+            count = None
+            if layer.renorm_momentum is None:  # cumulative statistics
+                count = as_float64(layer.num_batches_tracked)
+            batch_mean, batch_stddev = renorm_update_input(
+                old_mean,
+                old_stddev,
+                now["renorm_mean"],
+                now["renorm_stddev"],
+                layer.epsilon,
+                layer.renorm_momentum,
+                count,
+            )
+            # The bounds of the last batch: the step before the current one.
+            step = None
+            if getattr(layer, "renorm_schedule", None) is not None:
+                step = int(as_float64(layer.renorm_step)) - 1
+            figures["renorm/clipped_fraction"] = clipped_fraction(
+                batch_mean,
+                batch_stddev,
+                old_mean,
+                old_stddev,
+                layer.epsilon,
+                clipping(layer, step),
+            )
+            if count is not None and count == 1:
+                # The first cumulative step uses r = 1, d = 0: no clipping.
+                figures["renorm/clipped_fraction"] = 0.0
+        return figures
+
+    def _probe(self):
+        """Probe-batch figures per layer, moving statistics left unchanged."""
+        x = model_inputs(self.probe_data)
+        with record_inputs(self._layers) as calls:
+            self.model(x, training=False)
+        first = {}
+        for layer, inputs, mask in calls:
+            first.setdefault(id(layer), (inputs, mask))
+        return {
+            name: self._probe_layer(layer, *first[id(layer)])
+            for name, layer in zip(self._names, self._layers)
+            if id(layer) in first
+        }
+
+    def _probe_layer(self, layer, inputs, mask):
+        # The training transform without its state update: the updated
+        # statistics that `stateless_call` returns are dropped.
+        y_batch, _ = layer.stateless_call(
+            [v.value for v in layer.trainable_variables],
+            [v.value for v in layer.non_trainable_variables],
+            inputs,
+            training=True,
+            mask=mask,
+        )
+        y_moving = layer(inputs, training=False, mask=mask)
+        rows, weights = channels_last_2d(layer, inputs, mask)
+        ghosts = ghost_of_rows(layer, int(inputs.shape[0]), len(rows))
+        batch_rows, _ = channels_last_2d(layer, y_batch, mask)
+        moving_rows, _ = channels_last_2d(layer, y_moving, mask)
+        figures = probe_gap(
+            batch_rows,
+            moving_rows,
+            weights,
+            constant_in_batches(rows, weights, ghosts),
+        )
+        if layer.renorm:
+            mean, variance = ghost_moments(rows, weights, ghosts)
+            figures["probe/clipped_fraction"] = clipped_fraction(
+                mean,
+                np.sqrt(variance + layer.epsilon),
+                as_float64(layer.renorm_mean),
+                as_float64(layer.renorm_stddev),
+                layer.epsilon,
+                clipping(layer),
+            )
+        return figures
 
     # -- writing ---------------------------------------------------------
 
@@ -646,173 +610,89 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 ) from error
         if self._writer is not None:
             self._writer.close()
-        self._writer = _SummaryWriter(run_dir)
+        self._writer = SummaryWriter(run_dir)
+
+    def _renorm_snapshot(self):
+        """The renorm statistics from just before the last batch, if the
+        callback took them then."""
+        if self._renorm_before is None:
+            return None
+        begins, snapshot = self._renorm_before
+        self._renorm_before = None
+        return snapshot if begins == self._batch_begins else None
 
     def _write(self, step):
-        """Writes every figure at `step`; returns the states and probe."""
-        self._sync()
+        """Writes every figure at `step`; returns the reading and figures."""
+        reading = self._reading(self._sync())
         probe = self._probe() if self.probe_data is not None else {}
-        snapshot = None
-        if self._renorm_before is not None:
-            begins, snapshot = self._renorm_before
-            if begins != self._batch_begins:  # not the last batch's
-                snapshot = None
-            self._renorm_before = None
-        summary = summary_pb2.Summary()
-
-        def add(tag, value):
-            summary.value.extend(scalar_pb(tag, np.float32(value)).value)
-
-        states, drifts = {}, []
-        for name, layer in zip(self._names, self._layers):
-            now = _read(layer)
-            states[name] = now
-            figures = _drift_figures(
-                now, self._last[name], self._start[name], layer.epsilon
-            )
-            drifts.append(figures["moving_mean/drift_in_std"])
-            figures.update(_affine_figures(now))
-            if layer.renorm:
-                figures.update(self._renorm_figures(name, layer, now, snapshot))
-            figures.update(probe.get(name, {}))
-            for key, value in figures.items():
-                add(f"{name}/{key}", value)
-            if self.histograms:
-                for key in ("gamma", "beta", "moving_mean", "moving_variance"):
-                    if key in now and np.all(np.isfinite(now[key])):
-                        summary.value.extend(
-                            histogram_pb(
-                                f"{name}/{key}/histogram",
-                                now[key],
-                                buckets=HISTOGRAM_BUCKETS,
-                            ).value
-                        )
-        self._last = states
-        add(f"{RUN_NAME}/max_drift_in_std", np.max(drifts))
-        add(
-            f"{RUN_NAME}/min_moving_variance",
-            np.min([s["moving_variance"].min() for s in states.values()]),
+        figures = self._figures(
+            reading, self._last, probe, self._renorm_snapshot()
         )
-        add(f"{RUN_NAME}/nonfinite_layers", _count_nonfinite(states))
-        if self.probe_data is not None:
-            add(f"{RUN_NAME}/max_probe_gap", _max_probe_gap(probe))
+        summary = summary_pb2.Summary()
+        for name, layer_figures in figures.items():
+            summary.value.extend(
+                _scalar(f"{name}/{key}", value)
+                for key, value in layer_figures.items()
+            )
+            if self.histograms:
+                self._add_histograms(summary, name, reading.states[name])
+        summary.value.extend(
+            _scalar(tag, value)
+            for tag, value in _model_figures(figures, reading.states).items()
+        )
         self._writer.write(summary, step)
-        self._check_finite(states)
-        return states, probe
+        self._last = reading
+        self._last_step = step
+        self._check_finite(reading.states)
+        return reading, figures
 
-    def _renorm_figures(self, name, layer, now, snapshot):
-        bounds = _clipping(layer)
-        figures = {
-            f"renorm/{k}": bounds[k] for k in ("rmax", "dmax") if k in bounds
-        }
-        if snapshot is not None and name in snapshot and layer.trainable:
-            old_mean, old_stddev = snapshot[name]
-            # renorm_x = old * momentum + batch_x * (1 - momentum), undone.
-            momentum = layer.renorm_momentum
-            batch_mean = (now["renorm_mean"] - momentum * old_mean) / (
-                1 - momentum
-            )
-            batch_stddev = (now["renorm_stddev"] - momentum * old_stddev) / (
-                1 - momentum
-            )
-            # The bounds of the last batch: the step before the current one.
-            step = None
-            if getattr(layer, "renorm_schedule", None) is not None:
-                step = int(_value(layer.renorm_step)) - 1
-            figures["renorm/clipped_fraction"] = _clipped_fraction(
-                batch_mean,
-                batch_stddev,
-                old_mean,
-                old_stddev,
-                layer.epsilon,
-                _clipping(layer, step),
-            )
-        return figures
+    def _add_histograms(self, summary, name, now):
+        for key in ("gamma", "beta", "moving_mean", "moving_variance"):
+            if key in now and np.all(np.isfinite(now[key])):
+                summary.value.extend(
+                    histogram_pb(
+                        f"{HISTOGRAM_PREFIX}/{name}/{key}",
+                        now[key],
+                        buckets=HISTOGRAM_BUCKETS,
+                    ).value
+                )
 
-    def _probe(self):
-        """Probe-batch figures per layer, moving statistics left unchanged."""
-        x = model_inputs(self.probe_data)
-        with record_inputs(self._layers) as calls:
-            self.model(x, training=False)
-        first = {}
-        for layer, inputs, mask in calls:
-            first.setdefault(id(layer), (inputs, mask))
-        figures = {}
+    def _write_text(self, states, note, step=0):
+        """Writes the text summary of the layers, with their alerts."""
+        rows = []
         for name, layer in zip(self._names, self._layers):
-            if id(layer) not in first:
-                continue
-            inputs, mask = first[id(layer)]
-            saved = [_value(v) for v in layer.non_trainable_variables]
-            try:
-                y_batch = layer(inputs, training=True, mask=mask)
-            finally:
-                for variable, value in zip(
-                    layer.non_trainable_variables, saved
-                ):
-                    variable.assign(value.astype(variable.dtype))
-            y_moving = layer(inputs, training=False, mask=mask)
-            batch_rows, weights = channels_last_2d(layer, y_batch, mask)
-            moving_rows, _ = channels_last_2d(layer, y_moving, mask)
-            rms = np.sqrt(
-                _weighted_mean(np.square(batch_rows - moving_rows), weights)
+            constant, probe = self._latest.get(
+                name, (np.zeros(0, dtype=bool), {})
             )
-            center = _weighted_mean(batch_rows, weights)
-            std = np.sqrt(
-                _weighted_mean(np.square(batch_rows - center), weights)
+            if constant.size == 0:
+                constant = np.zeros(
+                    np.shape(states[name].get("moving_variance")), dtype=bool
+                )
+            rows.append(
+                (
+                    name,
+                    layer,
+                    self._placements.get(id(layer)),
+                    layer_alerts(layer, states[name], constant, probe),
+                )
             )
-            with np.errstate(invalid="ignore", divide="ignore"):
-                gap = np.where(
-                    std > 0, rms / std, np.where(rms > 0, np.inf, 0.0)
-                )
-            layer_figures = {
-                "probe/gap": np.mean(gap),
-                "probe/gap_max": np.max(gap),
-            }
-            if layer.renorm:
-                mean, variance = _ghost_moments(layer, inputs, mask)
-                layer_figures["probe/clipped_fraction"] = _clipped_fraction(
-                    mean,
-                    np.sqrt(variance + layer.epsilon),
-                    _value(layer.renorm_mean),
-                    _value(layer.renorm_stddev),
-                    layer.epsilon,
-                    _clipping(layer),
-                )
-            figures[name] = layer_figures
-        return figures
+        markdown = summary_markdown(rows, note)
+        self._writer.write(text_summary(markdown), step)
 
     def _check_finite(self, states):
-        for name, now in states.items():
-            bad = [
-                key
-                for key, value in now.items()
-                if not np.all(np.isfinite(value))
-            ]
-            if not bad or name in self._reported:
-                continue
-            self._reported.add(name)
-            stop = ""
-            if self.stop_on_nonfinite:
-                stop = " Stopping training (stop_on_nonfinite=True)."
+        """Warns once about each layer with non-finite statistics; stops
+        training with `stop_on_nonfinite=True`."""
+        stop = ""
+        if self.stop_on_nonfinite:
+            stop = " Stopping training (stop_on_nonfinite=True)."
+        layers = dict(zip(self._names, self._layers))
+        for name, bad in self._guard.check(states).items():
             warnings.warn(
-                f"BatchNormMonitor: batch normalization layer '{name}' has "
-                f"non-finite statistics ({', '.join(bad)} contain NaN or "
-                "Inf). Its inference output is now wrong; look for a NaN or "
-                f"Inf batch or a diverging loss.{stop}",
+                "BatchNormMonitor: batch normalization layer "
+                f"'{layers[name].name}' has non-finite statistics "
+                f"({', '.join(bad)} contain NaN or Inf; tags {name}/...). Its "
+                "inference output is now wrong; look for a NaN or Inf batch "
+                f"or a diverging loss.{stop}",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            if self.stop_on_nonfinite:
-                self.model.stop_training = True
-
-
-def _count_nonfinite(states):
-    return sum(
-        any(not np.all(np.isfinite(value)) for value in now.values())
-        for now in states.values()
-    )
-
-
-def _max_probe_gap(probe):
-    gaps = [figures["probe/gap"] for figures in probe.values()]
-    return float(np.max(gaps)) if gaps else float("nan")

@@ -3,21 +3,28 @@
     bn-keras compare   train one model per BN configuration and rank them
     bn-keras search    search BN placements with keras-tuner
     bn-keras inspect   one row per BN layer of a saved model; fold it
+    bn-keras convert   a saved model with its BN layers of another kind
 
 Also `python -m bn_keras`. Exit status: 0 on success, 2 for usage errors
 (bad options, unknown names, unreadable or malformed files), as argparse
-does.
+does, 130 when Ctrl-C stops a command, 1 for anything else (an error that
+is not the input's: one line, and its traceback with `--verbose`).
+
+Nothing here imports Keras: `--help`, `--version` and usage errors answer
+at once, and a command starts Keras once its options are checked
+(`bn_keras.cli.runtime`).
 """
 
 import argparse
 import sys
 
 from bn_keras.cli import compare
-from bn_keras.cli import inspect
+from bn_keras.cli import convert
+from bn_keras.cli import inspect_command
+from bn_keras.cli import runtime
 from bn_keras.cli import search
+from bn_keras.cli.common import PROG
 from bn_keras.cli.common import UsageError
-
-PROG = "bn-keras"
 
 
 def build_parser():
@@ -38,9 +45,34 @@ def build_parser():
         title="commands", dest="command", metavar="COMMAND"
     )
     subparsers.required = True
-    for module in (compare, search, inspect):
+    for module in (compare, search, inspect_command, convert):
         module.add_parser(subparsers)
     return parser
+
+
+def _parse(argv):
+    """`(args, None)`, or `(None, exit status)` after `--help`,
+    `--version` or an argparse error."""
+    try:
+        return build_parser().parse_args(argv), None
+    except SystemExit as exit:
+        return None, exit.code if isinstance(exit.code, int) else 2
+
+
+def _failed(command, error, verbose):
+    """One line for an error that is not the input's; exit status 1."""
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    first = lines[0].strip() if lines else ""
+    hint = "" if verbose else " (--verbose shows the traceback)"
+    print(
+        f"{PROG} {command}: error: {type(error).__name__}: {first}{hint}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def main(argv=None):
@@ -50,18 +82,24 @@ def main(argv=None):
         argv: Arguments without the program name (default: `sys.argv[1:]`).
 
     Returns:
-        0 on success, 2 for a usage error (printed to stderr).
+        0 on success, 2 for a usage error (printed to stderr), 130 when
+        interrupted (Ctrl-C), 1 for any other error.
     """
-    parser = build_parser()
+    args = command = None
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit:  # --help, --version and argparse's errors
-        return exit.code if isinstance(exit.code, int) else 2
-    try:
-        return args.run(args)
+        runtime.take_over_interrupts()
+        args, status = _parse(argv)
+        if args is None:
+            return status
+        command = args.command
+        with runtime.plain_warnings(), runtime.remember_interrupts():
+            status = args.run(args)
+            runtime.check_interrupt()
+        return status
     except UsageError as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        print(f"{PROG} {command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return runtime.interrupted(command)
+    except Exception as error:
+        return _failed(command, error, getattr(args, "verbose", False))

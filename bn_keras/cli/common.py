@@ -1,5 +1,11 @@
-"""Pieces shared by the subcommands: usage errors, output folders, tables."""
+"""Pieces shared by the subcommands: usage errors, the options `compare`
+and `search` both take and their checks, output folders, tables.
 
+Nothing here imports Keras: the parsers and the checks of the options run
+before it is started (`bn_keras.cli.runtime.start_keras`).
+"""
+
+import argparse
 import contextlib
 import datetime
 import logging
@@ -9,6 +15,17 @@ import shutil
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from bn_keras import registry
+
+PROG = "bn-keras"
+
+#: The architectures of `--model`.
+MODELS = ("mlp", "cnn")
+
+#: The fewest samples a dataset may have: enough to split off a
+#: validation set.
+MIN_SAMPLES = 10
 
 #: The widest the printed tables get, whatever the terminal.
 MAX_WIDTH = 100
@@ -60,12 +77,159 @@ def table(columns, rows, title=None):
     return result
 
 
+def add_command(subparsers, name, help, description, epilog):
+    """A command's parser; its description and epilog keep their lines."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_model_arguments(
+    group, model_choices, model_help, placements_help, normalizations_help
+):
+    """Adds `--model`, `--placements` and `--normalizations`."""
+    group.add_argument(
+        "--model", choices=model_choices, default="mlp", help=model_help
+    )
+    for option, text in (
+        ("--placements", placements_help),
+        ("--normalizations", normalizations_help),
+    ):
+        group.add_argument(option, nargs="+", metavar="NAME", help=text)
+
+
+def add_training_arguments(group, epochs_help, learning_rate_help, seed_help):
+    """Adds `--epochs`, `--batch-size`, `--learning-rate` and `--seed`."""
+    group.add_argument("--epochs", type=int, metavar="N", help=epochs_help)
+    group.add_argument(
+        "--batch-size", type=int, default=32, metavar="N", help="(default: 32)"
+    )
+    group.add_argument(
+        "--learning-rate",
+        type=float,
+        default=1e-3,
+        metavar="LR",
+        help=learning_rate_help,
+    )
+    group.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def add_output_arguments(parser, logdir_help, quick_help, verbose_help):
+    """Adds the "output" group: `--logdir`, `--quick` and `--verbose`."""
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--logdir", default="runs", metavar="DIR", help=logdir_help
+    )
+    output.add_argument("--quick", action="store_true", help=quick_help)
+    output.add_argument("--verbose", action="store_true", help=verbose_help)
+    return output
+
+
+def settings_options(args):
+    """The options that both commands' settings take as they are."""
+    return {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "seed": args.seed,
+        "quick": args.quick,
+        "verbose": args.verbose,
+    }
+
+
+def check_positive(options):
+    """Checks that every given option is a positive integer.
+
+    Args:
+        options: A dict from option (`"--epochs"`) to its value; `None`
+            (not given, a default follows) passes.
+
+    Raises:
+        UsageError: for the first value below 1, naming the option.
+    """
+    for option, value in options.items():
+        if value is not None and value < 1:
+            raise UsageError(
+                f"{option} must be a positive integer; got {value}"
+            )
+
+
 def parse_names(values):
     """A list of names from `--opt a b` and `--opt a,b` alike."""
     names = []
     for value in values or ():
         names.extend(part.strip() for part in value.split(",") if part.strip())
     return names
+
+
+def _resolve(names, get, kind, valid):
+    """`get(name)` for each name, in order, without duplicates; an unknown
+    name is a usage error that lists the `valid` ones."""
+    resolved = []
+    for name in names:
+        try:
+            value = get(name)
+        except ValueError:
+            raise UsageError(
+                f"unknown {kind} {name!r}. Valid {kind}s: {valid}"
+            ) from None
+        if value not in resolved:
+            resolved.append(value)
+    return resolved
+
+
+def resolve_placements(names):
+    """Canonical placement names, in order, without duplicates."""
+    return _resolve(
+        names,
+        registry.get_placement,
+        "placement",
+        registry.valid_placement_names(quoted=False),
+    )
+
+
+def resolve_normalizations(names):
+    """Registered normalization names, in order, without duplicates."""
+    return _resolve(
+        names,
+        registry.get_normalization_name,
+        "normalization",
+        ", ".join(registry.normalization_names()),
+    )
+
+
+def resolve_input_normalizations(names):
+    """Input normalization names (`--input-batchnorm`, as typed), in order,
+    without duplicates; `("none",)` when none is given."""
+    return tuple(
+        _resolve(
+            parse_names(names) or ["none"],
+            registry.get_input_normalization_name,
+            "input normalization",
+            ", ".join(registry.input_normalization_names()),
+        )
+    )
+
+
+def resolve_names(placements, normalizations, defaults):
+    """`(placements, normalizations)` of `--placements` and
+    `--normalizations` as typed (lists of space- or comma-separated names),
+    or of `defaults`, a pair of the same; resolved, as tuples."""
+    default_placements, default_normalizations = defaults
+    return (
+        tuple(
+            resolve_placements(parse_names(placements) or default_placements)
+        ),
+        tuple(
+            resolve_normalizations(
+                parse_names(normalizations) or default_normalizations
+            )
+        ),
+    )
 
 
 def new_session_dir(logdir, prefix):

@@ -1,25 +1,37 @@
-"""Data for the command line: scikit-learn's bundled datasets, a generated
-regression with features on very different scales, and the user's own CSV
-or NPZ files.
+"""Data for the command line: where it comes from, how it is split, and
+what a command should know about it.
 
-Nothing is downloaded: `digits`, `wine` and `breast_cancer` ship with
-scikit-learn, and `scales` is generated. Features are used as they are (no
-standardization), so that a comparison shows what batch normalization does
-with raw data.
+Sources:
+
+- `--dataset NAME`: scikit-learn's bundled `digits`, `wine` and
+  `breast_cancer`, the generated `scales` (nothing to download), or Keras's
+  `mnist`, `fashion_mnist` and `cifar10` (downloaded once into the Keras
+  cache; `bn_keras.cli.images`);
+- `--data FILE.csv|FILE.npz --target NAME`: the user's own table;
+- `--data FOLDER`: the user's own images, one subfolder per class
+  (`bn_keras.cli.images`).
+
+Features are used as they are (no standardization), so that a comparison
+shows what batch normalization does with raw data; images are scaled to
+[0, 1]. A regression target is standardized for training (the leaderboard
+and plot convert back to its units: `Dataset.loss_scale`). `--limit N`
+keeps a seeded random subset of N samples.
 """
 
-import csv
 import dataclasses
-import math
 import os
-import zipfile
+import warnings
 
 import numpy as np
 
+from bn_keras.cli import images
+from bn_keras.cli import tables
+from bn_keras.cli.common import MIN_SAMPLES
 from bn_keras.cli.common import UsageError
 
 #: The built-in datasets, in the order `--help` lists them.
-DATASETS = ("digits", "wine", "breast_cancer", "scales")
+SKLEARN_DATASETS = ("digits", "wine", "breast_cancer", "scales")
+DATASETS = (*SKLEARN_DATASETS, *images.KERAS_DATASETS)
 
 TASKS = ("auto", "classification", "regression")
 
@@ -27,7 +39,6 @@ TASKS = ("auto", "classification", "regression")
 #: values is a class label; any other numeric target is regressed.
 MAX_AUTO_CLASSES = 20
 
-MIN_SAMPLES = 10
 VALIDATION_FRACTION = 0.25
 SCALES_SAMPLES = 2000
 
@@ -38,7 +49,9 @@ class Dataset:
 
     `x_*` have shape `(N, features)`, or `(N, H, W, C)` for images (then
     `image_shape` is `(H, W, C)`); `y_*` are integer class ids for
-    classification and float32 values for regression.
+    classification and float32 values for regression, standardized with
+    the training split's `target_mean` and `target_scale` (its standard
+    deviation).
     """
 
     name: str
@@ -50,10 +63,26 @@ class Dataset:
     num_classes: int = 0
     class_names: tuple = ()
     image_shape: tuple = None
+    target_mean: float = 0.0
+    target_scale: float = 1.0
 
     @property
     def num_features(self):
         return int(np.prod(self.x_train.shape[1:]))
+
+    @property
+    def loss_scale(self):
+        """What a mean squared error on the standardized target is
+        multiplied by to be in the target's units (1 for classes)."""
+        return self.target_scale**2
+
+    def flatten_images(self):
+        """Turns images into rows of features, in place (for an MLP)."""
+        if self.image_shape is None:
+            return
+        self.x_train = self.x_train.reshape(len(self.x_train), -1)
+        self.x_val = self.x_val.reshape(len(self.x_val), -1)
+        self.image_shape = None
 
     def describe(self):
         """One line: name, sizes and task."""
@@ -65,12 +94,30 @@ class Dataset:
         task = (
             f"{self.num_classes} classes"
             if self.task == "classification"
-            else "regression"
+            else f"regression (target standardized for training: mean "
+            f"{self.target_mean:.4g}, std {self.target_scale:.4g}; losses "
+            "shown in the target's units)"
         )
         return (
             f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} "
             f"validation samples, {shape}, {task}"
         )
+
+    def missing_classes(self):
+        """`{"training": [...], "validation": [...]}`: the class names
+        absent from each split (empty lists for regression)."""
+        missing = {"training": [], "validation": []}
+        if self.task != "classification":
+            return missing
+        splits = {"training": self.y_train, "validation": self.y_val}
+        for split, y in splits.items():
+            present = set(np.unique(y).tolist())
+            missing[split] = [
+                name
+                for index, name in enumerate(self.class_names)
+                if index not in present
+            ]
+        return missing
 
 
 def add_data_arguments(parser):
@@ -78,34 +125,81 @@ def add_data_arguments(parser):
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
-        default=None,
         metavar="NAME",
-        help=f"built-in dataset: {valid_datasets()} (default: digits)",
+        help=f"built-in dataset: {valid_datasets()} (default: digits); "
+        f"{', '.join(images.KERAS_DATASETS)} come from keras.datasets and "
+        "are downloaded once into the Keras cache",
     )
     data.add_argument(
         "--data",
-        metavar="FILE",
-        help="your own data instead: a .csv file with a header row, or a .npz "
-        "file of named arrays",
+        metavar="PATH",
+        help="your own data instead: a .csv file with a header row, a .npz "
+        "file of named arrays, or a folder of images with one subfolder "
+        "per class",
     )
     data.add_argument(
         "--target",
         metavar="COLUMN",
-        help="with --data: the column (CSV) or array (NPZ) holding the target",
+        help="with --data FILE: the column (CSV) or array (NPZ) holding the "
+        "target",
     )
     data.add_argument(
         "--task",
         choices=TASKS,
         default="auto",
-        help="with --data: 'auto' treats text targets and numeric targets "
-        f"with at most {MAX_AUTO_CLASSES} distinct integer values "
+        help="with --data FILE: 'auto' treats text targets and numeric "
+        f"targets with at most {MAX_AUTO_CLASSES} distinct integer values "
         "as classes, other numeric targets as regression (default: auto)",
+    )
+    data.add_argument(
+        "--image-size",
+        metavar="N|HxW",
+        help="with --data FOLDER: the size every image is resized to "
+        "(default: {}x{})".format(*images.DEFAULT_IMAGE_SIZE),
+    )
+    data.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="use a random subset of N samples (seeded; 75%% for training, "
+        "25%% for validation) for a quick run",
     )
     return data
 
 
 def valid_datasets():
     return ", ".join(DATASETS)
+
+
+def check_source(args):
+    """Checks that the data options go together, before any data is read.
+
+    Raises:
+        UsageError: naming the options that conflict or the value that is
+            out of range.
+    """
+    dataset, data, target = args.dataset, args.data, args.target
+    if data is not None and dataset is not None:
+        raise UsageError("give either --dataset or --data, not both")
+    if target is not None and data is None:
+        raise UsageError("--target goes with --data FILE")
+    folder = data is not None and os.path.isdir(data)
+    if folder and target is not None:
+        raise UsageError(
+            f"--data {data} is a folder of images: its classes are its "
+            "subfolders, there is no --target"
+        )
+    if args.limit is not None and args.limit < MIN_SAMPLES:
+        raise UsageError(
+            f"--limit must be at least {MIN_SAMPLES} (enough to split off a "
+            f"validation set); got {args.limit}"
+        )
+    if args.image_size is not None:
+        if not folder:
+            raise UsageError(
+                "--image-size goes with --data FOLDER (a folder of images)"
+            )
+        images.parse_image_size(args.image_size)
 
 
 def scales_data(num_samples=SCALES_SAMPLES, seed=0):
@@ -122,12 +216,12 @@ def scales_data(num_samples=SCALES_SAMPLES, seed=0):
 
 
 def _builtin(name):
-    """`(x, y, task, image_shape)` of a built-in dataset."""
+    """`(x, y, image_shape)` of a dataset of `SKLEARN_DATASETS`."""
     from sklearn import datasets
 
     if name == "scales":
         x, y = scales_data()
-        return x, y, "regression", None
+        return x, y, None
     loader = {
         "digits": datasets.load_digits,
         "wine": datasets.load_wine,
@@ -135,238 +229,7 @@ def _builtin(name):
     }[name]
     bunch = loader()
     image_shape = (8, 8, 1) if name == "digits" else None
-    return bunch.data.astype("float32"), bunch.target, "classification", (
-        image_shape
-    )
-
-
-def _is_number(text):
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def read_csv(path, target):
-    """Features and target column of a CSV file with a header row.
-
-    Returns:
-        `(x, y, feature_names)`: `x` float32 `(N, F)`; `y` a float64 array
-        if every target value is a number, else an array of strings.
-
-    Raises:
-        UsageError: naming the file and the problem (unreadable, empty, no
-            header, ragged rows, a value that is not a number, no column
-            `target`).
-    """
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            text = file.read()
-    except OSError as error:
-        raise UsageError(
-            f"{path}: cannot read the file: {error.strerror or error}"
-        ) from error
-    except UnicodeDecodeError as error:
-        raise UsageError(
-            f"{path}: not a text CSV file (not UTF-8: {error.reason} at byte "
-            f"{error.start})"
-        ) from error
-    if not text.strip():
-        raise UsageError(f"{path}: the file is empty")
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    try:
-        rows = [
-            (number, row)
-            for number, row in enumerate(
-                csv.reader(text.splitlines(), dialect), start=1
-            )
-            if any(cell.strip() for cell in row)
-        ]
-    except csv.Error as error:
-        raise UsageError(f"{path}: malformed CSV: {error}") from error
-    header = [cell.strip() for cell in rows[0][1]]
-    if all(_is_number(cell) for cell in header):
-        raise UsageError(
-            f"{path}: the first line must be a header naming the columns; "
-            f"found only numbers: {','.join(header[:5])}"
-            + (",..." if len(header) > 5 else "")
-        )
-    duplicates = sorted({c for c in header if header.count(c) > 1})
-    if duplicates:
-        raise UsageError(
-            f"{path}: duplicate column names in the header: "
-            f"{', '.join(duplicates)}"
-        )
-    if target not in header:
-        raise UsageError(
-            f"{path}: no column {target!r} for --target; the columns are: "
-            f"{', '.join(header)}"
-        )
-    if len(header) < 2:
-        raise UsageError(
-            f"{path}: no feature columns: the only column is the target "
-            f"{target!r}"
-        )
-    data = rows[1:]
-    if len(data) < MIN_SAMPLES:
-        raise UsageError(
-            f"{path}: {len(data)} data rows; at least {MIN_SAMPLES} are "
-            "needed to split off a validation set"
-        )
-    t = header.index(target)
-    names = [name for i, name in enumerate(header) if i != t]
-    x = np.empty((len(data), len(names)), dtype="float32")
-    y = []
-    for i, (number, row) in enumerate(data):
-        if len(row) != len(header):
-            raise UsageError(
-                f"{path}: line {number} has {len(row)} fields, the header "
-                f"has {len(header)}"
-            )
-        values = [cell.strip() for cell in row]
-        y.append(values[t])
-        for j, value in enumerate(v for k, v in enumerate(values) if k != t):
-            try:
-                number_value = float(value)
-            except ValueError:
-                problem = "is empty" if not value else "is not a number"
-                raise UsageError(
-                    f"{path}: line {number}, column {names[j]!r}: "
-                    f"{value!r} {problem} (feature columns must be numeric)"
-                ) from None
-            if not math.isfinite(number_value):
-                raise UsageError(
-                    f"{path}: line {number}, column {names[j]!r}: {value!r} "
-                    "is not a finite number"
-                )
-            x[i, j] = number_value
-    if any(not value for value in y):
-        number = data[[not value for value in y].index(True)][0]
-        raise UsageError(
-            f"{path}: line {number}, target column {target!r} is empty"
-        )
-    if all(_is_number(value) for value in y):
-        y = np.asarray([float(value) for value in y])
-        if not np.all(np.isfinite(y)):
-            raise UsageError(
-                f"{path}: target column {target!r} holds non-finite values"
-            )
-    else:
-        y = np.asarray(y)
-    return x, y, names
-
-
-def read_npz(path, target):
-    """Features and target arrays of a NumPy `.npz` file.
-
-    The array named `target` is the target (shape `(N,)` or `(N, 1)`). The
-    features are the one other array (shape `(N, ...)`; rank 3 or 4 is an
-    image: `(N, H, W)` or `(N, H, W, C)`), or, if there are several, the
-    other arrays of shape `(N,)` or `(N, k)` side by side as columns, in
-    name order.
-
-    Returns:
-        `(x, y, image_shape)`.
-
-    Raises:
-        UsageError: naming the file and the problem.
-    """
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError as error:
-        raise UsageError(
-            f"{path}: cannot read the file: {error.strerror}"
-        ) from error
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise UsageError(
-            f"{path}: not a readable NPZ file ({error})"
-        ) from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise UsageError(
-            f"{path}: holds a single array (a .npy file), not an NPZ archive "
-            "of named arrays; save it with numpy.savez(path, x=..., y=...)"
-        )
-    try:
-        with archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise UsageError(
-            f"{path}: not a readable NPZ file ({error})"
-        ) from error
-    if not arrays:
-        raise UsageError(f"{path}: the NPZ file holds no arrays")
-    if target not in arrays:
-        raise UsageError(
-            f"{path}: no array {target!r} for --target; the arrays are: "
-            f"{', '.join(sorted(arrays))}"
-        )
-    y = arrays.pop(target)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise UsageError(
-            f"{path}: the target array {target!r} must have shape (N,) or "
-            f"(N, 1); it has shape {y.shape}"
-        )
-    if not arrays:
-        raise UsageError(
-            f"{path}: no feature arrays: the only array is the target "
-            f"{target!r}"
-        )
-    for name, array in arrays.items():
-        if array.ndim == 0 or len(array) != len(y):
-            raise UsageError(
-                f"{path}: array {name!r} has shape {array.shape}; the target "
-                f"{target!r} has {len(y)} samples"
-            )
-        if not (
-            np.issubdtype(array.dtype, np.number) or array.dtype == bool
-        ):
-            raise UsageError(
-                f"{path}: array {name!r} is of type {array.dtype}; features "
-                "must be numeric"
-            )
-    image_shape = None
-    if len(arrays) == 1:
-        (x,) = arrays.values()
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.ndim == 4:
-            image_shape = tuple(int(d) for d in x.shape[1:])
-        elif x.ndim != 2 and x.ndim != 1:
-            raise UsageError(
-                f"{path}: the feature array has shape {x.shape}; expected "
-                "(N, features), (N, H, W) or (N, H, W, C)"
-            )
-    else:
-        columns = []
-        for name in sorted(arrays):
-            array = arrays[name]
-            if array.ndim > 2:
-                raise UsageError(
-                    f"{path}: array {name!r} has shape {array.shape}; with "
-                    "several feature arrays each must be (N,) or (N, k)"
-                )
-            columns.append(array.reshape(len(array), -1))
-        x = np.concatenate(columns, axis=1)
-    x = x.reshape(len(x), -1) if x.ndim == 1 else x
-    x = x.astype("float32")
-    if not np.all(np.isfinite(x)):
-        raise UsageError(f"{path}: the features hold NaN or infinite values")
-    if len(y) < MIN_SAMPLES:
-        raise UsageError(
-            f"{path}: {len(y)} samples; at least {MIN_SAMPLES} are needed to "
-            "split off a validation set"
-        )
-    if np.issubdtype(y.dtype, np.number) and not np.all(
-        np.isfinite(y.astype("float64"))
-    ):
-        raise UsageError(f"{path}: the target {target!r} holds NaN or Inf")
-    return x, y, image_shape
+    return bunch.data.astype("float32"), bunch.target, image_shape
 
 
 def _resolve_task(y, task, source):
@@ -388,101 +251,265 @@ def _resolve_task(y, task, source):
     return "regression"
 
 
-def load(dataset=None, data=None, target=None, task="auto", seed=0):
+@dataclasses.dataclass
+class _Source:
+    """What a source yields before the split: all samples (`x`, `y`), or
+    a given split (`validation` is then `(x_val, y_val)`)."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    task: str
+    image_shape: tuple = None
+    class_names: tuple = None  # set when `y` holds class ids already
+    validation: tuple = None
+
+
+def _from_file(path, target, task):
+    """A `.csv` or `.npz` file."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in (".csv", ".npz"):
+        kind = (
+            f"unknown file type {extension!r}"
+            if extension
+            else "a file without an extension"
+        )
+        raise UsageError(
+            f"--data {path}: {kind}; expected a .csv or .npz file, or a "
+            "folder of images with one subfolder per class"
+        )
+    if target is None:
+        raise UsageError(
+            f"--data {path} needs --target, the column (CSV) or array "
+            "(NPZ) that holds the target"
+        )
+    if extension == ".csv":
+        x, y, _ = tables.read_csv(path, target)
+        image_shape = None
+    else:
+        x, y, image_shape = tables.read_npz(path, target)
+    task = _resolve_task(y, task, path)
+    return _Source(os.path.basename(path), x, y, task, image_shape)
+
+
+def _from_folder(path, task, image_size):
+    """A folder of images, one subfolder per class."""
+    if task == "regression":
+        raise UsageError(
+            f"--task regression: the folder {path} holds classes of images"
+        )
+    x, y, class_names = images.read_folder(path, image_size)
+    name = os.path.basename(os.path.normpath(path))
+    return _Source(name, x, y, "classification", x.shape[1:], class_names)
+
+
+def _from_path(data, target, task, image_size):
+    """`--data`: a file or a folder."""
+    path = os.fspath(data)
+    if os.path.isdir(path):
+        return _from_folder(path, task, image_size)
+    table = os.path.splitext(path)[1].lower() in (".csv", ".npz")
+    if not table and not os.path.exists(path):
+        raise UsageError(f"--data {path}: no such file or folder")
+    return _from_file(path, target, task)
+
+
+def _from_name(dataset, task):
+    """`--dataset`: a built-in dataset."""
+    name = (dataset or "digits").strip().lower().replace("-", "_")
+    if name not in DATASETS:
+        raise UsageError(
+            f"unknown dataset {dataset!r}. Valid datasets: "
+            f"{valid_datasets()} (or --data FILE.csv|FILE.npz "
+            "--target COLUMN, or --data FOLDER of images)"
+        )
+    builtin_task = "regression" if name == "scales" else "classification"
+    if task not in ("auto", builtin_task):
+        raise UsageError(
+            f"--task {task}: dataset {name!r} is a {builtin_task} task"
+        )
+    if name in images.KERAS_DATASETS:
+        x, y, x_val, y_val, class_names = images.load_keras_dataset(name)
+        return _Source(
+            name, x, y, builtin_task, x.shape[1:], class_names, (x_val, y_val)
+        )
+    x, y, image_shape = _builtin(name)
+    return _Source(name, x, y, builtin_task, image_shape)
+
+
+def _encode_classes(name, y):
+    """`(class ids as int32, class names)`; at least two classes."""
+    class_names, y = np.unique(y, return_inverse=True)
+    class_names = tuple(str(c) for c in class_names)
+    if len(class_names) < 2:
+        raise UsageError(
+            f"{name}: the target has a single class "
+            f"({class_names[0]!r}); classification needs at least two"
+        )
+    return y.astype("int32"), class_names
+
+
+def _stratified(x, y, seed, classes, **sizes):
+    """sklearn's `train_test_split`, stratified by class where it can be
+    (every class twice at least, room for each in both parts)."""
+    from sklearn.model_selection import train_test_split
+
+    if classes:
+        try:
+            return train_test_split(
+                x, y, random_state=seed, stratify=y, **sizes
+            )
+        except ValueError:  # too few samples of a class to stratify
+            pass
+    return train_test_split(x, y, random_state=seed, **sizes)
+
+
+def _subset(x, y, size, seed, classes):
+    """A seeded random subset of `size` samples (all if fewer)."""
+    if size >= len(x):
+        return x, y
+    x, _, y, _ = _stratified(x, y, seed, classes, train_size=size)
+    return x, y
+
+
+def _split(source, seed, limit):
+    """`Dataset`'s `x_train`, `y_train`, `x_val` and `y_val`, as a dict:
+    the source's own split, or 25% of the samples for validation; with
+    `limit`, a random subset of `limit` samples in all."""
+    classes = source.task == "classification"
+    if source.validation is None:
+        x, y = source.x, source.y
+        if limit is not None:
+            x, y = _subset(x, y, limit, seed, classes)
+        x_train, x_val, y_train, y_val = _stratified(
+            x, y, seed, classes, test_size=VALIDATION_FRACTION
+        )
+    else:
+        x_train, y_train = source.x, source.y
+        x_val, y_val = source.validation
+        if limit is not None:
+            val_size = max(1, round(limit * VALIDATION_FRACTION))
+            x_train, y_train = _subset(
+                x_train, y_train, limit - val_size, seed, classes
+            )
+            x_val, y_val = _subset(x_val, y_val, val_size, seed, classes)
+    return dict(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+
+
+def _standardize(name, parts):
+    """Standardizes a regression target with the training split's mean and
+    standard deviation, in place; returns them."""
+    y_train = parts["y_train"].astype("float64")
+    mean, scale = float(y_train.mean()), float(y_train.std())
+    if not scale > 0:
+        raise UsageError(
+            f"{name}: the target is constant ({mean:g}) in the training "
+            "split: there is nothing to regress"
+        )
+    for key in ("y_train", "y_val"):
+        y = parts[key].astype("float64")
+        parts[key] = ((y - mean) / scale).astype("float32")
+    return {"target_mean": mean, "target_scale": scale}
+
+
+def _warn_missing_classes(dataset):
+    """A warning for each split that lacks a class."""
+    total = len(dataset.y_train) + len(dataset.y_val)
+    for split, names in dataset.missing_classes().items():
+        if not names:
+            continue
+        shown = ", ".join(repr(name) for name in names[:5])
+        if len(names) > 5:
+            shown += f" and {len(names) - 5} more"
+        them = "them" if len(names) > 1 else "it"
+        if split == "validation":
+            effect = f"validation accuracy says nothing about {them}"
+        else:
+            effect = f"the models never see {them}"
+        warnings.warn(
+            f"the {split} split has no sample of class"
+            f"{'es' if len(names) > 1 else ''} {shown} ({total} "
+            f"samples in all): {effect}; give more samples of each class"
+            + (" or a larger --limit" if split == "validation" else ""),
+            stacklevel=3,
+        )
+
+
+def load(
+    dataset=None,
+    data=None,
+    target=None,
+    task="auto",
+    seed=0,
+    limit=None,
+    image_size=None,
+):
     """Loads a dataset and splits it into training and validation sets.
 
     Args:
         dataset: A name from `DATASETS` (case-insensitive), or `None` with
             `data`.
-        data: Path of a `.csv` or `.npz` file, or `None`.
+        data: Path of a `.csv` or `.npz` file or of a folder of images
+            (one subfolder per class), or `None`.
         target: Column (CSV) or array (NPZ) holding the target; required
-            with `data`.
+            with a file.
         task: `"auto"`, `"classification"` or `"regression"`. `"auto"`:
             text targets and numeric targets with at most 20 distinct
             integer values are classes; other numeric targets are regressed.
-            The built-in datasets have their own task.
+            The built-in datasets and image folders have their own task.
         seed: Seed of the split (25% validation, stratified for
-            classification).
+            classification; Keras's datasets keep their own test split as
+            validation) and of `limit`'s subset.
+        limit: Optional number of samples to keep, a seeded random subset
+            (75% for training, 25% for validation).
+        image_size: `(height, width)` of the images of a folder. Defaults
+            to `bn_keras.cli.images.DEFAULT_IMAGE_SIZE`.
+
+    Returns:
+        A `Dataset`. A regression target is standardized (see
+        `Dataset.target_scale`). A split that lacks a class is warned about.
 
     Raises:
-        UsageError: for an unknown dataset or a bad file.
+        UsageError: for an unknown dataset or a bad file or folder.
     """
-    from sklearn.model_selection import train_test_split
-
-    image_shape = None
     if data is not None:
-        source = os.fspath(data)
-        if target is None:
-            raise UsageError(
-                f"--data {source} needs --target, the column (CSV) or array "
-                "(NPZ) that holds the target"
-            )
-        extension = os.path.splitext(source)[1].lower()
-        if extension == ".csv":
-            x, y, _ = read_csv(source, target)
-        elif extension == ".npz":
-            x, y, image_shape = read_npz(source, target)
-        else:
-            raise UsageError(
-                f"--data {source}: unknown file type {extension or '(none)'!r}"
-                "; expected a .csv or .npz file"
-            )
-        task = _resolve_task(y, task, source)
-        name = os.path.basename(source)
+        source = _from_path(data, target, task, image_size)
     else:
-        name = (dataset or "digits").strip().lower()
-        if name not in DATASETS:
-            raise UsageError(
-                f"unknown dataset {dataset!r}. Valid datasets: "
-                f"{valid_datasets()} (or --data FILE.csv|FILE.npz "
-                "--target COLUMN)"
-            )
-        x, y, builtin_task, image_shape = _builtin(name)
-        if task not in ("auto", builtin_task):
-            raise UsageError(
-                f"--task {task}: dataset {name!r} is a {builtin_task} task"
-            )
-        task = builtin_task
+        source = _from_name(dataset, task)
+    class_names = source.class_names
+    if source.task == "classification" and class_names is None:
+        source.y, class_names = _encode_classes(source.name, source.y)
+    if source.image_shape is not None:
+        source.x = source.x.reshape((len(source.x), *source.image_shape))
+    parts = _split(source, seed, limit)
+    scaling = {}
+    if source.task == "regression":
+        scaling = _standardize(source.name, parts)
+    result = Dataset(
+        name=source.name,
+        task=source.task,
+        num_classes=len(class_names or ()),
+        class_names=tuple(class_names or ()),
+        image_shape=source.image_shape and tuple(source.image_shape),
+        **parts,
+        **scaling,
+    )
+    _warn_missing_classes(result)
+    return result
 
-    class_names = ()
-    num_classes = 0
-    if task == "classification":
-        class_names, y = np.unique(y, return_inverse=True)
-        class_names = tuple(str(c) for c in class_names)
-        num_classes = len(class_names)
-        if num_classes < 2:
-            raise UsageError(
-                f"{name}: the target has a single class "
-                f"({class_names[0]!r}); classification needs at least two"
-            )
-        y = y.astype("int32")
-        counts = np.bincount(y)
-        stratify = y if counts.min() >= 2 else None
-    else:
-        y = y.astype("float32")
-        stratify = None
-    if image_shape is not None:
-        x = x.reshape((len(x), *image_shape))
-    try:
-        x_train, x_val, y_train, y_val = train_test_split(
-            x,
-            y,
-            test_size=VALIDATION_FRACTION,
-            random_state=seed,
-            stratify=stratify,
-        )
-    except ValueError:  # too few samples per class to stratify
-        x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=VALIDATION_FRACTION, random_state=seed
-        )
-    return Dataset(
-        name=name,
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        task=task,
-        num_classes=num_classes,
-        class_names=class_names,
-        image_shape=image_shape,
+
+def load_from_args(args):
+    """`load` of the data options of `compare` and `search` (checked with
+    `check_source`)."""
+    image_size = None
+    if args.image_size is not None:
+        image_size = images.parse_image_size(args.image_size)
+    return load(
+        args.dataset,
+        args.data,
+        args.target,
+        args.task,
+        args.seed,
+        limit=args.limit,
+        image_size=image_size,
     )

@@ -2,82 +2,30 @@
 
 One row per BN layer: its kind, its neighbours, a summary of its moving
 statistics, its dead channels, whether `bn_keras.fold_batchnorm` can fold
-it, and warnings; `--fold OUT.keras` writes the folded model.
+it, and warnings; `--fold OUT.keras` writes the folded model. The command's
+options are `bn_keras.cli.inspect_command`'s (they need no Keras).
 """
 
-import argparse
 import dataclasses
 import os
+import zipfile
 
 import keras
 import numpy as np
 
+from bn_keras.callbacks._statistics import dead_channels
+from bn_keras.callbacks._statistics import nonfinite
+from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import console
 from bn_keras.cli.common import table
-from bn_keras.layers import BNBlock
-from bn_keras.models import find_batchnorm
 from bn_keras.models import fold_batchnorm
-
-# The graph reader that fold_batchnorm and insert_batchnorm share.
-from bn_keras.models._graph import LayerGraph
-from bn_keras.models._graph import model_kind
-
-#: |gamma| below this is a dead channel (as BatchNormMonitor counts them).
-DEAD_GAMMA = 1e-3
-
-HELP = "one row per BN layer of a saved model; --fold writes it folded"
-
-DESCRIPTION = """\
-List every batch normalization layer of a saved Keras model (nested ones
-included), in forward order, one row each:
-
-  layer        its path in the model
-  kind         plain, ghost(N) (ghost batches of N samples), renorm
-  neighbours   the layers before and after it, and where it sits relative to
-               the activation (before act, after act)
-  moving mean  range over channels, min..max
-  moving var   the same for the moving variance
-  dead         channels with |gamma| < 1e-3, of all channels
-  fold         whether bn_keras.fold_batchnorm folds it into the layer
-               before it
-  warn         how many warnings it has
-
-Under the table, one line per reason a layer cannot be folded and per
-warning: non-finite statistics; collapsed channels (moving variance below
-epsilon: constant inputs); statistics still at their initial values (never
-trained).
-"""
-
-_ACTIVATION_LAYERS = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.PReLU,
-    keras.layers.Softmax,
-)
-
-
-def add_parser(subparsers):
-    parser = subparsers.add_parser(
-        "inspect",
-        help=HELP,
-        description=DESCRIPTION,
-        epilog="example:\n  bn-keras inspect model.keras --fold "
-        "model_folded.keras",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("model", metavar="MODEL.keras", help="a saved model")
-    parser.add_argument(
-        "--fold",
-        metavar="OUT.keras",
-        help="write an inference copy with every foldable BN folded into the "
-        "layer before it",
-    )
-    parser.set_defaults(run=run)
-    return parser
-
+from bn_keras.models._fold_plan import plan_fold
+from bn_keras.models._graph import GraphError
+from bn_keras.models._placement import batchnorm_neighbours
+from bn_keras.models._placement import describe
+from bn_keras.models._placement import kind_of
+from bn_keras.models._placement import position
 
 # -- reading the model --------------------------------------------------------
 
@@ -111,104 +59,6 @@ class Row:
         return notes + [f"warning: {warning}" for warning in self.warnings]
 
 
-def kind_of(layer):
-    """'plain', 'ghost(N)', 'renorm' or 'ghost(N)+renorm'."""
-    parts = []
-    size = getattr(layer, "virtual_batch_size", None)
-    if size:
-        parts.append(f"ghost({size})")
-    if getattr(layer, "renorm", False):
-        parts.append("renorm")
-    return "+".join(parts) or "plain"
-
-
-def _is_activation(layer):
-    if layer is None:
-        return False
-    if isinstance(layer, _ACTIVATION_LAYERS):
-        return True
-    activation = getattr(layer, "activation", None)
-    return activation is not None and activation is not (
-        keras.activations.linear
-    )
-
-
-def _describe(layer):
-    """A short label: the class, or the activation's name."""
-    if layer is None:
-        return "input"
-    if isinstance(layer, str):
-        return layer
-    if isinstance(layer, keras.layers.Activation):
-        return keras.activations.serialize(layer.activation)
-    if isinstance(layer, _ACTIVATION_LAYERS):
-        return type(layer).__name__
-    label = type(layer).__name__
-    activation = getattr(layer, "activation", None)
-    if activation is not None and activation is not keras.activations.linear:
-        label += f"({keras.activations.serialize(activation)})"
-    return label
-
-
-def _position(before, after):
-    """Where the BN sits relative to the activation, if next to one.
-
-    After a layer with a built-in activation (`Dense(relu)`) counts as after
-    the activation; before such a layer does not (its activation comes
-    after its kernel).
-    """
-    if isinstance(after, _ACTIVATION_LAYERS):
-        return "before act"
-    if _is_activation(before):
-        return "after act"
-    return ""
-
-
-#: The neighbour of a layer that has several inputs or outputs.
-SEVERAL = "several"
-
-
-def _neighbour(graph, names, outside):
-    """The one layer in `names`, `SEVERAL`, or `outside` if none."""
-    if not names:
-        return outside
-    if len(set(names)) > 1:
-        return SEVERAL
-    return graph.by_name[names[0]]
-
-
-def _walk(model, prefix, outer_before, outer_after, found):
-    """Records `(path, bn, before, after)` for every BN in forward order."""
-    try:
-        graph = LayerGraph(model, model_kind(model, "inspect"))
-    except TypeError:
-        return  # subclassed: find_batchnorm still lists its BN layers
-    for layer in graph.layers:
-        producers = graph.producers[layer.name]
-        consumers = graph.consumers[layer.name]
-        before = _neighbour(graph, producers, outer_before)
-        after = _neighbour(graph, consumers, outer_after)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append((prefix + layer.name, layer, before, after))
-        elif isinstance(layer, keras.Model):
-            _walk(layer, f"{prefix}{layer.name}/", before, after, found)
-        elif isinstance(layer, BNBlock) and layer.normalization is not None:
-            steps = layer.layers
-            i = steps.index(layer.normalization)
-            found.append(
-                (
-                    f"{prefix}{layer.name}/{layer.normalization.name}",
-                    layer.normalization,
-                    steps[i - 1] if i > 0 else before,
-                    steps[i + 1] if i + 1 < len(steps) else after,
-                )
-            )
-
-
-def _values(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
-
-
 def _range(values):
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -216,90 +66,77 @@ def _range(values):
     return (float(finite.min()), float(finite.max()))
 
 
-def _warnings(layer):
-    messages = []
+#: The statistics whose non-finite values `inspect` warns about.
+_CHECKED = ("moving_mean", "moving_variance", "gamma", "beta")
+
+
+def _warnings(layer, statistics):
     if not layer.built:
         return ["not built (no statistics)"]
-    variables = {
-        "moving_mean": _values(layer.moving_mean),
-        "moving_variance": _values(layer.moving_variance),
-    }
-    if layer.scale:
-        variables["gamma"] = _values(layer.gamma)
-    if layer.center:
-        variables["beta"] = _values(layer.beta)
-    for name, values in variables.items():
-        bad = int(np.sum(~np.isfinite(values)))
-        if bad:
-            messages.append(
-                f"non-finite {name} in {bad}/{values.size} channels"
-            )
-    variance = variables["moving_variance"]
+    messages = [
+        f"non-finite {name} in {count}/{statistics[name].size} channels"
+        for name, count in nonfinite(statistics).items()
+        if name in _CHECKED
+    ]
+    variance = statistics["moving_variance"]
     collapsed = int(np.sum(np.isfinite(variance) & (variance < layer.epsilon)))
     if collapsed:
         messages.append(
             f"collapsed: moving variance < epsilon in {collapsed}/"
             f"{variance.size} channels"
         )
-    if np.all(variables["moving_mean"] == 0) and np.all(variance == 1):
+    if np.all(statistics["moving_mean"] == 0) and np.all(variance == 1):
         messages.append("statistics at their initial values (never trained?)")
     return messages
 
 
+def _fold_notes(model):
+    """Why `fold_batchnorm` keeps each BN layer ("" if it folds it), by
+    path, and the note for the BN layers it does not reach."""
+    try:
+        plan = plan_fold(model)
+    except GraphError as error:
+        return {}, error.reason
+    notes = {entry["batchnorm"]: "" for entry in plan.folded}
+    notes.update((entry["batchnorm"], entry["reason"]) for entry in plan.kept)
+    return notes, "fold_batchnorm does not reach it"
+
+
+def _row(path, layer, before, after, fold_note):
+    statistics = read_statistics(layer)
+    if layer.built:
+        mean = statistics["moving_mean"]
+        variance = statistics["moving_variance"]
+        channels = int(mean.size)
+    else:
+        mean = variance = np.array([np.nan])
+        channels = 0
+    dead = None
+    if layer.built and layer.scale:
+        dead = int(np.sum(dead_channels(statistics["gamma"])))
+    return Row(
+        path=path,
+        kind=kind_of(layer),
+        before=describe(before),
+        after=describe(after) if after is not None else "output",
+        position=position(before, after),
+        channels=channels,
+        mean_range=_range(mean),
+        variance_range=_range(variance),
+        dead=dead,
+        foldable=not fold_note,
+        fold_note=fold_note,
+        warnings=_warnings(layer, statistics),
+    )
+
+
 def inspect_model(model):
     """One `Row` per BN layer of `model`, in forward order."""
-    found = []
-    fold_error = "fold_batchnorm does not reach it"
-    _walk(model, "", None, None, found)
-    walked = {id(entry[1]) for entry in found}
-    for layer in find_batchnorm(model):  # e.g. inside a subclassed model
-        if id(layer) not in walked:
-            path = getattr(layer, "path", layer.name)
-            found.append((path, layer, None, None))
-    try:
-        _, report = fold_batchnorm(model, return_report=True)
-        folded = {entry["batchnorm"] for entry in report["folded"]}
-        kept = {entry["batchnorm"]: entry["reason"] for entry in report["kept"]}
-    except (TypeError, ValueError) as error:
-        folded, kept = set(), {}
-        fold_error = str(error).split(". ")[0]
-    rows = []
-    for path, layer, before, after in found:
-        if path in folded:
-            foldable, note = True, ""
-        elif path in kept:
-            foldable, note = False, kept[path]
-        elif not kept and not folded:
-            foldable, note = False, fold_error
-        else:
-            foldable, note = False, "fold_batchnorm does not reach it"
-        if layer.built:
-            mean = _values(layer.moving_mean)
-            variance = _values(layer.moving_variance)
-            channels = int(mean.size)
-        else:
-            mean = variance = np.array([np.nan])
-            channels = 0
-        dead = None
-        if layer.built and layer.scale:
-            dead = int(np.sum(np.abs(_values(layer.gamma)) < DEAD_GAMMA))
-        rows.append(
-            Row(
-                path=path,
-                kind=kind_of(layer),
-                before=_describe(before),
-                after=_describe(after) if after is not None else "output",
-                position=_position(before, after),
-                channels=channels,
-                mean_range=_range(mean),
-                variance_range=_range(variance),
-                dead=dead,
-                foldable=foldable,
-                fold_note=note,
-                warnings=_warnings(layer),
-            )
-        )
-    return rows
+    notes, unreached = _fold_notes(model)
+    return [
+        _row(path, layer, before, after, notes.get(path, unreached))
+        for path, layer, before, after in batchnorm_neighbours(model)
+    ]
 
 
 def _fmt_range(bounds):
@@ -349,8 +186,22 @@ def print_rows(out, rows):
 # -- the command --------------------------------------------------------------
 
 
+def _what_it_is(path):
+    """A few words on a file that is not a zip archive."""
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file that is not a zip archive"
+    return "a text file"
+
+
 def load(path):
-    """Loads a `.keras` model; a `UsageError` names the file and problem."""
+    """Loads a `.keras` model without its optimizer (inspecting needs no
+    training state); a `UsageError` names the file and the problem."""
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -359,15 +210,34 @@ def load(path):
         raise UsageError(
             f"{path}: expected a model saved as .keras (model.save(...))"
         )
-    try:
-        return keras.saving.load_model(path)
-    except Exception as error:  # anything Keras raises on a bad file
+    archive = "model.save(...) writes a zip archive with a config.json"
+    if not zipfile.is_zipfile(path):
         raise UsageError(
-            f"{path}: cannot load the model: {type(error).__name__}: {error}"
-        ) from error
+            f"{path}: not a valid .keras archive ({archive}); this is "
+            f"{_what_it_is(path)}"
+        )
+    try:
+        with zipfile.ZipFile(path) as opened:
+            names = opened.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UsageError(
+            f"{path}: not a valid .keras archive ({archive}): {error}"
+        ) from None
+    if "config.json" not in names:
+        raise UsageError(
+            f"{path}: not a valid .keras archive ({archive}); this zip "
+            "archive has no config.json"
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # anything Keras raises on a bad file
+        reason = " ".join(str(error).split())
+        raise UsageError(
+            f"{path}: cannot load the model: {type(error).__name__}: {reason}"
+        ) from None
 
 
-def _max_difference(model, folded):
+def max_difference(model, folded):
     """Largest |output difference| on random inputs, or None if unknown."""
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) != 1:
@@ -412,7 +282,7 @@ def run(args):
         f"folded {len(report['folded'])} of {len(rows)} BN layers "
         f"({len(report['kept'])} kept); wrote {args.fold}"
     )
-    difference = _max_difference(model, folded)
+    difference = max_difference(model, folded)
     if difference is not None and not np.isfinite(difference):
         out.print(
             "outputs on random inputs are not finite (see the warnings); "

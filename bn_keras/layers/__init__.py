@@ -7,9 +7,9 @@ from bn_keras.layers.ghost_batch_normalization import GhostBatchNormalization
 from bn_keras.layers.renorm_clipping import RenormClipping
 
 __all__ = [
+    "BNBlock",
     "BatchNormalization",
     "BatchRenormalization",
-    "BNBlock",
     "GhostBatchNormalization",
     "RenormClipping",
 ]

@@ -1,7 +1,14 @@
 """A drop-in `keras.layers.BatchNormalization` with ghost batches, renorm
-schedules and a guard against non-finite batches."""
+schedules and a guard against non-finite batches.
 
-import math
+The layer's code is split the way Keras keeps its backend kernels
+(`keras/src/backend/*/nn.py`) apart from its layers. This file is the layer
+on every backend, computed with `keras.ops`. `_tf_fused.py` is its
+TensorFlow-only fast path through the fused batch-norm kernel, which `call`
+takes where it gives the same result. `_formulas.py` holds the ghost-batch,
+renorm and moving-average formulas, which `BatchNormMonitor` also uses to
+re-derive figures from the layer's weights.
+"""
 
 import keras
 import numpy as np
@@ -12,55 +19,24 @@ from bn_keras._validation import check_fraction
 from bn_keras._validation import check_positive_int
 from bn_keras._validation import is_integer
 from bn_keras._validation import is_number
+from bn_keras.layers._formulas import clip_renorm
+from bn_keras.layers._formulas import cumulative_average
+from bn_keras.layers._formulas import ghost_count
+from bn_keras.layers._formulas import ghost_ids
+from bn_keras.layers._formulas import moving_average
+from bn_keras.layers._formulas import renorm_ratios
+from bn_keras.layers._tf_fused import FUSED_MIN_EPSILON
+from bn_keras.layers._tf_fused import fusable
+from bn_keras.layers._tf_fused import fused_call
 from bn_keras.layers.renorm_clipping import RenormClipping
 
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 # Keras's masked moments add this to the count; we do the same so that the
 # masked statistics equal Keras's.
 _MASK_COUNT_FUZZ = 1e-7
-# TensorFlow's fused batch-norm kernel refuses smaller epsilons (cuDNN's).
-_FUSED_MIN_EPSILON = 1.001e-5
-# Equal ghost batches of at least this many values, of a batch size known
-# when tracing, get a fused-kernel call each; smaller ones take the general
-# path (measured on CPU: at 32x32x32x32 values per ghost, one call each took
-# 0.7x the time of the fused kernel on the transposed layout, and 0.55x the
-# general path's; at 32x512, 1.8x and 2x, and the general path 0.98x the
-# transposed layout's).
-_SLICED_GHOST_SIZE = 2**16
-
-
-def _ghost_count(batch, size):
-    """How many ghost batches of `size` a batch of `batch` samples makes.
-
-    Consecutive chunks of `size`; a last chunk of one sample joins the chunk
-    before it: `G = max(1, (B - 2) // size + 1)`. `batch` is an integer or a
-    scalar tensor.
-    """
-    if isinstance(batch, int):
-        return max(1, (batch - 2) // size + 1)
-    return ops.maximum((batch - 2) // size + 1, 1)
-
-
-def _in_xla_context():
-    """Whether TensorFlow is tracing for XLA (`jit_compile=True`).
-
-    XLA compiles the general path to faster code than TensorFlow's fused
-    kernel (and cannot compile the fused ghost layout's run-time choice), so
-    the fused kernel is left out there. TensorFlow has no public API for
-    this; if the private one moves, assume XLA, which is always correct, only
-    slower.
-    """
-    try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover
-        return True
-    try:
-        return control_flow_util.GraphOrParentsInXlaContext(
-            tf.compat.v1.get_default_graph()
-        )
-    except Exception:  # pragma: no cover - a moved private API
-        return True
+# What Keras's `__init__` is given for a momentum of `None` (it calls
+# `float(momentum)`); the layer keeps `None` and never reads this value.
+_KERAS_MOMENTUM = 0.99
 
 
 def _check_clipping_dict(renorm_clipping):
@@ -101,26 +77,99 @@ def _check_clipping_dict(renorm_clipping):
     return clipping
 
 
-def _standardize_clipping(renorm_clipping):
-    """Returns None, a dict of floats or a `RenormClipping` schedule."""
+def _standardize_clipping(renorm, renorm_clipping):
+    """Returns None, a dict of floats or a `RenormClipping` schedule.
+
+    An empty dict (no clipping) with `renorm=True` and no bounds given.
+    """
     if renorm_clipping is None or isinstance(renorm_clipping, RenormClipping):
-        return renorm_clipping
-    if isinstance(renorm_clipping, dict):
-        if "class_name" in renorm_clipping:  # a serialized schedule
-            schedule = keras.saving.deserialize_keras_object(renorm_clipping)
-            if not isinstance(schedule, RenormClipping):
-                raise TypeError(
-                    "Argument `renorm_clipping` must be a dict of floats or a "
-                    "`bn_keras.layers.RenormClipping`. "
-                    f"Received: renorm_clipping={renorm_clipping}"
-                )
-            return schedule
-        return _check_clipping_dict(renorm_clipping)
-    raise TypeError(
-        "Argument `renorm_clipping` must be None, a dict with keys "
-        f"{list(_CLIPPING_KEYS)}, or a `bn_keras.layers.RenormClipping`. "
-        f"Received: renorm_clipping={renorm_clipping!r}"
+        clipping = renorm_clipping
+    elif isinstance(renorm_clipping, dict) and "class_name" in renorm_clipping:
+        clipping = keras.saving.deserialize_keras_object(renorm_clipping)
+        if not isinstance(clipping, RenormClipping):
+            raise TypeError(
+                "Argument `renorm_clipping` must be a dict of floats or a "
+                "`bn_keras.layers.RenormClipping`. "
+                f"Received: renorm_clipping={renorm_clipping}"
+            )
+    elif isinstance(renorm_clipping, dict):
+        clipping = _check_clipping_dict(renorm_clipping)
+    else:
+        raise TypeError(
+            "Argument `renorm_clipping` must be None, a dict with keys "
+            f"{list(_CLIPPING_KEYS)}, or a `bn_keras.layers.RenormClipping`. "
+            f"Received: renorm_clipping={renorm_clipping!r}"
+        )
+    if clipping is not None and not renorm:
+        raise ValueError(
+            "Argument `renorm_clipping` only applies with `renorm=True`. "
+            f"Received: renorm=False, renorm_clipping={clipping}"
+        )
+    if renorm and clipping is None:
+        return {}
+    return clipping
+
+
+def _check_axis(axis):
+    if not is_integer(axis):
+        raise TypeError(
+            "Argument `axis` must be an integer (the features axis). "
+            f"Received: axis={axis!r}"
+        )
+
+
+def _check_epsilon(epsilon):
+    if not is_number(epsilon) or not epsilon > 0:
+        raise ValueError(
+            "Argument `epsilon` must be a positive float. "
+            f"Received: epsilon={epsilon!r}"
+        )
+
+
+def _check_virtual_batch_size(virtual_batch_size, axis):
+    """Returns `virtual_batch_size` as an `int`, or None."""
+    virtual_batch_size = check_positive_int(
+        "virtual_batch_size", virtual_batch_size, allow_none=True
     )
+    if virtual_batch_size is not None and axis == 0:
+        raise ValueError(
+            "Argument `virtual_batch_size` splits the batch axis into "
+            "ghost batches, so `axis` (the features axis) cannot be "
+            f"0. Received: axis={axis}, "
+            f"virtual_batch_size={virtual_batch_size}"
+        )
+    return virtual_batch_size
+
+
+def _check_synchronized(synchronized):
+    if synchronized and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "Argument `synchronized=True` needs the TensorFlow backend "
+            "(tf.distribute); the current backend is "
+            f"'{keras.backend.backend()}'. "
+            f"Received: synchronized={synchronized}"
+        )
+
+
+def _check_fused(fused, epsilon):
+    if fused not in (None, True, False):
+        raise ValueError(
+            "Argument `fused` must be None (use the fused kernel where it "
+            "applies), True or False. "
+            f"Received: fused={fused!r}"
+        )
+    if fused and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "Argument `fused=True` needs the TensorFlow backend (its "
+            "fused batch-norm kernel); the current backend is "
+            f"'{keras.backend.backend()}'. Received: fused={fused}"
+        )
+    if fused and float(epsilon) < FUSED_MIN_EPSILON:
+        raise ValueError(
+            "Argument `fused=True` needs `epsilon` of at least "
+            f"{FUSED_MIN_EPSILON} (the fused kernel's minimum). "
+            f"Received: epsilon={epsilon}, fused={fused}"
+        )
 
 
 @keras.saving.register_keras_serializable(package="bn_keras")
@@ -146,6 +195,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
       keeps a step counter, `renorm_step`, saved with its weights.
     - **A non-finite guard** (`skip_nonfinite=True`): a training batch whose
       mean or variance is not finite leaves every moving statistic unchanged.
+    - **Cumulative statistics** (`momentum=None`, as in PyTorch; and
+      `renorm_momentum=None`): the average over every batch seen instead of
+      an exponential moving average (see below). The layer then keeps a
+      counter, `num_batches_tracked`, saved with its weights.
 
     **During training** (`fit()`, or `training=True`) each channel is
     normalized with the statistics of the batch (or of its ghost batch):
@@ -155,14 +208,50 @@ class BatchNormalization(keras.layers.BatchNormalization):
     biased batch variance, as Keras does. With `renorm=True` the normalized
     value is corrected to `x_hat * r + d` (r and d computed per ghost batch).
 
+    **Cumulative statistics.** With `momentum=None`, the `n`-th update
+    (`n = num_batches_tracked + 1`) merges the batch's mean `mu_B` and
+    biased variance `var_B` (of the whole batch, of all replicas when
+    synchronized) into the statistics `M`, `V` of the `n - 1` batches
+    before it, each batch weighing one (Chan et al.'s pooled update): with
+    `delta = mu_B - M`,
+    `M <- M + delta / n` and
+    `V <- V + (var_B - V) / n + (n - 1) / n**2 * delta**2`.
+    After `n` batches of equal size, `M` and `V` are exactly the mean and
+    variance of every value seen (batches of unequal sizes weigh alike: a
+    last, smaller batch of an epoch counts as much as the others); the
+    first batch sets them whatever their initial values, and they move
+    less and less as `n` grows. With `renorm=True` the standard deviations
+    follow as `sqrt(V + epsilon)`. `renorm_momentum=None` applies the same
+    update to the renorm statistics; the first training step, which has
+    no statistics yet to renormalize towards, then uses `r = 1` and
+    `d = 0` (each batch, or ghost batch, standardized by its own
+    statistics). A batch skipped by `skip_nonfinite` (or a `training`
+    tensor that is False) is not counted; training resumed from saved
+    weights continues the average.
+
+    When to use it: unclipped renorm with both momenta `None` normalizes
+    each training batch by the statistics of all the batches before it,
+    `(x - M) / sqrt(V + epsilon)`, with the gradient of batch
+    normalization, which is what standardizing a model's inputs needs
+    (`bn_keras.insert_batchnorm(model, input_batchnorm="renorm")`): the
+    data's distribution does not change during training, so the average
+    converges to the training set's statistics and its noise vanishes,
+    where per-batch statistics stay noisy and a moving average keeps a
+    residual noise or lags; no pass over the data is needed before
+    training (unlike `keras.layers.Normalization.adapt`). Inside a network,
+    where the activations' distribution changes as it trains, keep a float
+    momentum: a cumulative average would give the first batches as much
+    weight as the last ones.
+
     **During inference** (`training=False`, the default, or when the layer
     has `trainable=False`) it returns
     `gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta`.
 
     Args:
         axis: Integer, the features axis to normalize. Defaults to `-1`.
-        momentum: Momentum of the moving averages, in `[0, 1)`. Defaults to
-            `0.99`.
+        momentum: Momentum of the moving averages, a float in `[0, 1)`, or
+            `None` for cumulative averages of the batch statistics (see
+            above). Defaults to `0.99`.
         epsilon: Small positive float added to the variance. Defaults to
             `1e-3`.
         center: If `True`, add the offset `beta`. Defaults to `True`.
@@ -182,7 +271,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             `"rmax"`, `"rmin"` and `"dmax"` (fixed bounds, as in Keras; missing
             bounds do not clip), or a `bn_keras.layers.RenormClipping`
             schedule. Defaults to `None` (no clipping).
-        renorm_momentum: Momentum of the renorm statistics, in `[0, 1)`.
+        renorm_momentum: Momentum of the renorm statistics, a float in
+            `[0, 1)`, or `None` for cumulative averages (see above).
             Defaults to `0.99`.
         synchronized: If `True`, under a `tf.distribute` strategy the batch
             statistics are computed over the global batch (all replicas).
@@ -253,66 +343,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
         fused=None,
         **kwargs,
     ):
-        if not is_integer(axis):
-            raise TypeError(
-                "Argument `axis` must be an integer (the features axis). "
-                f"Received: axis={axis!r}"
-            )
-        momentum = check_fraction("momentum", momentum)
-        renorm_momentum = check_fraction("renorm_momentum", renorm_momentum)
-        if not is_number(epsilon) or not epsilon > 0:
-            raise ValueError(
-                "Argument `epsilon` must be a positive float. "
-                f"Received: epsilon={epsilon!r}"
-            )
-        virtual_batch_size = check_positive_int(
-            "virtual_batch_size", virtual_batch_size, allow_none=True
+        _check_axis(axis)
+        momentum = check_fraction("momentum", momentum, allow_none=True)
+        renorm_momentum = check_fraction(
+            "renorm_momentum", renorm_momentum, allow_none=True
         )
-        if virtual_batch_size is not None and axis == 0:
-            raise ValueError(
-                "Argument `virtual_batch_size` splits the batch axis into "
-                "ghost batches, so `axis` (the features axis) cannot be "
-                f"0. Received: axis={axis}, "
-                f"virtual_batch_size={virtual_batch_size}"
-            )
-        if synchronized and keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "Argument `synchronized=True` needs the TensorFlow backend "
-                "(tf.distribute); the current backend is "
-                f"'{keras.backend.backend()}'. "
-                f"Received: synchronized={synchronized}"
-            )
+        _check_epsilon(epsilon)
+        virtual_batch_size = _check_virtual_batch_size(virtual_batch_size, axis)
+        _check_synchronized(synchronized)
         skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
-        if fused not in (None, True, False):
-            raise ValueError(
-                "Argument `fused` must be None (use the fused kernel where it "
-                "applies), True or False. "
-                f"Received: fused={fused!r}"
-            )
-        if fused and keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "Argument `fused=True` needs the TensorFlow backend (its "
-                "fused batch-norm kernel); the current backend is "
-                f"'{keras.backend.backend()}'. Received: fused={fused}"
-            )
-        if fused and float(epsilon) < _FUSED_MIN_EPSILON:
-            raise ValueError(
-                "Argument `fused=True` needs `epsilon` of at least "
-                f"{_FUSED_MIN_EPSILON} (the fused kernel's minimum). "
-                f"Received: epsilon={epsilon}, fused={fused}"
-            )
-        renorm_clipping = _standardize_clipping(renorm_clipping)
-        if renorm_clipping is not None and not renorm:
-            raise ValueError(
-                "Argument `renorm_clipping` only applies with `renorm=True`. "
-                f"Received: renorm=False, renorm_clipping={renorm_clipping}"
-            )
-        if renorm and renorm_clipping is None:
-            renorm_clipping = {}
-
+        _check_fused(fused, epsilon)
+        renorm_clipping = _standardize_clipping(renorm, renorm_clipping)
         super().__init__(
             axis=int(axis),
-            momentum=momentum,
+            momentum=_KERAS_MOMENTUM if momentum is None else momentum,
             epsilon=float(epsilon),
             center=bool(center),
             scale=bool(scale),
@@ -327,16 +371,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
             renorm=bool(renorm),
             # Keras validates dicts only; the schedule is ours to handle.
             renorm_clipping=None,
-            renorm_momentum=renorm_momentum,
+            renorm_momentum=(
+                _KERAS_MOMENTUM if renorm_momentum is None else renorm_momentum
+            ),
             synchronized=bool(synchronized),
             **kwargs,
         )
+        self.momentum = momentum
         self.renorm_clipping = renorm_clipping
         self.renorm_momentum = renorm_momentum
         self.virtual_batch_size = virtual_batch_size
         self.skip_nonfinite = bool(skip_nonfinite)
         self.fused = fused
         self.renorm_step = None
+        self.num_batches_tracked = None
 
     @property
     def renorm_schedule(self):
@@ -344,6 +392,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if isinstance(self.renorm_clipping, RenormClipping):
             return self.renorm_clipping
         return None
+
+    @property
+    def cumulative(self):
+        """Whether some statistics are cumulative averages (a momentum of
+        `None`), which the counter `num_batches_tracked` weighs."""
+        return self.momentum is None or (
+            self.renorm and self.renorm_momentum is None
+        )
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -369,15 +425,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # Keras creates the weights: same names, shapes, order and flags.
         super().build(input_shape)
         if self.renorm and self.renorm_schedule is not None:
-            self.renorm_step = self.add_weight(
-                shape=(),
-                name="renorm_step",
-                initializer="zeros",
-                dtype="int32",
-                trainable=False,
-                autocast=False,
-                aggregation="only_first_replica",
-            )
+            self.renorm_step = self._add_counter("renorm_step")
+        if self.cumulative:
+            self.num_batches_tracked = self._add_counter("num_batches_tracked")
         # Shapes in which per-channel (and per-sample) values broadcast.
         self._broadcast_shape = [1] * rank
         self._broadcast_shape[self._channel_axis] = input_shape[self.axis]
@@ -386,6 +436,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._sample_axes = [
             a for a in range(1, rank) if a != self._channel_axis
         ]
+
+    def _add_counter(self, name):
+        """An int32 counter saved with the weights; under a distribution
+        strategy every replica counts the same steps, so the first
+        replica's count is the count."""
+        return self.add_weight(
+            shape=(),
+            name=name,
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            autocast=False,
+            aggregation="only_first_replica",
+        )
 
     def call(self, inputs, training=None, mask=None):
         if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
@@ -404,8 +468,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 compute_dtype,
             )
         training = self._training_flag(training)
-        if weights is None and self._fusable(x, training):
-            outputs = self._fused_call(x, training)
+        if weights is None and fusable(self, x, training):
+            outputs = fused_call(self, x, training)
         else:
             outputs = self._general_call(x, weights, training)
         return ops.cast(outputs, self.compute_dtype)
@@ -465,7 +529,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return 1
         if batch is None:
             return None
-        num_ghosts = _ghost_count(batch, size)
+        num_ghosts = ghost_count(batch, size)
         if num_ghosts == 1 or batch == num_ghosts * size:
             return num_ghosts
         return None
@@ -540,203 +604,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
         outputs = x * ops.reshape(scale, shape) + ops.reshape(offset, shape)
         return ops.reshape(outputs, input_shape)
 
-    # -- TensorFlow's fused kernel ---------------------------------------------
-
-    def _fusable(self, x, training):
-        """Whether the fused kernel computes exactly what `call` would."""
-        if self.fused is False or keras.backend.backend() != "tensorflow":
-            return False
-        if not isinstance(training, bool):
-            return False  # a tensor flag: the general path selects per call
-        if training and self.synchronized:
-            return False
-        if self.epsilon < _FUSED_MIN_EPSILON or x.dtype != "float32":
-            return False
-        rank = len(x.shape)
-        if rank < 2 or self._channel_axis not in (1, rank - 1):
-            return False
-        if training and self.virtual_batch_size is not None:
-            groups = self._num_groups(x, True)
-            sample_shape = x.shape[1:]
-            if (
-                groups is not None
-                and groups > 1
-                and None not in sample_shape
-                and self.virtual_batch_size * math.prod(sample_shape)
-                < _SLICED_GHOST_SIZE
-            ):
-                # Small equal ghost batches: the general path's grouped
-                # view beats the fused kernel's transposed layout.
-                return False
-        # Under XLA the general path compiles to faster code (and XLA cannot
-        # compile the fused ghost layout's data-dependent choice).
-        return not _in_xla_context()
-
-    def _fused_kernel(
-        self, x, scale, offset, mean=None, variance=None, channel_axis=None
-    ):
-        """Runs FusedBatchNormV3 on `x` viewed as a rank-4 tensor.
-
-        Returns `(y, mean, variance)`; in training, the batch mean and the
-        biased batch variance (the kernel's own is Bessel-corrected).
-        `channel_axis` overrides the layer's for an `x` that is already a
-        rank-4 view (ghost batches).
-        """
-        import tensorflow as tf  # only reachable on the TensorFlow backend
-
-        rank = len(x.shape)
-        channel_axis = self._channel_axis if channel_axis is None else channel_axis
-        channels = x.shape[channel_axis] or tf.shape(x)[channel_axis]
-        channels_last = channel_axis == rank - 1
-        shape = tf.shape(x)
-        if rank == 4:
-            x4 = x
-        elif channels_last:
-            x4 = tf.reshape(x, [-1, 1, 1, channels])
-        else:
-            x4 = tf.reshape(x, [shape[0], channels, -1, 1])
-        training = mean is None
-        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x4,
-            scale,
-            offset,
-            mean=mean,
-            variance=variance,
-            epsilon=self.epsilon,
-            data_format="NHWC" if channels_last else "NCHW",
-            is_training=training,
-        )
-        if training:
-            count = tf.cast(tf.size(x4) // channels, variance.dtype)
-            variance = variance * tf.maximum(count - 1.0, 1.0) / count
-        if rank != 4:
-            y = tf.reshape(y, shape)
-        return y, mean, variance
-
-    def _fused_call(self, x, training):
-        import tensorflow as tf  # only reachable on the TensorFlow backend
-
-        dtype = x.dtype
-        channels = self._broadcast_shape[self._channel_axis]
-        gamma = (
-            ops.cast(self.gamma, dtype) if self.scale else tf.ones([channels], dtype)
-        )
-        beta = (
-            ops.cast(self.beta, dtype) if self.center else tf.zeros([channels], dtype)
-        )
-        if not training:
-            mean, variance = self._moving_statistics(dtype)
-            return self._fused_kernel(x, gamma, beta, mean, variance)[0]
-        if self.virtual_batch_size is None:
-            y, mean, variance = self._fused_renormed(x, gamma, beta)
-        else:
-            y, mean, variance = self._fused_ghosts(x, gamma, beta)
-        self._update_statistics(mean, variance, True)
-        return y
-
-    def _fused_renormed(self, x, gamma, beta, channel_axis=None):
-        """Fused training transform of one (ghost) batch, renorm included.
-
-        With renorm, `gamma * (x_hat * r + d) + beta` is computed from the
-        kernel's `y = gamma * x_hat + beta` as `r * y + (gamma * d + beta -
-        r * beta)`, with no gradient through `r` and `d`.
-        """
-        y, mean, variance = self._fused_kernel(
-            x, gamma, beta, channel_axis=channel_axis
-        )
-        if self.renorm:
-            # Per (ghost, channel) in the ghost view: (G * C,) -> (G, C).
-            channels = self._broadcast_shape[self._channel_axis]
-            r, d = self._renorm_correction(
-                ops.reshape(mean, (-1, channels)),
-                ops.reshape(variance, (-1, channels)),
-            )
-            r = ops.reshape(ops.stop_gradient(r), (-1,))
-            d = ops.reshape(ops.stop_gradient(d), (-1,))
-            shift = gamma * d + beta - r * beta
-            if channel_axis is None:
-                broadcast = self._broadcast_shape
-            else:  # the rank-4 view of ghost batches
-                broadcast = [1, 1, 1, 1]
-                broadcast[channel_axis] = -1
-            y = y * ops.reshape(r, broadcast) + ops.reshape(shift, broadcast)
-        return y, mean, variance
-
-    def _fused_ghosts(self, x, gamma, beta):
-        """Ghost batches through the fused kernel.
-
-        Used when the batch divides into equal ghost batches (decided at run
-        time when the batch size is unknown at trace time); otherwise the
-        general path runs. Ghost batches of a batch size known when tracing
-        get one kernel call each, on slices of the batch (which TensorFlow
-        takes without a copy). Otherwise the `G` ghost batches of `m` samples
-        become `G * C` channels of a batch of `m` samples (a transpose there
-        and back), so that one kernel call normalizes every ghost batch; r
-        and d are then per (ghost, channel). Returns the output and the
-        pooled statistics.
-        """
-        import tensorflow as tf  # only reachable on the TensorFlow backend
-
-        size = self.virtual_batch_size
-        rank = len(x.shape)
-        channels = self._broadcast_shape[self._channel_axis]
-        channels_last = self._channel_axis == rank - 1
-        shape = tf.shape(x)
-
-        def chunked():
-            if channels_last:  # (G, m, S, C) -> (m, S, G, C)
-                ghosts = tf.reshape(x, [-1, size, tf.size(x[0]) // channels, channels])
-                ghosts = tf.transpose(ghosts, [1, 2, 0, 3])
-                wide = tf.reshape(ghosts, [size, -1, 1, tf.size(ghosts[0, 0])])
-            else:  # (G, m, C, S) -> (m, G, C, S)
-                ghosts = tf.reshape(x, [-1, size, channels, tf.size(x[0]) // channels])
-                ghosts = tf.transpose(ghosts, [1, 0, 2, 3])
-                wide = tf.reshape(ghosts, [size, -1, tf.size(x[0]) // channels, 1])
-            num_ghosts = tf.shape(ghosts)[2 if channels_last else 1]
-            y, mean, variance = self._fused_renormed(
-                wide, tf.tile(gamma, [num_ghosts]), tf.tile(beta, [num_ghosts]),
-                channel_axis=3 if channels_last else 1,
-            )
-            y = tf.reshape(y, tf.shape(ghosts))
-            y = tf.transpose(y, [2, 0, 1, 3] if channels_last else [1, 0, 2, 3])
-            return (
-                tf.reshape(y, shape),
-                *pooled(
-                    tf.reshape(mean, [-1, channels]),
-                    tf.reshape(variance, [-1, channels]),
-                ),
-            )
-
-        def sliced(num_ghosts):
-            results = [
-                self._fused_renormed(ghost, gamma, beta)
-                for ghost in tf.split(x, num_ghosts, axis=0)
-            ]
-            y, means, variances = zip(*results)
-            return tf.concat(y, 0), *pooled(tf.stack(means), tf.stack(variances))
-
-        def pooled(means, variances):  # of equal-size ghosts, (G, C)
-            # Equal counts: a count of 1 each weighs them alike, and makes
-            # each variance its sum of squares.
-            return self._pooled(means, variances, tf.ones_like(means))
-
-        if x.shape[0] is not None:
-            groups = self._num_groups(x, True)
-            if groups is None:  # unequal ghost batches
-                return self._general_ghosts(x)
-            if groups == 1:
-                return self._fused_renormed(x, gamma, beta)
-            # Small equal ghost batches of a known size took the general
-            # path instead (see `_fusable`).
-            return sliced(groups)
-        # An empty batch (a replica's share of a partial last batch under a
-        # distribution strategy) has no ghost batches to chunk.
-        return tf.cond(
-            tf.logical_and(tf.equal(shape[0] % size, 0), shape[0] > 0),
-            chunked,
-            lambda: self._general_ghosts(x),
-        )
-
     def _general_ghosts(self, x):
         """Ghost-batch training output and pooled statistics, no mask."""
         scale, offset, mean, variance = self._ghost_transform(x, None)
@@ -776,7 +643,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1:
             return values
-        return tuple(context.all_reduce(tf.distribute.ReduceOp.SUM, list(values)))
+        return tuple(
+            context.all_reduce(tf.distribute.ReduceOp.SUM, list(values))
+        )
 
     def _grouped_moments(self, view, weights, axes, groups):
         """Statistics of each group of a grouped view, and of all groups.
@@ -850,13 +719,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
         assigns each sample to its ghost batch.
         """
         dtype = x.dtype
-        size = self.virtual_batch_size
-        batch = ops.shape(x)[0]
-        num_ghosts = _ghost_count(batch, size)
-        ghost_ids = ops.minimum(ops.arange(batch) // size, num_ghosts - 1)
+        ids, num_ghosts = ghost_ids(ops.shape(x)[0], self.virtual_batch_size)
         assign = ops.cast(
             ops.equal(
-                ops.expand_dims(ghost_ids, 1),
+                ops.expand_dims(ids, 1),
                 ops.expand_dims(ops.arange(num_ghosts), 0),
             ),
             dtype,
@@ -909,51 +775,95 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return self.renorm_schedule(self.renorm_step)
 
     def _renorm_correction(self, mean, variance):
-        """Renorm's r and d for batch (or per-ghost) statistics."""
+        """Renorm's r and d for batch (or per-ghost) statistics, clipped.
+
+        With cumulative renorm statistics (`renorm_momentum=None`), the
+        first training step, which has no statistics yet to renormalize
+        towards, takes `r = 1` and `d = 0`: the batch is standardized by its
+        own statistics, rather than by the initial 0 and 1.
+        """
         dtype = mean.dtype
-        stddev = ops.sqrt(variance + self.epsilon)
-        renorm_mean = ops.cast(self.renorm_mean, dtype)
-        # Avoid dividing by zero early in training, as Keras does.
-        renorm_stddev = ops.maximum(
+        r, d = renorm_ratios(
+            mean,
+            ops.sqrt(variance + self.epsilon),
+            ops.cast(self.renorm_mean, dtype),
             ops.cast(self.renorm_stddev, dtype),
-            ops.sqrt(ops.cast(self.epsilon, dtype)),
+            self.epsilon,
         )
-        r = stddev / renorm_stddev
-        d = (mean - renorm_mean) / renorm_stddev
-        clipping = self.current_renorm_clipping()
-        if clipping.get("rmin") is not None:
-            r = ops.maximum(r, ops.cast(clipping["rmin"], dtype))
-        if clipping.get("rmax") is not None:
-            r = ops.minimum(r, ops.cast(clipping["rmax"], dtype))
-        if clipping.get("dmax") is not None:
-            dmax = ops.cast(clipping["dmax"], dtype)
-            d = ops.clip(d, -dmax, dmax)
+        r, d = clip_renorm(r, d, self.current_renorm_clipping())
+        if self.renorm_momentum is None:
+            first = ops.equal(self.num_batches_tracked, 0)
+            r = ops.where(first, ops.ones_like(r), r)
+            d = ops.where(first, ops.zeros_like(d), d)
         # The backward pass needs r and d, which read the renorm statistics
-        # (and step) that this call then updates in place. torch.compile's
-        # partitioner recomputes cheap element-wise ops in the backward from
-        # the forward's inputs, and would read the updated values: silently
-        # wrong gradients, or an error for a tensor "modified by an inplace
-        # operation". A concatenation is not recomputed, so r and d are
-        # saved as the forward computed them. A no-op elsewhere.
+        # (and counters) that this call then updates in place.
+        # torch.compile's partitioner recomputes cheap element-wise ops in
+        # the backward from the forward's inputs, and would read the updated
+        # values: silently wrong gradients, or an error for a tensor
+        # "modified by an inplace operation". A concatenation is not
+        # recomputed, so r and d are saved as the forward computed them. A
+        # no-op elsewhere.
         r, d = ops.unstack(ops.stack([r, d]))
         return r, d
 
-    # -- moving statistics ------------------------------------------------------
+    # -- moving statistics ----------------------------------------------------
+
+    def _applies(self, mean, variance, training):
+        """Whether the update applies: True, or a boolean scalar tensor.
+
+        Not for a batch with non-finite statistics when `skip_nonfinite`,
+        nor when `training` is a tensor that is False.
+        """
+        if not self.skip_nonfinite:
+            return training
+        finite = ops.logical_and(
+            ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance))
+        )
+        if training is True:
+            return finite
+        return ops.logical_and(finite, training)
+
+    def _moved(self, old_mean, old_spread, mean, variance, momentum, count):
+        """A mean and its spread after one batch of `mean`, `variance`.
+
+        The spread is the variance, or with renorm the standard deviation
+        `sqrt(variance + epsilon)`, as Keras keeps them. With a float
+        `momentum`, Keras's moving averages (with renorm, of the batch
+        standard deviations); with `None`, the cumulative average of the
+        `count` batches seen, this one included. Returns `(new_mean,
+        new_variance, new_stddev)`, `new_stddev` None without renorm.
+        """
+        dtype = mean.dtype
+        old_mean = ops.cast(old_mean, dtype)
+        old_spread = ops.cast(old_spread, dtype)
+        if momentum is not None:
+            new_mean = moving_average(old_mean, mean, momentum)
+            if not self.renorm:
+                new_variance = moving_average(old_spread, variance, momentum)
+                return new_mean, new_variance, None
+            stddev = ops.sqrt(variance + self.epsilon)
+            stddev = moving_average(old_spread, stddev, momentum)
+            # As Keras: ReLU against rounding below zero.
+            return new_mean, ops.relu(stddev * stddev - self.epsilon), stddev
+        old_variance = old_spread
+        if self.renorm:
+            old_variance = ops.relu(old_spread * old_spread - self.epsilon)
+        new_mean, new_variance = cumulative_average(
+            old_mean, old_variance, mean, variance, count
+        )
+        if not self.renorm:
+            return new_mean, new_variance, None
+        return new_mean, new_variance, ops.sqrt(new_variance + self.epsilon)
 
     def _update_statistics(self, mean, variance, training):
-        """Moves the moving (and renorm) statistics towards `mean`, `variance`.
+        """Updates the moving (and renorm) statistics with a batch's.
 
-        Skipped for a batch with non-finite statistics when `skip_nonfinite`,
-        and when `training` is a tensor that is False.
+        Skipped for a batch with non-finite statistics when
+        `skip_nonfinite`, and when `training` is a tensor that is False.
+        The step counter `renorm_step` counts every training step; the
+        counter `num_batches_tracked`, the updates applied.
         """
-        apply = training
-        if self.skip_nonfinite:
-            finite = ops.logical_and(
-                ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance))
-            )
-            apply = finite if training is True else ops.logical_and(
-                finite, training
-            )
+        apply = self._applies(mean, variance, training)
 
         def assign(variable, value):
             value = ops.cast(value, variable.dtype)
@@ -961,35 +871,31 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 value = ops.where(apply, value, ops.convert_to_tensor(variable))
             variable.assign(value)
 
-        def moved(variable, value, momentum):
-            old = ops.cast(variable, value.dtype)
-            return old * momentum + value * (1.0 - momentum)
-
-        if not self.renorm:
-            assign(self.moving_mean, moved(self.moving_mean, mean, self.momentum))
-            assign(
-                self.moving_variance,
-                moved(self.moving_variance, variance, self.momentum),
-            )
-        else:
-            stddev = ops.sqrt(variance + self.epsilon)
-            assign(
+        count = None
+        if self.num_batches_tracked is not None:
+            count = ops.cast(self.num_batches_tracked, mean.dtype) + 1.0
+        if self.renorm:
+            new_mean, _, new_stddev = self._moved(
                 self.renorm_mean,
-                moved(self.renorm_mean, mean, self.renorm_momentum),
-            )
-            assign(
                 self.renorm_stddev,
-                moved(self.renorm_stddev, stddev, self.renorm_momentum),
+                mean,
+                variance,
+                self.renorm_momentum,
+                count,
             )
-            assign(self.moving_mean, moved(self.moving_mean, mean, self.momentum))
-            moving_stddev = moved(self.moving_stddev, stddev, self.momentum)
-            assign(self.moving_stddev, moving_stddev)
-            # As Keras: the variance derives from the stddev, ReLU against
-            # rounding below zero.
-            assign(
-                self.moving_variance,
-                ops.relu(moving_stddev * moving_stddev - self.epsilon),
-            )
+            assign(self.renorm_mean, new_mean)
+            assign(self.renorm_stddev, new_stddev)
+        spread = self.moving_stddev if self.renorm else self.moving_variance
+        new_mean, new_variance, new_stddev = self._moved(
+            self.moving_mean, spread, mean, variance, self.momentum, count
+        )
+        assign(self.moving_mean, new_mean)
+        assign(self.moving_variance, new_variance)
+        if self.renorm:
+            assign(self.moving_stddev, new_stddev)
+        if self.num_batches_tracked is not None:
+            applied = 1 if apply is True else ops.cast(apply, "int32")
+            self.num_batches_tracked.assign(self.num_batches_tracked + applied)
         if self.renorm_step is not None:
             # The schedule counts training steps, bad batches included.
             step = 1 if training is True else ops.cast(training, "int32")

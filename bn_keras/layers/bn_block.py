@@ -3,22 +3,8 @@
 import keras
 
 from bn_keras import registry
-
-
-def _is_linear(activation):
-    """Whether a layer's `activation` config entry is the identity."""
-    if activation is None:
-        return True
-    if isinstance(activation, str):
-        return activation == "linear"
-    if isinstance(activation, dict):
-        return activation.get("config") == "linear"
-    return activation is keras.activations.linear
-
-
-def _channel_axis(layer):
-    """The features axis of the layer's inputs and outputs: 1 or -1."""
-    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+from bn_keras.layers._layer_kinds import channel_axis
+from bn_keras.layers._layer_kinds import is_linear_activation
 
 
 def _describe(layer):
@@ -111,54 +97,10 @@ class BNBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.placement = registry.get_placement(placement)
         order = registry.placement_order(self.placement)
-        if isinstance(layer, dict):
-            layer = keras.saving.deserialize_keras_object(layer)
-        if not isinstance(layer, keras.layers.Layer):
-            raise TypeError(
-                "Argument `layer` must be a `keras.layers.Layer` instance, "
-                "such as `keras.layers.Dense(64)`. "
-                f"Received: layer={layer!r}"
-            )
-        if isinstance(layer, keras.layers.BatchNormalization):
-            raise TypeError(
-                "Argument `layer` is the layer that BNBlock normalizes, not "
-                "the normalization: pass the BN as `normalization`. "
-                f"Received: layer={_describe(layer)}"
-            )
-
-        if "bn" in order:
-            normalization = registry.get_normalization(
-                normalization, axis=_channel_axis(layer)
-            )
-        elif normalization is not None:
-            raise ValueError(
-                "Argument `normalization` has no effect with placement "
-                "'layer-act' (no batch normalization); pass "
-                "`normalization=None` or another placement. "
-                f"Received: normalization={normalization!r}"
-            )
-
+        layer = _check_layer(layer)
+        normalization = _resolve_normalization(normalization, order, layer)
         layer_config = layer.get_config()
-        changes = {}
-        layer_activation = layer_config.get("activation")
-        if not _is_linear(layer_activation):
-            if order[0] == "bn":
-                raise ValueError(
-                    "With placement 'bn-act-layer' the activation comes "
-                    "before the layer, so the wrapped layer must have none; "
-                    "pass it as `activation`. "
-                    f"Received: layer={_describe(layer)} with "
-                    f"activation={layer_activation!r}"
-                )
-            if activation is not None:
-                raise ValueError(
-                    "Argument `activation` is given and the wrapped layer "
-                    "has an activation too; set it in one place only. "
-                    f"Received: activation={activation!r}, layer="
-                    f"{_describe(layer)} with activation={layer_activation!r}"
-                )
-            activation = layer_activation
-            changes["activation"] = "linear"
+        activation, changes = _split_activation(layer, order, activation)
         self.drops_bias = (
             order[:2] == ("layer", "bn")
             and isinstance(normalization, keras.layers.BatchNormalization)
@@ -167,15 +109,7 @@ class BNBlock(keras.layers.Layer):
         if self.drops_bias and layer_config.get("use_bias"):
             changes["use_bias"] = False
         if changes:
-            if layer.built:
-                raise ValueError(
-                    "BNBlock must change the wrapped layer ("
-                    + ", ".join(f"{k}={v!r}" for k, v in changes.items())
-                    + ") and so needs it unbuilt: its weights would be lost. "
-                    "Pass a new layer, or one built with these arguments. "
-                    f"Received: layer={_describe(layer)} (built)"
-                )
-            layer = type(layer).from_config({**layer_config, **changes})
+            layer = _rewritten(layer, layer_config, changes)
 
         self.layer = layer
         self.normalization = normalization
@@ -183,9 +117,7 @@ class BNBlock(keras.layers.Layer):
             None if activation is None else keras.activations.get(activation)
         )
         self.activation_layer = None
-        if self.activation is not None and (
-            self.activation is not keras.activations.linear
-        ):
+        if not is_linear_activation(self.activation):
             self.activation_layer = keras.layers.Activation(
                 self.activation, name=f"{self.name}_activation"
             )
@@ -219,7 +151,7 @@ class BNBlock(keras.layers.Layer):
             return
         if not -rank <= axis < rank:
             return  # the BN layer's own build reports it
-        expected = _channel_axis(self.layer) % rank
+        expected = channel_axis(self.layer) % rank
         if axis % rank != expected:
             raise ValueError(
                 "The normalization must normalize the features axis of "
@@ -276,3 +208,75 @@ class BNBlock(keras.layers.Layer):
                 }
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         return cls(**config)
+
+
+def _check_layer(layer):
+    """The wrapped layer, deserialized if need be; a clear error otherwise."""
+    if isinstance(layer, dict):
+        layer = keras.saving.deserialize_keras_object(layer)
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(
+            "Argument `layer` must be a `keras.layers.Layer` instance, "
+            "such as `keras.layers.Dense(64)`. "
+            f"Received: layer={layer!r}"
+        )
+    if isinstance(layer, keras.layers.BatchNormalization):
+        raise TypeError(
+            "Argument `layer` is the layer that BNBlock normalizes, not "
+            "the normalization: pass the BN as `normalization`. "
+            f"Received: layer={_describe(layer)}"
+        )
+    return layer
+
+
+def _resolve_normalization(normalization, order, layer):
+    """The BN layer of a placement with BN; `None` for `"layer-act"`."""
+    if "bn" in order:
+        return registry.get_normalization(
+            normalization, axis=channel_axis(layer)
+        )
+    if normalization is not None:
+        raise ValueError(
+            "Argument `normalization` has no effect with placement "
+            "'layer-act' (no batch normalization); pass "
+            "`normalization=None` or another placement. "
+            f"Received: normalization={normalization!r}"
+        )
+    return None
+
+
+def _split_activation(layer, order, activation):
+    """The block's activation, and the config changes that move the wrapped
+    layer's own activation out of it (`{"activation": "linear"}`)."""
+    layer_activation = layer.get_config().get("activation")
+    if is_linear_activation(layer_activation):
+        return activation, {}
+    if order[0] == "bn":
+        raise ValueError(
+            "With placement 'bn-act-layer' the activation comes "
+            "before the layer, so the wrapped layer must have none; "
+            "pass it as `activation`. "
+            f"Received: layer={_describe(layer)} with "
+            f"activation={layer_activation!r}"
+        )
+    if activation is not None:
+        raise ValueError(
+            "Argument `activation` is given and the wrapped layer "
+            "has an activation too; set it in one place only. "
+            f"Received: activation={activation!r}, layer="
+            f"{_describe(layer)} with activation={layer_activation!r}"
+        )
+    return layer_activation, {"activation": "linear"}
+
+
+def _rewritten(layer, layer_config, changes):
+    """A new, unbuilt copy of `layer` with `changes` to its config."""
+    if layer.built:
+        raise ValueError(
+            "BNBlock must change the wrapped layer ("
+            + ", ".join(f"{k}={v!r}" for k, v in changes.items())
+            + ") and so needs it unbuilt: its weights would be lost. "
+            "Pass a new layer, or one built with these arguments. "
+            f"Received: layer={_describe(layer)} (built)"
+        )
+    return type(layer).from_config({**layer_config, **changes})

@@ -7,8 +7,7 @@ from keras import ops
 
 from bn_keras._validation import check_nonnegative_int
 from bn_keras._validation import check_number
-
-
+from bn_keras._validation import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="bn_keras")
@@ -59,6 +58,12 @@ class RenormClipping:
     {'rmin': 1.0, 'rmax': 1.0, 'dmax': 0.0}
     >>> schedule(40000)["rmax"]
     3.0
+
+    For a run shorter than the paper's, `scaled` compresses the schedule:
+
+    >>> short = schedule.scaled(800)
+    >>> short.warmup_steps, short.dmax_steps, short.rmax_steps
+    (100, 500, 800)
     """
 
     def __init__(
@@ -77,7 +82,10 @@ class RenormClipping:
             ("dmax_steps", dmax_steps),
         ):
             check_nonnegative_int(name, value, "integer number of steps")
-        for name, value in (("rmax_steps", rmax_steps), ("dmax_steps", dmax_steps)):
+        for name, value in (
+            ("rmax_steps", rmax_steps),
+            ("dmax_steps", dmax_steps),
+        ):
             if value < warmup_steps:
                 raise ValueError(
                     f"Argument `{name}` (the step at which the bound reaches "
@@ -106,6 +114,47 @@ class RenormClipping:
         rmax = 1.0 + (self.rmax - 1.0) * self._progress(step, self.rmax_steps)
         dmax = self.dmax * self._progress(step, self.dmax_steps)
         return {"rmin": 1.0 / rmax, "rmax": rmax, "dmax": dmax}
+
+    def scaled(self, total_steps):
+        """This schedule compressed (or stretched) to a run of `total_steps`.
+
+        The paper's step counts belong to its 40,000-step ramps on
+        ImageNet; a run of a few hundred steps would never leave the
+        warm-up. `scaled` keeps the schedule's shape and its final bounds
+        and moves its end, the step at which both bounds are final
+        (`max(rmax_steps, dmax_steps)`), to `total_steps`: every step count
+        is multiplied by `total_steps / end` and rounded down. A schedule
+        with a warm-up keeps at least one step of it (plain batch
+        normalization first, as in the paper), and neither ramp ends
+        before the warm-up does.
+
+        With the default (the paper's) schedule, the run is plain batch
+        normalization for its first eighth, `dmax` is final at five eighths
+        and `rmax` at the last step: `warmup_steps = total_steps // 8`,
+        `dmax_steps = 5 * total_steps // 8`, `rmax_steps = total_steps`.
+
+        Args:
+            total_steps: The number of training steps of the run, a
+                positive integer.
+
+        Returns:
+            A new `RenormClipping` with the same `rmax` and `dmax`. A
+            schedule without steps (all three are 0) is returned as a copy.
+        """
+        total_steps = check_positive_int("total_steps", total_steps)
+        end = max(self.rmax_steps, self.dmax_steps)
+        if end == 0:
+            return RenormClipping(**self.get_config())
+        warmup = self.warmup_steps * total_steps // end
+        if self.warmup_steps:
+            warmup = max(1, warmup)
+        return RenormClipping(
+            rmax=self.rmax,
+            dmax=self.dmax,
+            warmup_steps=warmup,
+            rmax_steps=max(warmup, self.rmax_steps * total_steps // end),
+            dmax_steps=max(warmup, self.dmax_steps * total_steps // end),
+        )
 
     def get_config(self):
         return {

@@ -2,68 +2,52 @@
 
 Shared by `insert_batchnorm`, `fold_batchnorm`, the placement hypermodel
 and `bn-keras inspect`: which kind of model it is, which layer feeds which,
-the kinds of layers BN is placed around, and a rebuild that swaps each
-layer for a replacement while keeping weights.
+which layers compute its outputs, and a rebuild that swaps each layer for
+a replacement while keeping weights. The kinds of layers (Dense and
+convolution, activation) come from `bn_keras.layers._layer_kinds`, which
+`BNBlock` shares.
 """
 
 import keras
 
-#: The Dense and convolution layers that BN is inserted around by default.
-DENSE_CONV_LAYERS = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-)
+from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
 
-#: Stand-alone activation layers (`layer-act-bn` puts BN after them).
-ACTIVATION_LAYERS = (
-    keras.layers.Activation,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.PReLU,
-    keras.layers.Softmax,
-)
+
+class GraphError(TypeError):
+    """A model whose graph of layers cannot be read or rewritten.
+
+    The message is `reason`, then what to do and the value received, in
+    the house style; `reason` alone (one sentence, no final period) is what
+    `bn-keras inspect` shows beside each BN layer it cannot fold.
+    """
+
+    def __init__(self, reason, rest):
+        super().__init__(f"{reason}. {rest}")
+        self.reason = reason
 
 
 def model_kind(model, function_name):
-    """'sequential' or 'functional'; a clear error for anything else."""
+    """'sequential' or 'functional'; a `GraphError` for anything else."""
     if isinstance(model, keras.Sequential):
         return "sequential"
     if isinstance(model, keras.Model) and isinstance(model, keras.Function):
         return "functional"
     if isinstance(model, keras.Model):
-        raise TypeError(
+        raise GraphError(
             f"`{function_name}` rewrites a model's graph of layers, and a "
             "subclassed model has none to rewrite: its forward pass is the "
             "Python code of its `call()` method, which bn_keras cannot read "
-            "or change. Add the layers in `call()` yourself (for example "
+            "or change",
+            "Add the layers in `call()` yourself (for example "
             "with `bn_keras.layers.BNBlock`), or build the model with the "
             "Sequential or Functional API. "
             f"Received: model=<subclassed model {type(model).__name__} "
-            f"name={model.name}>"
+            f"name={model.name}>",
         )
-    raise TypeError(
-        f"`{function_name}` expects a Sequential or Functional "
-        f"`keras.Model`. Received: model={model!r}"
+    raise GraphError(
+        f"`{function_name}` expects a Sequential or Functional `keras.Model`",
+        f"Received: model={model!r}",
     )
-
-
-def is_linear(layer):
-    activation = getattr(layer, "activation", None)
-    return activation is None or activation is keras.activations.linear
-
-
-def channel_axis(layer):
-    return 1 if getattr(layer, "data_format", None) == "channels_first" else -1
 
 
 def copy_layer(layer, **changes):
@@ -117,19 +101,39 @@ def _output_refs(value):
     return []
 
 
+def is_raw_op(operation):
+    """Whether a node of a Functional graph is a raw tensor operation.
+
+    `h * 2.0`, `h + 1.0` or `keras.ops.relu(h)` on the symbolic tensors of
+    a Functional model add a `keras.Operation` to its graph that is not a
+    layer: it has no weights and is not in `model.layers`, but it is in
+    `model.operations` and in the model's config. Rewrites call it as it
+    is, on the new model's tensors.
+    """
+    return isinstance(operation, keras.Operation) and not isinstance(
+        operation, keras.layers.Layer
+    )
+
+
 class LayerGraph:
     """Which layer feeds which, for a Sequential or Functional model.
 
     Built from public information only (the layer list of a Sequential
-    model, the `inbound_nodes` of a Functional model's config). Attributes:
+    model; the `operations` of a Functional model and the `inbound_nodes`
+    of its config). The nodes are the model's layers and, in a Functional
+    model, its raw tensor operations (`h * 2.0`, `keras.ops.relu(h)`; see
+    `is_raw_op`), so that a layer whose output also feeds an operation is
+    known to feed more than one node. Attributes:
 
     - `layers`: the model's layers, without its `InputLayer`s;
-    - `calls[name]`: how many times the layer is called in the model;
-    - `producers[name]`: names of the layers whose outputs it consumes, one
+    - `ops`: its raw tensor operations, in the order of `model.operations`;
+    - `by_name[name]`: the layer or operation of that name;
+    - `calls[name]`: how many times the node is called in the model;
+    - `producers[name]`: names of the nodes whose outputs it consumes, one
       entry per tensor (model inputs are left out);
-    - `consumers[name]`: names of the layers that consume its outputs, one
+    - `consumers[name]`: names of the nodes that consume its outputs, one
       entry per use;
-    - `outputs`: names of the layers that produce a model output, once per
+    - `outputs`: names of the nodes that produce a model output, once per
       output.
     """
 
@@ -139,8 +143,11 @@ class LayerGraph:
             for layer in model.layers
             if not isinstance(layer, keras.layers.InputLayer)
         ]
-        names = [layer.name for layer in self.layers]
-        self.by_name = dict(zip(names, self.layers))
+        self.ops = []
+        if kind == "functional":
+            self.ops = [op for op in model.operations if is_raw_op(op)]
+        names = [node.name for node in self.layers + self.ops]
+        self.by_name = dict(zip(names, self.layers + self.ops))
         self.calls = {name: 1 for name in names}
         self.producers = {name: [] for name in names}
         self.consumers = {name: [] for name in names}
@@ -152,10 +159,10 @@ class LayerGraph:
             return
         config = model.get_config()
         if not isinstance(config, dict) or "layers" not in config:
-            raise TypeError(
+            raise GraphError(
                 "This Functional model's `get_config()` does not describe "
-                "its layers, so its graph cannot be read. "
-                f"Received: model=<{type(model).__name__} name={model.name}>"
+                "its layers, so its graph cannot be read",
+                f"Received: model=<{type(model).__name__} name={model.name}>",
             )
         for entry in config["layers"]:
             name = entry["name"]
@@ -230,15 +237,28 @@ class Replacement:
         self.make_extra = make_extra or (lambda: ((), ()))
 
 
+def copied(layer, make_extra=None):
+    """The `Replacement` that copies `layer` with its weights.
+
+    A `keras.layers.Lambda` is used as it is, as a raw operation is: it
+    has no weights of its own, and its Python function cannot be copied
+    from its config (Keras's safe mode refuses to deserialize a lambda).
+    """
+    if isinstance(layer, keras.layers.Lambda):
+        return Replacement(layer, None, make_extra)
+    return Replacement(copy_layer(layer), layer.get_weights(), make_extra)
+
+
 def rebuild(model, kind, replace, input_layers=None):
     """A new model in which each layer is swapped for `replace(layer)`.
 
     Args:
         model: A Sequential or Functional model.
         kind: `model_kind(model)`.
-        replace: Function from an original layer to a `Replacement`.
-        input_layers: Optional function from a model input's name to a
-            layer applied to that input (e.g. BN), or None.
+        replace: Function from an original layer to a `Replacement`; it is
+            called once per layer, however many times the layer is called.
+        input_layers: Optional function `(input name, dtype) -> layer or
+            None`, the layer (e.g. BN) applied to that model input.
 
     Returns:
         The new model, of the same kind, compiled as the old one if it was.
@@ -251,80 +271,107 @@ def rebuild(model, kind, replace, input_layers=None):
         return replacements[id(layer)]
 
     if kind == "sequential":
-        inputs = []
-        if model.built and getattr(model, "inputs", None):
-            spec = model.inputs[0]
-            name = input_names(model, kind)[0]
-            inputs = [
-                keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=name)
-            ]
-            if input_layers is not None:
-                extra = input_layers(name, spec.dtype)
-                if extra is not None:
-                    inputs.append(extra)
-        new_layers = []
-        for i, layer in enumerate(model.layers):
-            step = replacement(layer)
-            before, after = step.make_extra()
-            if i == 0 and len(inputs) == 2:
-                before = ()  # the input is normalized already
-            main = [] if step.main is None else [step.main]
-            new_layers += [*before, *main, *after]
-        new_model = keras.Sequential(
-            inputs + new_layers, name=model.name, trainable=model.trainable
-        )
-        for step in replacements.values():
-            if step.main is not None:
-                _set_weights(step.main, step.weights)
+        new_model = _rebuild_sequential(model, replacement, input_layers)
     else:
-        names = iter(input_names(model, kind))
-        new_inputs = keras.tree.map_structure(
-            lambda x: keras.Input(
-                batch_shape=x.shape, dtype=x.dtype, name=next(names)
-            ),
-            model.input,
-        )
-        input_map, weights_set = {}, set()
-        if input_layers is not None:
-            for name, tensor in zip(
-                input_names(model, kind), keras.tree.flatten(new_inputs)
-            ):
-                layer = input_layers(name, tensor.dtype)
-                if layer is not None:
-                    input_map[id(tensor)] = layer(tensor)
-
-        def call_function(layer, *args, **kwargs):
-            if input_map:
-                args, kwargs = keras.tree.map_structure(
-                    lambda t: input_map.get(id(t), t), (args, kwargs)
-                )
-            step = replacement(layer)
-            before, after = step.make_extra()
-            args = list(args)
-            if any(args[0] is t for t in input_map.values()):
-                before = ()  # the input is normalized already
-            for extra in before:
-                args[0] = extra(args[0])
-            if step.main is None:
-                outputs = args[0]
-            else:
-                outputs = step.main(*args, **kwargs)
-                if id(step.main) not in weights_set:
-                    _set_weights(step.main, step.weights)
-                    weights_set.add(id(step.main))
-            for extra in after:
-                outputs = extra(outputs)
-            return outputs
-
-        new_model = keras.models.clone_model(
-            model,
-            input_tensors=new_inputs,
-            clone_function=lambda layer: layer,
-            call_function=call_function,
-        )
+        new_model = _rebuild_functional(model, replacement, input_layers)
     if model.compiled and not new_model.compiled:
         new_model.compile_from_config(model.get_compile_config())
     return new_model
+
+
+def _sequential_inputs(model, input_layers):
+    """The new model's `Input` and the layer applied to it, if known."""
+    if not (model.built and getattr(model, "inputs", None)):
+        return []
+    spec = model.inputs[0]
+    name = input_names(model, "sequential")[0]
+    inputs = [keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=name)]
+    if input_layers is not None:
+        extra = input_layers(name, spec.dtype)
+        if extra is not None:
+            inputs.append(extra)
+    return inputs
+
+
+def _rebuild_sequential(model, replacement, input_layers):
+    inputs = _sequential_inputs(model, input_layers)
+    new_layers, steps = [], {}
+    for i, layer in enumerate(model.layers):
+        step = steps[id(layer)] = replacement(layer)
+        before, after = step.make_extra()
+        if i == 0 and len(inputs) == 2:
+            before = ()  # the input is normalized already
+        main = [] if step.main is None else [step.main]
+        new_layers += [*before, *main, *after]
+    new_model = keras.Sequential(
+        inputs + new_layers, name=model.name, trainable=model.trainable
+    )
+    for step in steps.values():
+        if step.main is not None:
+            _set_weights(step.main, step.weights)
+    return new_model
+
+
+def _rebuild_functional(model, replacement, input_layers):
+    names = input_names(model, "functional")
+    remaining = iter(names)
+    new_inputs = keras.tree.map_structure(
+        lambda x: keras.Input(
+            batch_shape=x.shape, dtype=x.dtype, name=next(remaining)
+        ),
+        model.input,
+    )
+    normalized = {}  # id of a new input -> the output of its input layer
+    if input_layers is not None:
+        for name, tensor in zip(names, keras.tree.flatten(new_inputs)):
+            layer = input_layers(name, tensor.dtype)
+            if layer is not None:
+                normalized[id(tensor)] = layer(tensor)
+    return keras.models.clone_model(
+        model,
+        input_tensors=new_inputs,
+        clone_function=lambda layer: layer,
+        call_function=_functional_call(replacement, normalized),
+    )
+
+
+def _functional_call(replacement, normalized):
+    """The `call_function` of `clone_model` that applies the replacements.
+
+    Every call of a layer or raw tensor operation in the original graph
+    goes through it, with the new model's tensors: inputs that have an
+    input layer are swapped for its output; a raw operation (`h * 2.0`,
+    see `is_raw_op`) is called as it is, and a layer's replacement is
+    called in the layer's place.
+    """
+    weights_set = set()
+
+    def call_function(layer, *args, **kwargs):
+        if normalized:
+            args, kwargs = keras.tree.map_structure(
+                lambda t: normalized.get(id(t), t), (args, kwargs)
+            )
+        if is_raw_op(layer):
+            return layer(*args, **kwargs)  # stateless: nothing to copy
+        step = replacement(layer)
+        before, after = step.make_extra()
+        args = list(args)
+        if any(args[0] is t for t in normalized.values()):
+            before = ()  # the input is normalized already
+        for extra in before:
+            args[0] = extra(args[0])
+        if step.main is None:
+            outputs = args[0]
+        else:
+            outputs = step.main(*args, **kwargs)
+            if id(step.main) not in weights_set:
+                _set_weights(step.main, step.weights)
+                weights_set.add(id(step.main))
+        for extra in after:
+            outputs = extra(outputs)
+        return outputs
+
+    return call_function
 
 
 def all_layers(model):
@@ -346,3 +393,53 @@ def contains_dense_conv(layer):
     return any(
         contains_dense_conv(sub) for sub in getattr(layer, "layers", [])
     )
+
+
+def output_layers(model, function_name="output_layers"):
+    """The layers after which no Dense or convolution layer follows.
+
+    These compute a model output (the logits or the regression target) or
+    come after the layer that does, so by default BN does not go after
+    them. A layer of a nested model is one when no Dense or convolution
+    layer follows it inside the nested model, and the nested model is one
+    in the model around it.
+
+    Args:
+        model: A Sequential or Functional model.
+        function_name: The function named in the error for a model whose
+            graph cannot be read (see `model_kind`).
+
+    Returns:
+        The output layers, nested models' included, in the order of
+        `all_layers(model)`.
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(8, name="hidden"),
+    ...     keras.layers.Dense(1, name="out"),
+    ...     keras.layers.Activation("sigmoid", name="prob"),
+    ... ])
+    >>> found = bn_keras.models._graph.output_layers(model)
+    >>> [layer.name for layer in found]
+    ['out', 'prob']
+    """
+    graph = LayerGraph(model, model_kind(model, function_name))
+    feeds_dense_conv = {}
+
+    def dense_conv_downstream(name):
+        if name not in feeds_dense_conv:
+            feeds_dense_conv[name] = False  # cycles cannot occur; guards anyway
+            feeds_dense_conv[name] = any(
+                contains_dense_conv(graph.by_name[consumer])
+                or dense_conv_downstream(consumer)
+                for consumer in graph.consumers[name]
+            )
+        return feeds_dense_conv[name]
+
+    found = []
+    for layer in graph.layers:
+        if not dense_conv_downstream(layer.name):
+            found.append(layer)
+            if isinstance(layer, keras.Model):
+                found.extend(output_layers(layer, function_name))
+    return found

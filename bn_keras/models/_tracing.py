@@ -134,11 +134,13 @@ def batch_source(data, batch_size):
         size = batch_size or DEFAULT_BATCH_SIZE
         num_samples = int(keras.tree.flatten(x)[0].shape[0])
 
+        def batch(begin):
+            end = begin + size
+            return keras.tree.map_structure(lambda a: a[begin:end], x)
+
         def start():
             for begin in range(0, num_samples, size):
-                yield keras.tree.map_structure(
-                    lambda a: a[begin : begin + size], x
-                )
+                yield batch(begin)
 
         return start
     if batch_size is not None:

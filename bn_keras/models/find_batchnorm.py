@@ -36,20 +36,34 @@ def find_batchnorm(model):
     >>> [type(layer).__name__ for layer in bn_keras.find_batchnorm(model)]
     ['BatchNormalization']
     """
+    return [layer for layer, _ in batchnorm_parents(model)]
+
+
+def batchnorm_parents(model):
+    """Every batch normalization layer of `model` with the layers it sits in.
+
+    The layers and order of `find_batchnorm`, each with the tuple of layers
+    (sub-models, `Sequential` blocks, `BNBlock`s, wrappers) between `model`
+    and it, outermost first: `()` for a layer of `model` itself. A shared
+    layer is listed once, with the containers it was first found in.
+
+    Returns:
+        A list of `(layer, parents)` pairs.
+    """
     found, seen = [], set()
 
-    def visit(layer):
+    def visit(layer, parents):
         if id(layer) in seen:
             return
         seen.add(id(layer))
         if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
+            found.append((layer, parents))
             return
         for child in _children(layer):
-            visit(child)
+            visit(child, (*parents, layer))
 
     if isinstance(model, keras.layers.BatchNormalization):
-        return [model]
+        return [(model, ())]
     for child in _children(model):
-        visit(child)
+        visit(child, ())
     return found

@@ -1,4 +1,8 @@
-"""Fold batch normalization into the preceding Dense or convolution layer."""
+"""Fold batch normalization into the preceding Dense or convolution layer.
+
+Which BN layers fold is decided by `models/_fold_plan.py` (`plan_fold`,
+which `bn-keras inspect` reports too); this module applies the plan.
+"""
 
 import logging
 
@@ -6,72 +10,19 @@ import keras
 import numpy as np
 
 from bn_keras._validation import check_bool
-from bn_keras.layers.bn_block import BNBlock
-from bn_keras.models._graph import LayerGraph
+from bn_keras.models._fold_plan import fold_spec
+from bn_keras.models._fold_plan import plan_fold
 from bn_keras.models._graph import Replacement
+from bn_keras.models._graph import copied
 from bn_keras.models._graph import copy_layer
-from bn_keras.models._graph import model_kind
 from bn_keras.models._graph import rebuild
 
 logger = logging.getLogger("bn_keras")
 
-# Layer class -> (number of kernels in `get_weights()`, index of the kernel
-# whose output channels BN scales, axis of that kernel's output channels).
-# A depthwise kernel `(..., C_in, multiplier)` has output channel
-# `c * multiplier + m`, so it is scaled through a reshape.
-_FOLDABLE = (
-    (keras.layers.SeparableConv1D, 2, 1, -1),
-    (keras.layers.SeparableConv2D, 2, 1, -1),
-    (keras.layers.DepthwiseConv1D, 1, 0, "depthwise"),
-    (keras.layers.DepthwiseConv2D, 1, 0, "depthwise"),
-    (keras.layers.Conv1DTranspose, 1, 0, -2),
-    (keras.layers.Conv2DTranspose, 1, 0, -2),
-    (keras.layers.Conv3DTranspose, 1, 0, -2),
-    (keras.layers.Conv1D, 1, 0, -1),
-    (keras.layers.Conv2D, 1, 0, -1),
-    (keras.layers.Conv3D, 1, 0, -1),
-    (keras.layers.Dense, 1, 0, -1),
-)
-
-
-def _fold_spec(layer):
-    for cls, num_kernels, index, axis in _FOLDABLE:
-        if isinstance(layer, cls):
-            return num_kernels, index, axis
-    return None
-
-
-def _why_not_foldable(layer, bn):
-    """None if `bn` can be folded into `layer`, else the reason."""
-    spec = _fold_spec(layer)
-    if spec is None:
-        return f"it follows '{layer.name}' ({type(layer).__name__})"
-    if getattr(layer, "activation", None) is not keras.activations.linear:
-        return f"'{layer.name}' has a non-linear activation before it"
-    if getattr(layer, "lora_enabled", False):
-        return f"'{layer.name}' uses LoRA"
-    if getattr(layer.dtype_policy, "quantization_mode", None):
-        return f"'{layer.name}' is quantized"
-    num_kernels = spec[0]
-    expected = num_kernels + (1 if layer.use_bias else 0)
-    if len(layer.get_weights()) != expected:
-        return f"'{layer.name}' has unexpected weights"
-    rank = getattr(bn.input_spec, "ndim", None) if bn.built else None
-    if rank is None or not isinstance(bn.axis, int):
-        return f"'{bn.name}' is not built"
-    data_format = getattr(layer, "data_format", None)  # None for Dense
-    channels = 1 if data_format == "channels_first" else rank - 1
-    if bn.axis % rank != channels:
-        return (
-            f"it normalizes axis {bn.axis}, not the features axis of "
-            f"'{layer.name}'"
-        )
-    return None
-
 
 def _folded_weights(layer, bn):
     """The kernels and bias of `layer` with `bn`'s inference transform."""
-    num_kernels, index, axis = _fold_spec(layer)
+    num_kernels, index, axis = fold_spec(layer)
     weights = [np.asarray(w, dtype="float64") for w in layer.get_weights()]
     kernels = weights[:num_kernels]
     mean = np.asarray(bn.moving_mean, dtype="float64")
@@ -102,75 +53,28 @@ def _folded_weights(layer, bn):
     ]
 
 
-def _fold(model, prefix, report):
-    kind = model_kind(model, "fold_batchnorm")
-    graph = LayerGraph(model, kind)
-    into = {}  # producer layer name -> the BN folded into it
-    folded = set()  # names of the BN layers that disappear
-    for bn in graph.layers:
-        if not isinstance(bn, keras.layers.BatchNormalization):
-            continue
-        producers = graph.producers[bn.name]
-        reason = None
-        if graph.calls[bn.name] != 1:
-            reason = "it is called more than once"
-        elif len(producers) != 1:
-            reason = "it does not follow a layer of this model"
-        else:
-            producer = graph.by_name[producers[0]]
-            reason = _why_not_foldable(producer, bn)
-            if reason is None and not graph.single_path(producer.name, bn.name):
-                reason = (
-                    f"the output of '{producer.name}' is used elsewhere too"
-                )
-        if reason is None:
-            into[producer.name] = bn
-            folded.add(bn.name)
-            report["folded"].append(
-                {"layer": prefix + producer.name, "batchnorm": prefix + bn.name}
-            )
-        else:
-            report["kept"].append(
-                {"batchnorm": prefix + bn.name, "reason": reason}
-            )
+def _apply(model, plan):
+    """The folded copy of `model`, as `plan` (its `FoldPlan`) says."""
 
     def replace(layer):
-        if layer.name in folded:
+        if layer.name in plan.removed:
             return Replacement(None)
-        if layer.name in into:
-            bn = into[layer.name]
+        if layer.name in plan.into:
+            bn = plan.into[layer.name]
             return Replacement(
                 copy_layer(layer, use_bias=True), _folded_weights(layer, bn)
             )
-        if isinstance(layer, keras.Model):
-            return Replacement(_fold(layer, f"{prefix}{layer.name}/", report))
-        block = _fold_block(layer, prefix, report)
-        if block is not None:
-            return block
-        return Replacement(copy_layer(layer), layer.get_weights())
+        if layer.name in plan.nested:
+            return Replacement(_apply(layer, plan.nested[layer.name]))
+        if layer.name in plan.blocks:
+            return _folded_block(layer)
+        return copied(layer)
 
-    return rebuild(model, kind, replace)
+    return rebuild(model, plan.kind, replace)
 
 
-def _fold_block(block, prefix, report):
-    """A `BNBlock` with placement "layer-bn-act" becomes a single layer."""
-    if not isinstance(block, BNBlock) or not isinstance(
-        block.normalization, keras.layers.BatchNormalization
-    ):
-        return None
-    bn = block.normalization
-    if block.placement != "layer-bn-act":
-        reason = (
-            f"placement '{block.placement}' does not put BN directly after "
-            "the layer"
-        )
-    else:
-        reason = _why_not_foldable(block.layer, bn)
-    if reason is not None:
-        report["kept"].append(
-            {"batchnorm": f"{prefix}{block.name}/{bn.name}", "reason": reason}
-        )
-        return None
+def _folded_block(block):
+    """The single layer a "layer-bn-act" `BNBlock` becomes (named as it)."""
     activation = (
         "linear"
         if block.activation is None
@@ -179,13 +83,7 @@ def _fold_block(block, prefix, report):
     layer = copy_layer(
         block.layer, use_bias=True, activation=activation, name=block.name
     )
-    report["folded"].append(
-        {
-            "layer": f"{prefix}{block.name}/{block.layer.name}",
-            "batchnorm": f"{prefix}{block.name}/{bn.name}",
-        }
-    )
-    return Replacement(layer, _folded_weights(block.layer, bn))
+    return Replacement(layer, _folded_weights(block.layer, block.normalization))
 
 
 def fold_batchnorm(model, return_report=False):
@@ -242,8 +140,9 @@ def fold_batchnorm(model, return_report=False):
     [{'layer': 'dense', 'batchnorm': 'bn'}]
     """
     return_report = check_bool("return_report", return_report)
-    report = {"folded": [], "kept": []}
-    folded = _fold(model, "", report)
+    plan = plan_fold(model)
+    folded = _apply(model, plan)
+    report = {"folded": plan.folded, "kept": plan.kept}
     for entry in report["folded"]:
         logger.info(
             "fold_batchnorm: folded '%s' into '%s'.",

@@ -18,8 +18,8 @@ Everything in bn-keras that imports `keras_tuner` lives in this package:
   `"hyperband"` or `"bayesian"`.
 """
 
-from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
+from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
 from bn_keras.tuner.bn_placement_hypermodel import BNPlacementHyperModel
 from bn_keras.tuner.bn_search_cnn import BNSearchCNN
 from bn_keras.tuner.bn_search_mlp import BNSearchMLP

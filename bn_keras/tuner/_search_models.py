@@ -5,43 +5,66 @@ import numbers
 import keras
 import keras_tuner
 
-from bn_keras.layers.batch_normalization import BatchNormalization
+from bn_keras import registry
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
-from bn_keras.tuner.bn_hyperparameters import number_candidates
+from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
 from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
 from bn_keras.tuner.bn_hyperparameters import canonical_normalizations
 from bn_keras.tuner.bn_hyperparameters import canonical_placements
-from bn_keras.tuner.bn_hyperparameters import declare_boolean
+from bn_keras.tuner.bn_hyperparameters import check_choices
 from bn_keras.tuner.bn_hyperparameters import declare_choice
+from bn_keras.tuner.bn_hyperparameters import declare_input_batchnorm
+from bn_keras.tuner.bn_hyperparameters import input_batchnorm_candidates
+from bn_keras.tuner.bn_hyperparameters import number_candidates
 from bn_keras.tuner.bn_hyperparameters import scope
 
 LEARNING_RATE = "learning_rate"
 INPUT_BATCHNORM = "input_batchnorm"
 
-_CHOICES = (
-    "momentum",
-    "virtual_batch_size",
-    "rmax",
-    "dmax",
-    "warmup_steps",
-    "ramp_steps",
-    "normalization_kwargs",
-)
 
-
-def _booleans(argument, value):
-    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    if not values or not all(isinstance(v, bool) for v in values):
-        raise TypeError(
-            f"Argument `{argument}` must be a boolean or a list of booleans "
-            f"to choose from. Received: {argument}={value!r}"
+def _check_num_classes(num_classes):
+    """`None` for regression (`None` or 1), else the number of classes."""
+    if num_classes is None:
+        return None
+    valid = isinstance(num_classes, numbers.Integral) and not isinstance(
+        num_classes, bool
+    )
+    if not valid or num_classes < 1:
+        raise (TypeError if not valid else ValueError)(
+            "Argument `num_classes` must be a positive integer, or None "
+            "(or 1) for regression. "
+            f"Received: num_classes={num_classes!r}"
         )
-    return tuple(dict.fromkeys(values))
+    return None if num_classes == 1 else int(num_classes)
+
+
+def _check_input_shape(input_shape):
+    """`None`, or the shape of one sample as a tuple."""
+    if input_shape is None:
+        return None
+    if not isinstance(input_shape, (list, tuple)) or not all(
+        d is None
+        or (isinstance(d, numbers.Integral) and not isinstance(d, bool))
+        for d in input_shape
+    ):
+        raise TypeError(
+            "Argument `input_shape` must be None or a tuple of "
+            "integers (without the batch axis). "
+            f"Received: input_shape={input_shape!r}"
+        )
+    return tuple(input_shape)
 
 
 class SearchModel(BNHyperModel):
-    """A stack of `BNBlock`s with a head, searched block by block."""
+    """A stack of `BNBlock`s with a head, searched block by block.
+
+    The subclasses name the depth and width arguments (`depth_name`,
+    `width_name`: also the hyperparameter names), make the layer each block
+    wraps, and pass every other argument on, by keyword, to this class,
+    which holds their defaults (as `keras.layers.Conv2D` passes its
+    `**kwargs` on to `keras.layers.Layer`).
+    """
 
     #: Name of the depth hyperparameter and of the block width one.
     depth_name = None
@@ -50,69 +73,36 @@ class SearchModel(BNHyperModel):
     def __init__(
         self,
         num_classes,
-        input_shape,
+        *,
         depth,
         width,
-        learning_rate,
-        activation,
-        placements,
-        normalizations,
         input_batchnorm,
-        name,
-        tunable,
-        choices,
+        input_shape=None,
+        learning_rate=(1e-3, 1e-2),
+        activation="relu",
+        placements=registry.PLACEMENTS,
+        normalizations=NORMALIZATIONS,
+        name=None,
+        tunable=True,
+        **choices,
     ):
         super().__init__(name=name, tunable=tunable)
-        if num_classes is not None and (
-            isinstance(num_classes, bool)
-            or not isinstance(num_classes, numbers.Integral)
-        ):
-            raise TypeError(
-                "Argument `num_classes` must be a positive integer, or None "
-                "(or 1) for regression. "
-                f"Received: num_classes={num_classes!r}"
-            )
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(
-                "Argument `num_classes` must be a positive integer, or None "
-                "(or 1) for regression. "
-                f"Received: num_classes={num_classes!r}"
-            )
-        self.num_classes = None if num_classes in (None, 1) else int(
-            num_classes
-        )
-        if input_shape is not None:
-            if not isinstance(input_shape, (list, tuple)) or not all(
-                d is None
-                or (isinstance(d, numbers.Integral) and not isinstance(d, bool))
-                for d in input_shape
-            ):
-                raise TypeError(
-                    "Argument `input_shape` must be None or a tuple of "
-                    "integers (without the batch axis). "
-                    f"Received: input_shape={input_shape!r}"
-                )
-            input_shape = tuple(input_shape)
-        self.input_shape = input_shape
+        self.num_classes = _check_num_classes(num_classes)
+        self.input_shape = _check_input_shape(input_shape)
         self.depth = number_candidates(self.depth_name, depth, int, 1)
         self.width = number_candidates(self.width_name, width, int, 1)
         self.learning_rate = number_candidates(
-            "learning_rate", learning_rate, float, 0.0
+            LEARNING_RATE, learning_rate, float, 0.0
         )
         self.activation = activation
         keras.activations.get(activation)  # fails early on a bad name
         self.placements = canonical_placements(placements)
         self.normalizations = canonical_normalizations(normalizations)
-        self.input_batchnorm = _booleans("input_batchnorm", input_batchnorm)
-        unknown = sorted(set(choices) - set(_CHOICES))
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__} got unexpected keyword arguments "
-                f"{unknown}; the choices it passes on to bn_hyperparameters "
-                f"are {list(_CHOICES)}. Received: {unknown[0]}="
-                f"{choices[unknown[0]]!r}"
-            )
-        self.choices = dict(choices)
+        self.input_batchnorm = input_batchnorm_candidates(
+            INPUT_BATCHNORM, input_batchnorm
+        )
+        self.choices = check_choices(self, choices)
+        # Validates every choice now rather than in the first trial.
         bn_hyperparameters(
             keras_tuner.HyperParameters(),
             "block_0",
@@ -137,10 +127,14 @@ class SearchModel(BNHyperModel):
         layers = []
         if self.input_shape is not None:
             layers.append(keras.Input(self.input_shape))
-        if declare_boolean(hp, INPUT_BATCHNORM, self.input_batchnorm):
-            layers.append(
-                BatchNormalization(center=False, scale=False, name="input_bn")
-            )
+        input_bn = declare_input_batchnorm(
+            hp, INPUT_BATCHNORM, self.input_batchnorm
+        )
+        if isinstance(input_bn, bool):  # True: plain BN
+            input_bn = "batch" if input_bn else "none"
+        normalizer = registry.get_input_normalization(input_bn, name="input_bn")
+        if normalizer is not None:
+            layers.append(normalizer)
         depth = declare_choice(hp, self.depth_name, self.depth)
         for i in range(max(self.depth)):
             # Block i exists only for depths above i: its choices are

@@ -2,14 +2,27 @@
 
 import collections
 import os
-import time
 
 import keras
 import keras_tuner
 import numpy as np
 
+from bn_keras.callbacks._hparams import experiment_metrics
+from bn_keras.callbacks._hparams import write_experiment
+from bn_keras.callbacks._hparams import write_session
+from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
+from bn_keras.callbacks._statistics import nonfinite
+from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.callbacks.batch_norm_monitor import BatchNormMonitor
 from bn_keras.models.find_batchnorm import find_batchnorm
+from bn_keras.tuner._trial_runs import close_writer
+from bn_keras.tuner._trial_runs import execution_of
+from bn_keras.tuner._trial_runs import is_keras_tuner_hparams
+from bn_keras.tuner._trial_runs import log_root
+from bn_keras.tuner._trial_runs import redirected_by_keras_tuner
+from bn_keras.tuner._trial_runs import remove_unused_run
+from bn_keras.tuner._trial_runs import run_name
+from bn_keras.tuner._trial_runs import search_hparams
 
 
 def nonfinite_batchnorm_weights(model):
@@ -19,61 +32,36 @@ def nonfinite_batchnorm_weights(model):
     prefix = f"{model.name}/"
     bad = []
     for layer in find_batchnorm(model):
-        for variable in layer.weights:
-            value = keras.ops.convert_to_numpy(variable)
-            if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
-                path = getattr(variable, "path", None) or (
-                    f"{layer.name}/{variable.name}"
-                )
-                if path.startswith(prefix):
-                    path = path[len(prefix) :]
-                bad.append(path)
+        names = nonfinite(read_statistics(layer))
+        for variable in layer.weights:  # in the layer's order
+            if variable.name not in names:
+                continue
+            path = getattr(variable, "path", None) or (
+                f"{layer.name}/{variable.name}"
+            )
+            bad.append(path.removeprefix(prefix))
     return bad
 
 
-class _StopOnNonFiniteBatchNorm(keras.callbacks.Callback):
-    """Stops training at the end of an epoch in which BN weights went bad."""
-
-    def __init__(self):
-        super().__init__()
-        self.bad = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.bad = nonfinite_batchnorm_weights(self.model)
-        if self.bad:
-            self.model.stop_training = True
-
-
 class _HParamsWriter(keras.callbacks.Callback):
-    """Writes a trial's HParams to `log_dir` when training starts.
+    """Writes a trial's HParams session to `run_dir` when training starts.
 
-    It uses TensorBoard's own event writer, which needs no TensorFlow, so
-    it works on every backend; the summary is the one
-    `tensorboard.plugins.hparams.api.KerasCallback` writes.
+    Sessions with the same `group_name` (the executions of one trial) are
+    one row of the HParams dashboard.
+
+    The summary `tensorboard.plugins.hparams.api.KerasCallback` writes,
+    written as `BatchNormMonitor` writes its own: through `tf.summary` on
+    TensorFlow, without TensorFlow on the other backends.
     """
 
-    def __init__(self, log_dir, hparams, trial_id):
+    def __init__(self, run_dir, hparams, group_name):
         super().__init__()
-        self.log_dir = log_dir
+        self.run_dir = run_dir
         self.hparams = hparams
-        self.trial_id = trial_id
+        self.group_name = group_name
 
     def on_train_begin(self, logs=None):
-        from tensorboard.compat.proto import event_pb2
-        from tensorboard.plugins.hparams import summary_v2
-        from tensorboard.summary.writer.event_file_writer import (
-            EventFileWriter,
-        )
-
-        os.makedirs(self.log_dir, exist_ok=True)
-        summary = summary_v2.hparams_pb(self.hparams, trial_id=self.trial_id)
-        writer = EventFileWriter(self.log_dir)
-        try:
-            writer.add_event(
-                event_pb2.Event(wall_time=time.time(), step=0, summary=summary)
-            )
-        finally:
-            writer.close()
+        write_session(self.run_dir, self.hparams, self.group_name)
 
 
 def _hparams(hp):
@@ -89,39 +77,27 @@ def _hparams(hp):
     return values
 
 
-def _tuner_trial(callbacks):
-    """The trial that keras-tuner is running, from its own callback.
+def _tuner_callback(callbacks):
+    """keras-tuner's own callback among a trial's callbacks, or `None`.
 
-    keras-tuner passes `HyperModel.fit` the trial only through the callback
-    that forwards the epoch events to the tuner (it has `tuner` and
-    `trial` attributes); `None` when `fit` runs outside a search.
+    keras-tuner passes `HyperModel.fit` the trial and the tuner only
+    through the callback that forwards the epoch events to the tuner (it
+    has `tuner` and `trial` attributes); `None` when `fit` runs outside a
+    search.
     """
     for callback in callbacks:
         trial = getattr(callback, "trial", None)
         if trial is not None and hasattr(callback, "tuner"):
             if getattr(trial, "trial_id", None) is not None:
-                return trial
+                return callback
     return None
 
 
-def _redirected_by_keras_tuner(callback):
-    """keras-tuner moves only a `TensorBoard` named exactly so, on TF."""
-    return (
-        type(callback).__name__ == "TensorBoard"
-        and keras.backend.backend() == "tensorflow"
-    )
-
-
-def _execution_of(log_dir, trial_id):
-    """`N` for a log dir `.../<trial_id>/execution<N>`, else `None`."""
-    head, tail = os.path.split(os.path.normpath(str(log_dir)))
-    if os.path.basename(head) == str(trial_id) and tail.startswith(
-        "execution"
-    ):
-        number = tail[len("execution") :]
-        if number.isdigit():
-            return int(number)
-    return None
+def _objective_names(objective):
+    """The Keras log names of a keras-tuner objective (or several)."""
+    objectives = getattr(objective, "objectives", None) or [objective]
+    names = [getattr(o, "name", None) for o in objectives]
+    return [n for n in names if n and n != "default_objective"]
 
 
 class BNHyperModel(keras_tuner.HyperModel):
@@ -141,17 +117,23 @@ class BNHyperModel(keras_tuner.HyperModel):
     on. (keras-tuner stops a search after `max_consecutive_failed_trials`
     failures in a row, 3 by default.)
 
-    **One log folder per trial.** keras-tuner gives each trial's
-    `keras.callbacks.TensorBoard` its own folder,
-    `<log_dir>/<trial_id>/execution<N>`, with the trial's HParams, but only
-    for a callback whose class is named exactly `TensorBoard` and only on
-    the TensorFlow backend. In a search, this `fit` does the same for the
-    other callbacks passed to `search`: any `keras.callbacks.TensorBoard`
-    subclass it left alone, and every `bn_keras.callbacks.BatchNormMonitor`
-    (replaced by `monitor.with_log_dir(...)`, so that its `batchnorm` run
-    lands next to the trial's `train` and `validation` runs). Each trial
-    folder gets the HParams summary once. Give the monitor and the
-    TensorBoard callback the same `log_dir`.
+    **One TensorBoard run per trial, named by what it tried.** In a
+    search, every `keras.callbacks.TensorBoard` (and subclass) and every
+    `bn_keras.callbacks.BatchNormMonitor` passed to `search` writes to
+    `<log_dir>/<run name>`, such as `logs/trial_03-layer-bn-act.batch`:
+    the trial id, then each slot's placement and normalization (see
+    `bn_keras.tuner.placement_report`, which shows the same names), and
+    `-execution<N>` for the executions after the first. Keras's `train` and
+    `validation` runs and the monitor's `batchnorm` run land side by side
+    in it, on every backend (keras-tuner alone moves only a callback named
+    exactly `TensorBoard`, on TensorFlow, to `<log_dir>/<trial_id>/
+    execution<N>`; this `fit` moves that one too, and removes the folder
+    keras-tuner opened for it). Each run folder gets the trial's HParams
+    session, and `<log_dir>` the HParams experiment config once per
+    process: the search space with its domains (placements, then
+    normalizations, then the rest) and the metrics, the tuner's objective
+    first, then the validation loss and the monitor's model-wide figures.
+    Give the monitor and the TensorBoard callback the same `log_dir`.
 
     Args:
         name: Optional name of the hypermodel.
@@ -181,9 +163,10 @@ class BNHyperModel(keras_tuner.HyperModel):
     ```
     """
 
-    def __init__(self, name=None, tunable=True):
+    def __init__(self, *, name=None, tunable=True):
         super().__init__(name=name, tunable=tunable)
         self._executions = collections.Counter()
+        self._experiments = set()  # the log folders with a config
 
     def fit(self, hp, model, *args, **kwargs):
         """Trains `model` with `model.fit(*args, **kwargs)`.
@@ -202,10 +185,12 @@ class BNHyperModel(keras_tuner.HyperModel):
                 weight is not finite after training.
         """
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        trial = _tuner_trial(callbacks)
-        if trial is not None:
-            callbacks = self._trial_callbacks(callbacks, trial, hp)
-        guard = _StopOnNonFiniteBatchNorm()
+        search = _tuner_callback(callbacks)
+        if search is not None:
+            callbacks = self._trial_callbacks(
+                callbacks, search.tuner, search.trial, hp
+            )
+        guard = NonFiniteGuard()
         history = model.fit(*args, callbacks=[guard, *callbacks], **kwargs)
         bad = nonfinite_batchnorm_weights(model)
         if bad:
@@ -217,42 +202,73 @@ class BNHyperModel(keras_tuner.HyperModel):
             )
         return history
 
-    def _trial_callbacks(self, callbacks, trial, hp):
-        """The callbacks with TensorBoard-like ones moved to the trial."""
-        trial_id = str(trial.trial_id)
-        execution, hparams_dirs = None, set()
+    def _execution(self, callbacks, trial_id):
+        """Which execution of the trial this is: keras-tuner's, read from
+        the folder it gave a `TensorBoard`, else counted here."""
+        execution = None
         for callback in callbacks:
             if isinstance(
                 callback, keras.callbacks.TensorBoard
-            ) and _redirected_by_keras_tuner(callback):
-                found = _execution_of(callback.log_dir, trial_id)
+            ) and redirected_by_keras_tuner(callback):
+                found = execution_of(callback.log_dir, trial_id)
                 if found is not None:
                     execution = found
-                    hparams_dirs.add(os.path.normpath(str(callback.log_dir)))
         if execution is None:
             execution = self._executions[trial_id]
         self._executions[trial_id] = execution + 1
+        return execution
 
-        def trial_dir(log_dir):
-            return os.path.join(
-                str(log_dir), trial_id, f"execution{execution}"
-            )
-
-        result, new_dirs = [], []
+    def _trial_callbacks(self, callbacks, tuner, trial, hp):
+        """The callbacks with TensorBoard-like ones moved to the trial's
+        run, and an HParams writer per run."""
+        trial_id = str(trial.trial_id)
+        name = run_name(
+            trial_id, hp.values, self._execution(callbacks, trial_id)
+        )
+        # The trial's executions are one session group, under the name of
+        # the first one's run.
+        group_name = run_name(trial_id, hp.values)
+        result, roots, unused = [], {}, []
         for callback in callbacks:
+            if is_keras_tuner_hparams(callback):
+                close_writer(callback)  # its folder is removed below
+                continue
+            root = log_root(callback, trial_id)
+            if root is None:
+                result.append(callback)
+                continue
+            run_dir = os.path.join(root, name)
             if isinstance(callback, BatchNormMonitor):
-                callback = callback.with_log_dir(trial_dir(callback.log_dir))
-                new_dirs.append(callback.log_dir)
-            elif isinstance(
-                callback, keras.callbacks.TensorBoard
-            ) and not _redirected_by_keras_tuner(callback):
-                callback.log_dir = trial_dir(callback.log_dir)
-                new_dirs.append(callback.log_dir)
+                callback = callback.with_log_dir(run_dir)
+            else:
+                if os.path.normpath(str(callback.log_dir)) != (
+                    os.path.normpath(root)
+                ):
+                    unused.append(str(callback.log_dir))
+                callback.log_dir = run_dir
+            roots.setdefault(run_dir, root)
             result.append(callback)
+        for log_dir in unused:
+            remove_unused_run(log_dir)
         values = _hparams(hp)
-        for log_dir in new_dirs:
-            key = os.path.normpath(log_dir)
-            if key not in hparams_dirs:
-                hparams_dirs.add(key)
-                result.append(_HParamsWriter(log_dir, values, trial_id))
+        for run_dir, root in roots.items():
+            result.append(_HParamsWriter(run_dir, values, group_name))
+            self._write_experiment(root, hp, tuner.oracle.objective, result)
         return result
+
+    def _write_experiment(self, root, hp, objective, callbacks):
+        """The HParams experiment config in `root`, once per process."""
+        key = os.path.normpath(root)
+        if key in self._experiments:
+            return
+        self._experiments.add(key)
+        monitors = [c for c in callbacks if isinstance(c, BatchNormMonitor)]
+        metrics = experiment_metrics(
+            _objective_names(objective),
+            keras_logs=any(
+                isinstance(c, keras.callbacks.TensorBoard) for c in callbacks
+            ),
+            monitor=bool(monitors),
+            probe=any(m.probe_data is not None for m in monitors),
+        )
+        write_experiment(root, search_hparams(hp.space), metrics)

@@ -19,6 +19,29 @@ DMAX = "dmax"
 WARMUP_STEPS = "warmup_steps"
 RAMP_STEPS = "ramp_steps"
 
+# Each number choice: (its type, its minimum, the bound it stays below).
+_NUMBER_RULES = {
+    MOMENTUM: (float, 0.0, 1.0),
+    VIRTUAL_BATCH_SIZE: (int, 1, None),
+    RMAX: (float, 1.0, None),
+    DMAX: (float, 0.0, None),
+    WARMUP_STEPS: (int, 0, None),
+    RAMP_STEPS: (int, 0, None),
+}
+
+#: The BN settings `bn_hyperparameters` declares, in declaration order.
+SETTINGS = tuple(_NUMBER_RULES)
+
+#: The keyword arguments of `bn_hyperparameters` that hypermodels pass on
+#: to it, for every block: the settings and `normalization_kwargs`.
+CHOICES = (*SETTINGS, "normalization_kwargs")
+
+# The settings declared only for one normalization, in declaration order.
+_SETTINGS_OF = {
+    "ghost": (VIRTUAL_BATCH_SIZE,),
+    "renorm": (RMAX, DMAX, WARMUP_STEPS, RAMP_STEPS),
+}
+
 
 def _as_tuple(value):
     if isinstance(value, (list, tuple)):
@@ -62,17 +85,14 @@ def canonical_normalizations(normalizations, argument="normalizations"):
     """Registered normalization names, lowercase, duplicates removed."""
     values = _as_tuple(normalizations)
     _check_nonempty(argument, values, normalizations)
-    valid = registry.normalization_names()
-    canonical = []
-    for value in values:
-        name = value.strip().lower() if isinstance(value, str) else value
-        if name not in valid:
-            raise ValueError(
-                f"Argument `{argument}` must list names among {valid}. "
-                f"Received: {argument}={normalizations!r}"
-            )
-        canonical.append(name)
-    return _unique(canonical)
+    try:
+        return _unique(registry.get_normalization_name(v) for v in values)
+    except ValueError:
+        raise ValueError(
+            f"Argument `{argument}` must list names among "
+            f"{registry.normalization_names()}. "
+            f"Received: {argument}={normalizations!r}"
+        ) from None
 
 
 def number_candidates(argument, value, kind, minimum, below=None):
@@ -97,6 +117,57 @@ def number_candidates(argument, value, kind, minimum, below=None):
     return _unique(checked)
 
 
+def input_batchnorm_candidates(argument, value):
+    """Validated candidates of a hypermodel's `input_batchnorm`.
+
+    Booleans only: a tuple of booleans, searched with `hp.Boolean` (`True`
+    is the hypermodel's own standardizing BN). Otherwise input
+    normalization names among `registry.input_normalization_names()`
+    (`"none"`, `"batch"`, `"renorm"`; `False` counts as `"none"` and `True`
+    as `"batch"`), lowercase, searched with `hp.Choice`. Duplicates are
+    removed.
+    """
+    values = _as_tuple(value)
+    if values and all(isinstance(v, bool) for v in values):
+        return _unique(values)
+    valid = registry.input_normalization_names()
+    names = []
+    for item in values:
+        if isinstance(item, bool):
+            names.append("batch" if item else "none")
+        elif isinstance(item, str):
+            try:
+                names.append(registry.get_input_normalization_name(item))
+            except ValueError:
+                raise ValueError(
+                    f"Argument `{argument}` must list booleans or names among "
+                    f"{valid}. Received: {argument}={value!r}"
+                ) from None
+        else:
+            values = ()
+            break
+    if not values:
+        raise TypeError(
+            f"Argument `{argument}` must be a boolean, a name among {valid}, "
+            f"or a list of them to choose from. Received: {argument}={value!r}"
+        )
+    return _unique(names)
+
+
+def check_choices(owner, choices):
+    """Checks that `choices` holds only keyword arguments of
+    `bn_hyperparameters` that `owner` (a hypermodel) passes on to it."""
+    unknown = sorted(set(choices) - set(CHOICES))
+    if unknown:
+        raise TypeError(
+            f"{type(owner).__name__} got unexpected keyword arguments "
+            f"{unknown}; the choices it passes on to bn_hyperparameters "
+            f"are {list(CHOICES)}. Received: {unknown[0]}="
+            f"{choices[unknown[0]]!r}"
+        )
+    return dict(choices)
+
+
 def declare_choice(hp, name, values):
     """`hp.Fixed` for one candidate, `hp.Choice` for several."""
     if len(values) == 1:
@@ -109,6 +180,13 @@ def declare_boolean(hp, name, values):
     if len(values) == 1:
         return hp.Fixed(name, values[0])
     return hp.Boolean(name, default=values[0])
+
+
+def declare_input_batchnorm(hp, name, values):
+    """`declare_boolean` for boolean candidates, else `declare_choice`."""
+    if isinstance(values[0], bool):
+        return declare_boolean(hp, name, values)
+    return declare_choice(hp, name, values)
 
 
 def scope(hp, parent, active, every):
@@ -210,74 +288,35 @@ def bn_hyperparameters(
     block_0/placement
     block_0/virtual_batch_size
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(
-            "Argument `name` must be a non-empty string (the prefix of the "
-            f"hyperparameter names). Received: name={name!r}"
-        )
+    _check_name(name)
     placements = canonical_placements(placements)
     normalizations = canonical_normalizations(normalizations)
-    momentum = number_candidates("momentum", momentum, float, 0.0, below=1.0)
-    virtual_batch_size = number_candidates(
-        "virtual_batch_size", virtual_batch_size, int, 1
+    values = (
+        momentum,
+        virtual_batch_size,
+        rmax,
+        dmax,
+        warmup_steps,
+        ramp_steps,
     )
-    rmax = number_candidates("rmax", rmax, float, 1.0)
-    dmax = number_candidates("dmax", dmax, float, 0.0)
-    warmup_steps = number_candidates("warmup_steps", warmup_steps, int, 0)
-    ramp_steps = number_candidates("ramp_steps", ramp_steps, int, 0)
-    if normalization_kwargs is None:
-        normalization_kwargs = {}
-    if not isinstance(normalization_kwargs, dict):
-        raise TypeError(
-            "Argument `normalization_kwargs` must be None or a dict of "
-            "BatchNormalization arguments. "
-            f"Received: normalization_kwargs={normalization_kwargs!r}"
-        )
+    # One candidate tuple per setting, checked in the order of SETTINGS.
+    candidates = {
+        key: number_candidates(key, value, *_NUMBER_RULES[key])
+        for key, value in zip(SETTINGS, values)
+    }
+    normalization_kwargs = _check_normalization_kwargs(normalization_kwargs)
 
     placement = declare_choice(hp, f"{name}/{PLACEMENT}", placements)
     with_bn = tuple(p for p in placements if registry.has_batchnorm(p))
-    normalization = None
-    settings = {}
+    normalization, settings = None, {}
     if with_bn:
         with scope(hp, f"{name}/{PLACEMENT}", with_bn, placements):
-            normalization = declare_choice(
-                hp, f"{name}/{NORMALIZATION}", normalizations
+            normalization, settings = _declare_settings(
+                hp, name, normalizations, candidates
             )
-            settings["momentum"] = declare_choice(
-                hp, f"{name}/{MOMENTUM}", momentum
-            )
-            if "ghost" in normalizations:
-                with scope(
-                    hp, f"{name}/{NORMALIZATION}", ["ghost"], normalizations
-                ):
-                    settings["virtual_batch_size"] = declare_choice(
-                        hp, f"{name}/{VIRTUAL_BATCH_SIZE}", virtual_batch_size
-                    )
-            if "renorm" in normalizations:
-                with scope(
-                    hp, f"{name}/{NORMALIZATION}", ["renorm"], normalizations
-                ):
-                    for key, values in (
-                        (RMAX, rmax),
-                        (DMAX, dmax),
-                        (WARMUP_STEPS, warmup_steps),
-                        (RAMP_STEPS, ramp_steps),
-                    ):
-                        settings[key] = declare_choice(
-                            hp, f"{name}/{key}", values
-                        )
-
     if placement is None:
         return None
-    if placement not in registry.PLACEMENTS:
-        # The conditions hold canonical names: an alias set in `hp` would
-        # silently switch off the normalization's choices.
-        raise ValueError(
-            f"The value of hyperparameter `{name}/{PLACEMENT}` must be one of "
-            f"the canonical placement names {list(registry.PLACEMENTS)}; "
-            "set it with one of them. "
-            f"Received: {name}/{PLACEMENT}={placement!r}"
-        )
+    _check_canonical(name, placement)
     if not registry.has_batchnorm(placement):
         return {"placement": placement, "normalization": None}
     return {
@@ -288,18 +327,66 @@ def bn_hyperparameters(
     }
 
 
+def _check_name(name):
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            "Argument `name` must be a non-empty string (the prefix of the "
+            f"hyperparameter names). Received: name={name!r}"
+        )
+
+
+def _check_normalization_kwargs(normalization_kwargs):
+    """A dict of `BatchNormalization` arguments, empty for `None`."""
+    if normalization_kwargs is None:
+        return {}
+    if not isinstance(normalization_kwargs, dict):
+        raise TypeError(
+            "Argument `normalization_kwargs` must be None or a dict of "
+            "BatchNormalization arguments. "
+            f"Received: normalization_kwargs={normalization_kwargs!r}"
+        )
+    return normalization_kwargs
+
+
+def _declare_settings(hp, name, normalizations, candidates):
+    """Declares the normalization and its settings, each under its scope;
+    returns the normalization and a dict of the settings' values."""
+    parent = f"{name}/{NORMALIZATION}"
+    normalization = declare_choice(hp, parent, normalizations)
+    settings = {
+        MOMENTUM: declare_choice(
+            hp, f"{name}/{MOMENTUM}", candidates[MOMENTUM]
+        )
+    }
+    for kind, keys in _SETTINGS_OF.items():
+        if kind not in normalizations:
+            continue
+        with scope(hp, parent, [kind], normalizations):
+            for key in keys:
+                settings[key] = declare_choice(
+                    hp, f"{name}/{key}", candidates[key]
+                )
+    return normalization, settings
+
+
+def _check_canonical(name, placement):
+    """The conditions hold canonical names: an alias set in `hp` would
+    silently switch off the normalization's choices."""
+    if placement not in registry.PLACEMENTS:
+        raise ValueError(
+            f"The value of hyperparameter `{name}/{PLACEMENT}` must be one of "
+            f"the canonical placement names {list(registry.PLACEMENTS)}; "
+            "set it with one of them. "
+            f"Received: {name}/{PLACEMENT}={placement!r}"
+        )
+
+
 def _normalization(kind, settings, extra):
     """The dict of `BatchNormalization` arguments for one choice."""
-    kind = kind.strip().lower()
-    if kind not in registry.NORMALIZATIONS:
-        raise ValueError(
-            "The normalization choice must be one of "
-            f"{registry.normalization_names()}. "
-            f"Received: normalization={kind!r}"
-        )
+    kind = registry.get_normalization_name(kind)
     config = dict(extra)
-    if settings.get("momentum") is not None:
-        config["momentum"] = settings["momentum"]
+    if settings.get(MOMENTUM) is not None:
+        config["momentum"] = settings[MOMENTUM]
     if kind == "ghost":
         config["virtual_batch_size"] = settings.get(VIRTUAL_BATCH_SIZE) or 32
     elif kind == "renorm":
@@ -308,7 +395,10 @@ def _normalization(kind, settings, extra):
             if settings.get(key) is not None:
                 clipping[key] = settings[key]
         if settings.get(RAMP_STEPS) is not None:
-            end = clipping.get(WARMUP_STEPS, 5000) + settings[RAMP_STEPS]
+            # The ramps start where the warm-up ends (RenormClipping's
+            # default warm-up where none was chosen).
+            warmup = clipping.get(WARMUP_STEPS, RenormClipping().warmup_steps)
+            end = warmup + settings[RAMP_STEPS]
             clipping.update(rmax_steps=end, dmax_steps=end)
         config["renorm"] = True
         config["renorm_clipping"] = RenormClipping(**clipping)

@@ -1,36 +1,27 @@
 """Search where batch normalization goes in the user's own model."""
 
-import re
-
 import keras
 import keras_tuner
 
 from bn_keras import registry
 from bn_keras._validation import check_bool
-from bn_keras.models._graph import DENSE_CONV_LAYERS
+from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
+from bn_keras.models._graph import all_layers
+from bn_keras.models._graph import output_layers
 from bn_keras.models.insert_batchnorm import insert_batchnorm
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
 from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
 from bn_keras.tuner.bn_hyperparameters import canonical_normalizations
 from bn_keras.tuner.bn_hyperparameters import canonical_placements
-from bn_keras.tuner.bn_hyperparameters import declare_boolean
+from bn_keras.tuner.bn_hyperparameters import check_choices
+from bn_keras.tuner.bn_hyperparameters import declare_input_batchnorm
+from bn_keras.tuner.bn_hyperparameters import input_batchnorm_candidates
 
 #: Hyperparameter prefix of the one shared choice when `per_layer=False`.
 SHARED_NAME = "batchnorm"
 #: Name of the hyperparameter that adds BN to the model's inputs.
 INPUT_BATCHNORM = "input_batchnorm"
-
-# The keyword arguments passed on to `bn_hyperparameters`.
-_CHOICES = (
-    "momentum",
-    "virtual_batch_size",
-    "rmax",
-    "dmax",
-    "warmup_steps",
-    "ramp_steps",
-    "normalization_kwargs",
-)
 
 
 def _is_rewritable(model):
@@ -39,14 +30,54 @@ def _is_rewritable(model):
     return isinstance(model, keras.Model) and isinstance(model, keras.Function)
 
 
-def _all_layers(model):
-    """Every layer of `model` in order, nested models' layers included."""
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found.extend(_all_layers(layer))
-    return found
+def _resolve_model(model):
+    """The model to find the slots in, and the function that makes one per
+    `build` (`None` when every build starts from `model`'s weights)."""
+    if isinstance(model, keras.Model) or not callable(model):
+        model_fn, template = None, model
+    else:
+        model_fn, template = model, model()
+    if not _is_rewritable(template):
+        got = (
+            f"<subclassed model {type(template).__name__}>"
+            if isinstance(template, keras.Model)
+            else repr(template)
+        )
+        raise TypeError(
+            "Argument `model` must be a Sequential or Functional "
+            "`keras.Model`, or a function that returns one (a subclassed "
+            "model's layers cannot be rewritten). "
+            f"Received: model={got}"
+            + (" (returned by the function)" if model_fn else "")
+        )
+    return template, model_fn
+
+
+def _check_input_batchnorm(input_batchnorm, template):
+    """The candidates of `input_batchnorm`, possible for `template`."""
+    values = input_batchnorm_candidates("input_batchnorm", input_batchnorm)
+    adds_one = any(v not in (False, "none") for v in values)
+    if adds_one and (
+        isinstance(template, keras.Sequential) and not template.built
+    ):
+        raise ValueError(
+            "Argument `input_batchnorm` may add an input normalization only "
+            "to a model whose inputs are known: start the Sequential model "
+            f"with `keras.Input`. Received: input_batchnorm={input_batchnorm!r}"
+        )
+    return values
+
+
+def _check_compile_kwargs(compile_kwargs):
+    if compile_kwargs is not None and not (
+        isinstance(compile_kwargs, dict) or callable(compile_kwargs)
+    ):
+        raise TypeError(
+            "Argument `compile_kwargs` must be None, a dict of "
+            "`model.compile` arguments or a function `hp -> dict`. "
+            f"Received: compile_kwargs={compile_kwargs!r}"
+        )
+    return compile_kwargs
 
 
 def _output_effective(placement):
@@ -132,11 +163,15 @@ class BNPlacementHyperModel(BNHyperModel):
         per_layer: If `True`, each slot has its own choices; if `False`, one
             choice applies to every slot (as one call of
             `bn_keras.insert_batchnorm`). Defaults to `True`.
-        input_batchnorm: `True`, `False`, or both, `(False, True)`, to
-            search whether the inputs get a BN that standardizes them (see
-            `bn_keras.insert_batchnorm`; it uses the first slot's
-            normalization when that slot has BN). Defaults to
-            `(False, True)`.
+        input_batchnorm: What standardizes the inputs, or a list of
+            candidates to choose from (see `bn_keras.insert_batchnorm`):
+            booleans, `True`, `False`, or both, `(False, True)`, searched
+            with `hp.Boolean` (`True` uses the first slot's normalization
+            when that slot has BN, plain BN otherwise); or input
+            normalization names, `"none"`, `"batch"` (plain BN) and
+            `"renorm"` (the input normalizer with cumulative statistics),
+            searched with `hp.Choice` (in such a list, `False` counts as
+            `"none"` and `True` as `"batch"`). Defaults to `(False, True)`.
         compile_kwargs: Optional dict of `model.compile` arguments, or a
             function `hp -> dict` (to search the learning rate, say).
             Optimizer, loss and metric instances are copied for each model.
@@ -181,6 +216,7 @@ class BNPlacementHyperModel(BNHyperModel):
     def __init__(
         self,
         model,
+        *,
         placements=registry.PLACEMENTS,
         normalizations=NORMALIZATIONS,
         per_layer=True,
@@ -192,75 +228,21 @@ class BNPlacementHyperModel(BNHyperModel):
         **choices,
     ):
         super().__init__(name=name, tunable=tunable)
-        unknown = sorted(set(choices) - set(_CHOICES))
-        if unknown:
-            raise TypeError(
-                "BNPlacementHyperModel got unexpected keyword arguments "
-                f"{unknown}; the choices it passes on to bn_hyperparameters "
-                f"are {list(_CHOICES)}. Received: {unknown[0]}="
-                f"{choices[unknown[0]]!r}"
-            )
-        self._model_fn = None
-        if isinstance(model, keras.Model):
-            template = model
-        elif callable(model):
-            self._model_fn = model
-            template = model()
-        else:
-            template = model
-        if not _is_rewritable(template):
-            got = (
-                f"<subclassed model {type(template).__name__}>"
-                if isinstance(template, keras.Model)
-                else repr(template)
-            )
-            raise TypeError(
-                "Argument `model` must be a Sequential or Functional "
-                "`keras.Model`, or a function that returns one (a subclassed "
-                "model's layers cannot be rewritten). "
-                f"Received: model={got}"
-                + (" (returned by the function)" if self._model_fn else "")
-            )
+        self.choices = check_choices(self, choices)
+        template, self._model_fn = _resolve_model(model)
         self._template = None if self._model_fn else template
         self.per_layer = check_bool("per_layer", per_layer)
         self.placements = canonical_placements(placements)
-        self.choices = dict(choices)
-        values = (
-            tuple(input_batchnorm)
-            if isinstance(input_batchnorm, (list, tuple))
-            else (input_batchnorm,)
+        self.input_batchnorm = _check_input_batchnorm(
+            input_batchnorm, template
         )
-        if not values or not all(isinstance(v, bool) for v in values):
-            raise TypeError(
-                "Argument `input_batchnorm` must be a boolean or a list of "
-                "booleans to choose from. "
-                f"Received: input_batchnorm={input_batchnorm!r}"
-            )
-        self.input_batchnorm = tuple(dict.fromkeys(values))
-        if True in self.input_batchnorm and (
-            isinstance(template, keras.Sequential) and not template.built
-        ):
-            raise ValueError(
-                "Argument `input_batchnorm` may be True only for a model "
-                "whose inputs are known: start the Sequential model with "
-                f"`keras.Input`. Received: input_batchnorm={input_batchnorm!r}"
-            )
-        if compile_kwargs is not None and not (
-            isinstance(compile_kwargs, dict) or callable(compile_kwargs)
-        ):
-            raise TypeError(
-                "Argument `compile_kwargs` must be None, a dict of "
-                "`model.compile` arguments or a function `hp -> dict`. "
-                f"Received: compile_kwargs={compile_kwargs!r}"
-            )
-        self.compile_kwargs = compile_kwargs
+        self.compile_kwargs = _check_compile_kwargs(compile_kwargs)
         self.slots, self._outputs = self._find_slots(template, layers)
         self._explicit_layers = layers is not None
         self.normalizations = canonical_normalizations(normalizations)
         # Validates every choice now rather than in the first trial.
-        scratch = keras_tuner.HyperParameters()
         bn_hyperparameters(
-            scratch,
+            keras_tuner.HyperParameters(),
             SHARED_NAME,
             placements=self.placements,
             normalizations=self.normalizations,
@@ -270,7 +252,7 @@ class BNPlacementHyperModel(BNHyperModel):
     @staticmethod
     def _find_slots(model, layers):
         """The slot names in forward order, and those that are outputs."""
-        every = _all_layers(model)
+        every = all_layers(model)
         names = [layer.name for layer in every]
         if layers is None:
             slots = [
@@ -309,22 +291,12 @@ class BNPlacementHyperModel(BNHyperModel):
                 f"`layers`. Received: model=<{type(model).__name__} "
                 f"name={model.name}>"
             )
-        # The slots `insert_batchnorm` leaves without BN after them by
-        # default are the output layers: ask it rather than guess.
-        probe = insert_batchnorm(model, placement="layer-bn-act")
-        added = {layer.name for layer in _all_layers(probe)} - set(names)
-        outputs = set()
-        dense_conv = {
+        # The slots that `insert_batchnorm` leaves without BN after them.
+        outputs = {
             layer.name
-            for layer in every
+            for layer in output_layers(model, "insert_batchnorm")
             if isinstance(layer, DENSE_CONV_LAYERS)
-        }
-        for slot in slots:
-            pattern = re.compile(re.escape(slot) + r"_bn(_\d+)?")
-            if slot in dense_conv and not any(
-                pattern.fullmatch(n) for n in added
-            ):
-                outputs.add(slot)
+        }.intersection(slots)
         return slots, outputs
 
     def slot_placements(self, slot):
@@ -341,7 +313,8 @@ class BNPlacementHyperModel(BNHyperModel):
         Returns:
             A tuple `(choices, input_batchnorm)`: a dict from slot name to
             the `bn_hyperparameters` result (`{"placement": ...,
-            "normalization": ...}`), in forward order, and a boolean.
+            "normalization": ...}`), in forward order, and the value of
+            `"input_batchnorm"` (a boolean or an input normalization name).
         """
         choices = {}
         if self.per_layer:
@@ -370,16 +343,16 @@ class BNPlacementHyperModel(BNHyperModel):
             )
             for slot in self.slots:
                 choices[slot] = shared
-        use_input_bn = declare_boolean(
+        input_bn = declare_input_batchnorm(
             hp, INPUT_BATCHNORM, self.input_batchnorm
         )
-        return choices, bool(use_input_bn)
+        return choices, input_bn
 
     def build(self, hp):
         model = self._model_fn() if self._model_fn else self._template
-        choices, use_input_bn = self.declare_choices(hp)
+        choices, input_bn = self.declare_choices(hp)
         if self.per_layer:
-            new_model = self._insert_per_slot(model, choices, use_input_bn)
+            new_model = self._insert_per_slot(model, choices, input_bn)
         else:
             shared = choices[self.slots[0]]
             new_model = insert_batchnorm(
@@ -387,7 +360,7 @@ class BNPlacementHyperModel(BNHyperModel):
                 placement=shared["placement"],
                 normalization=shared["normalization"],
                 layers=self.slots if self._explicit_layers else None,
-                input_batchnorm=use_input_bn,
+                input_batchnorm=input_bn,
             )
         if self.compile_kwargs is not None:
             kwargs = (
@@ -398,9 +371,10 @@ class BNPlacementHyperModel(BNHyperModel):
             new_model.compile(**kwargs)
         return new_model
 
-    def _insert_per_slot(self, model, choices, use_input_bn):
+    def _insert_per_slot(self, model, choices, input_bn):
         """One `insert_batchnorm` call per distinct (placement,
-        normalization) choice, in the forward order of their first slot."""
+        normalization) choice, in the forward order of their first slot;
+        `input_bn` is a boolean or an input normalization name."""
         groups = {}
         for slot, choice in choices.items():
             if choice is None or not registry.has_batchnorm(
@@ -414,20 +388,22 @@ class BNPlacementHyperModel(BNHyperModel):
             first["placement"]
         )
         calls = list(groups.values())
+        if input_bn is True and not first_has_bn:
+            input_bn = "batch"  # a plain standardizing BN of its own
+        # The first call adds the input normalization (`True`: with its
+        # normalization, the first slot's), as one `insert_batchnorm` call
+        # would: with BN on the first layer's input, it takes its place.
         new_model = None
-        if use_input_bn and not first_has_bn:
-            # The inputs get a plain standardizing BN of their own.
-            new_model = insert_batchnorm(
-                model, placement="layer-act", input_batchnorm=True
-            )
         for i, (choice, slots) in enumerate(calls):
             new_model = insert_batchnorm(
                 model if new_model is None else new_model,
                 placement=choice["placement"],
                 normalization=choice["normalization"],
                 layers=slots,
-                input_batchnorm=use_input_bn and first_has_bn and i == 0,
+                input_batchnorm=input_bn if i == 0 else False,
             )
-        if new_model is None:  # no BN at all: still a copy, never `model`
-            new_model = insert_batchnorm(model, placement="layer-act")
+        if new_model is None:  # no BN in the layers: still a copy
+            new_model = insert_batchnorm(
+                model, placement="layer-act", input_batchnorm=input_bn
+            )
         return new_model

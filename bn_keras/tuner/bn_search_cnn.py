@@ -2,9 +2,7 @@
 
 import keras
 
-from bn_keras import registry
 from bn_keras.tuner._search_models import SearchModel
-from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
 from bn_keras.tuner.bn_hyperparameters import number_candidates
 
 
@@ -48,8 +46,10 @@ class BNSearchCNN(SearchModel):
         normalizations: Names among `"batch"`, `"ghost"`, `"renorm"`.
             Defaults to all three.
         input_batchnorm: Whether a BN without `gamma` and `beta` standardizes
-            the inputs (per channel): `True`, `False` or both. Defaults to
-            `False`.
+            the inputs (per channel): `True` (plain BN), `False` or both;
+            or input normalization names among `"none"`, `"batch"` and
+            `"renorm"` (see `bn_keras.insert_batchnorm`), one or a list.
+            Defaults to `False`.
         name: Optional name of the hypermodel (and of the models).
         tunable: Whether its hyperparameters are searched. Defaults to
             `True`.
@@ -72,18 +72,13 @@ class BNSearchCNN(SearchModel):
     def __init__(
         self,
         num_classes,
-        input_shape=None,
+        *,
         num_blocks=(1, 2, 3),
         filters=(16, 32, 64),
         kernel_size=3,
-        learning_rate=(1e-3, 1e-2),
-        activation="relu",
-        placements=registry.PLACEMENTS,
-        normalizations=NORMALIZATIONS,
         input_batchnorm=False,
-        name=None,
-        tunable=True,
-        **choices,
+        input_shape=None,
+        **kwargs,
     ):
         if input_shape is not None and (
             not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3
@@ -103,17 +98,11 @@ class BNSearchCNN(SearchModel):
         )
         super().__init__(
             num_classes,
-            input_shape,
-            num_blocks,
-            filters,
-            learning_rate,
-            activation,
-            placements,
-            normalizations,
-            input_batchnorm,
-            name,
-            tunable,
-            choices,
+            depth=num_blocks,
+            width=filters,
+            input_batchnorm=input_batchnorm,
+            input_shape=input_shape,
+            **kwargs,
         )
 
     def make_layer(self, index, width):

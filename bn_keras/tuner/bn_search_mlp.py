@@ -2,9 +2,7 @@
 
 import keras
 
-from bn_keras import registry
 from bn_keras.tuner._search_models import SearchModel
-from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
 
 
 class BNSearchMLP(SearchModel):
@@ -44,8 +42,10 @@ class BNSearchMLP(SearchModel):
         normalizations: Names among `"batch"`, `"ghost"`, `"renorm"`.
             Defaults to all three.
         input_batchnorm: Whether a BN without `gamma` and `beta` standardizes
-            the inputs: `True`, `False` or both, `(False, True)`. Defaults to
-            `(False, True)`.
+            the inputs: `True` (plain BN), `False` or both, `(False, True)`;
+            or input normalization names among `"none"`, `"batch"` and
+            `"renorm"` (see `bn_keras.insert_batchnorm`), one or a list.
+            Defaults to `(False, True)`.
         name: Optional name of the hypermodel (and of the models).
         tunable: Whether its hyperparameters are searched. Defaults to
             `True`.
@@ -71,31 +71,18 @@ class BNSearchMLP(SearchModel):
     def __init__(
         self,
         num_classes,
-        input_shape=None,
+        *,
         num_layers=(1, 2, 3),
         units=(32, 64, 128),
-        learning_rate=(1e-3, 1e-2),
-        activation="relu",
-        placements=registry.PLACEMENTS,
-        normalizations=NORMALIZATIONS,
         input_batchnorm=(False, True),
-        name=None,
-        tunable=True,
-        **choices,
+        **kwargs,
     ):
         super().__init__(
             num_classes,
-            input_shape,
-            num_layers,
-            units,
-            learning_rate,
-            activation,
-            placements,
-            normalizations,
-            input_batchnorm,
-            name,
-            tunable,
-            choices,
+            depth=num_layers,
+            width=units,
+            input_batchnorm=input_batchnorm,
+            **kwargs,
         )
 
     def make_layer(self, index, width):

@@ -1,26 +1,20 @@
 """A table of the completed trials of a search and their BN choices."""
 
 from bn_keras import registry
+from bn_keras.tuner._trial_runs import run_name
+from bn_keras.tuner._trial_runs import slot_names
 from bn_keras.tuner.bn_hyperparameters import DMAX
 from bn_keras.tuner.bn_hyperparameters import MOMENTUM
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATION
 from bn_keras.tuner.bn_hyperparameters import PLACEMENT
 from bn_keras.tuner.bn_hyperparameters import RAMP_STEPS
 from bn_keras.tuner.bn_hyperparameters import RMAX
+from bn_keras.tuner.bn_hyperparameters import SETTINGS
 from bn_keras.tuner.bn_hyperparameters import VIRTUAL_BATCH_SIZE
 from bn_keras.tuner.bn_hyperparameters import WARMUP_STEPS
 
 # The per-slot keys, in the order they are shown.
-_SLOT_KEYS = (
-    PLACEMENT,
-    NORMALIZATION,
-    MOMENTUM,
-    VIRTUAL_BATCH_SIZE,
-    RMAX,
-    DMAX,
-    WARMUP_STEPS,
-    RAMP_STEPS,
-)
+_SLOT_KEYS = (PLACEMENT, NORMALIZATION, *SETTINGS)
 _SHORT = {
     MOMENTUM: "m",
     VIRTUAL_BATCH_SIZE: "vbs",
@@ -34,13 +28,10 @@ _COMPLETED = "COMPLETED"
 
 def _slots(space_names, trials):
     """Slot prefixes (names with a `"/placement"`), in declaration order."""
-    suffix = f"/{PLACEMENT}"
     names = list(space_names)
     for trial in trials:
         names.extend(n for n in trial.hyperparameters.values if n not in names)
-    return list(
-        dict.fromkeys(n[: -len(suffix)] for n in names if n.endswith(suffix))
-    )
+    return slot_names(names)
 
 
 def _completed_trials(oracle):
@@ -101,8 +92,10 @@ def placement_report(tuner, print_table=True, console=None):
 
     Returns:
         A list with one dict per completed trial, best first, with keys
-        `"rank"` (from 1), `"trial_id"`, `"score"`, `"slots"` (a dict from
-        slot name to a dict with `"placement"` and, with BN,
+        `"rank"` (from 1), `"trial_id"`, `"run_name"` (the name of the
+        trial's TensorBoard run, as `bn_keras.tuner.BNHyperModel` gives it,
+        such as `"trial_03-layer-bn-act.batch"`), `"score"`, `"slots"` (a
+        dict from slot name to a dict with `"placement"` and, with BN,
         `"normalization"`, `"momentum"` and the normalization's settings;
         slots absent from the trial, such as the blocks beyond its depth,
         are left out) and `"hyperparameters"` (the trial's other values).
@@ -141,6 +134,9 @@ def placement_report(tuner, print_table=True, console=None):
             {
                 "rank": rank,
                 "trial_id": trial.trial_id,
+                "run_name": run_name(
+                    trial.trial_id, trial.hyperparameters.values
+                ),
                 "score": (
                     None if trial.score is None else float(trial.score)
                 ),
@@ -153,6 +149,40 @@ def placement_report(tuner, print_table=True, console=None):
     return rows
 
 
+def _constant_values(others):
+    """The values that no trial changed (none with a single trial)."""
+    if len(others) < 2:
+        return {}
+    return {
+        name: value
+        for name, value in others[0].items()
+        if all(other.get(name, object()) == value for other in others)
+    }
+
+
+def _caption(oracle, count, constant):
+    """How many trials completed and failed, and the constant values."""
+    caption = f"{count} completed trial(s), best first"
+    trials = getattr(oracle, "trials", None)
+    if isinstance(trials, dict):
+        failed = sum(str(t.status) == "FAILED" for t in trials.values())
+        if failed:
+            caption += f"; {failed} failed"
+    if constant:
+        caption += "; in every trial: " + ", ".join(
+            f"{k}={_number(v)}" for k, v in constant.items()
+        )
+    return caption
+
+
+def _run_cell(name):
+    """A run name broken into lines after the trial id and each slot."""
+    trial, dash, configuration = name.partition("-")
+    parts = configuration.split("_")
+    lines = [trial + dash] + [f"{part}_" for part in parts[:-1]] + parts[-1:]
+    return "\n".join(line for line in lines if line)
+
+
 def _print(rows, slots, oracle, console):
     from rich.console import Console
     from rich.table import Table
@@ -163,31 +193,17 @@ def _print(rows, slots, oracle, console):
             console.width = 120
     objective = getattr(oracle.objective, "name", "score")
     direction = getattr(oracle.objective, "direction", None)
-    trials = getattr(oracle, "trials", None)
-    caption = f"{len(rows)} completed trial(s), best first"
-    if isinstance(trials, dict):
-        failed = sum(str(t.status) == "FAILED" for t in trials.values())
-        if failed:
-            caption += f"; {failed} failed"
     # Values that no trial changed go to the caption, not to every row.
     others = [row["hyperparameters"] for row in rows]
-    constant = {
-        name: value
-        for name, value in (others[0].items() if others else ())
-        if len(rows) > 1
-        and all(other.get(name, object()) == value for other in others)
-    }
-    if constant:
-        caption += "; in every trial: " + ", ".join(
-            f"{k}={_number(v)}" for k, v in constant.items()
-        )
+    constant = _constant_values(others)
     table = Table(
         title="Batch normalization placements",
-        caption=caption,
+        caption=_caption(oracle, len(rows), constant),
         show_lines=True,
     )
     table.add_column("#", justify="right")
-    table.add_column("trial")
+    run_cells = [_run_cell(row["run_name"]) for row in rows]
+    table.add_column("trial (TensorBoard run)", overflow="fold")
     table.add_column(
         objective + (f" ({direction})" if direction else ""), justify="right"
     )
@@ -202,12 +218,12 @@ def _print(rows, slots, oracle, console):
         for other in others
     ]
     if any(varied):
-        table.add_column("other hyperparameters")
-    for row, other in zip(rows, varied):
+        table.add_column("other hyperparameters", overflow="fold")
+    for row, run_cell, other in zip(rows, run_cells, varied):
         score = row["score"]
         cells = [
             str(row["rank"]),
-            str(row["trial_id"]),
+            run_cell,
             "-" if score is None else f"{score:.4f}",
             *[_slot_cell(row["slots"].get(slot)) for slot in slots],
         ]

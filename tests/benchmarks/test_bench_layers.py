@@ -35,6 +35,7 @@ def test_report_prints_each_target_with_pass_or_miss(capsys):
         "mlp: renorm (vs Keras renorm)",
         "fold_batchnorm speed-up, with keras BN",
         "fold_batchnorm speed-up, with bn_keras plain",
+        "fold_batchnorm speed-up, MobileNetV2, keras BN",
         "monitor per epoch: share of fit in its hooks",
         "monitor per epoch: fit time with / without",
     ]

@@ -42,7 +42,7 @@ class Snapshots(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.seen += 1
-        self.model  # On JAX, attaches the trainer's state to the variables.
+        _ = self.model  # On JAX, attaches the trainer's state to the variables.
         self.taken[self.seen] = weights(self.layers)
 
 

@@ -1,6 +1,9 @@
 import copy as copy_module
+import json
 import os
 import re
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -18,6 +21,14 @@ from tests.callbacks.helpers import read_scalars
 from tests.callbacks.helpers import run_dir
 
 HISTOGRAM_KEYS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+#: The tag prefixes of `three_kinds_model`'s layers: position in forward
+#: order, then the user's names (the nested ghost layer's with its model's).
+THREE_KINDS_TAGS = {
+    "keras_bn": "bn01-keras_bn",
+    "renorm": "bn02-renorm",
+    "ghost": "bn03-inner.ghost",
+}
 
 
 class KillFirstTwo(keras.constraints.Constraint):
@@ -106,10 +117,11 @@ def test_epoch_figures_match_weight_snapshots(tmp_path, rng):
                 snapshots.start[layer.name],
                 layer.epsilon,
             )
-            assert_figures_close(scalars, layer.name, epoch, expected)
-            drifts.append(expected["moving_mean/drift_in_std"])
+            tag = THREE_KINDS_TAGS[layer.name]
+            assert_figures_close(scalars, tag, epoch, expected)
+            drifts.append(expected["2_mean_drift_in_std"])
             for key in HISTOGRAM_KEYS:
-                buckets = events[f"{layer.name}/{key}/histogram"][epoch]
+                buckets = events[f"histograms/{tag}/{key}"][epoch]
                 assert buckets.shape == (30, 3)
                 assert buckets[:, 2].sum() == now[key].size
                 np.testing.assert_allclose(
@@ -131,8 +143,10 @@ def test_epoch_figures_match_weight_snapshots(tmp_path, rng):
             rtol=2e-5,
         )
     # The dead channels are counted, and drift moved.
-    assert scalars["keras_bn/gamma/dead_fraction"][2] == pytest.approx(0.4)
-    assert scalars["keras_bn/moving_mean/drift_from_start"][2] > 0.5
+    assert scalars["bn01-keras_bn/gamma/dead_fraction"][2] == pytest.approx(
+        0.4
+    )
+    assert scalars["bn01-keras_bn/moving_mean/drift_from_start"][2] > 0.5
     # The same figures reach `logs`, hence History.
     np.testing.assert_allclose(
         history.history["bn_max_drift_in_std"], max_drift, rtol=1e-6
@@ -145,41 +159,142 @@ def test_epoch_figures_match_weight_snapshots(tmp_path, rng):
     schedule = layers[1].renorm_schedule
     for epoch in range(3):
         bounds = schedule(4 * (epoch + 1))
-        assert scalars["renorm/renorm/rmax"][epoch] == pytest.approx(
+        assert scalars["bn02-renorm/renorm/rmax"][epoch] == pytest.approx(
             bounds["rmax"]
         )
-        assert scalars["renorm/renorm/dmax"][epoch] == pytest.approx(
+        assert scalars["bn02-renorm/renorm/dmax"][epoch] == pytest.approx(
             bounds["dmax"]
         )
-    assert scalars["renorm/renorm/rmax"][2] > 1.5
+    assert scalars["bn02-renorm/renorm/rmax"][2] > 1.5
 
 
-def test_layout_has_one_category_per_layer(tmp_path, rng):
+def chart_tags(chart, tags):
+    """The tags of `tags` that a custom-scalars chart shows."""
+    if chart.HasField("margin"):
+        shown = set()
+        for series in chart.margin.series:
+            shown |= {series.value, series.lower, series.upper}
+        return shown & tags
+    shown = set()
+    for pattern in chart.multiline.tag:
+        hits = {t for t in tags if re.search(pattern, t)}
+        # Every line finds its tag, and only that one.
+        assert len(hits) == 1, (pattern, hits)
+        shown |= hits
+    return shown
+
+
+def test_layout_opens_on_an_overview_then_one_category_per_layer(
+    tmp_path, rng
+):
     x, y = regression_data(rng, n=64)
     model = three_kinds_model()
     monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path, probe_data=x[:16])
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[monitor])
     layout = read_layout(run_dir(tmp_path))
-    assert [c.title for c in layout.category] == ["keras_bn", "renorm", "ghost"]
+    assert [c.title for c in layout.category] == [
+        "Overview",
+        "bn01-keras_bn",
+        "bn02-renorm",
+        "bn03-inner.ghost",
+    ]
     tags = set(read_scalars(run_dir(tmp_path)))
-    for category in layout.category:
-        matched = set()
+    overview, *layers = layout.category
+    # Keras's loss (no accuracy: the model is compiled without it), then
+    # the model-wide figures.
+    assert [list(c.multiline.tag) for c in overview.chart] == [
+        ["^epoch_loss$"],
+        ["^batchnorm/max_probe_gap$"],
+        ["^batchnorm/max_drift_in_std$"],
+        ["^batchnorm/min_moving_variance$"],
+    ]
+    for category in layers:
+        tag = category.title
+        shown = set()
         for chart in category.chart:
-            for pattern in chart.multiline.tag:
-                hits = {t for t in tags if re.search(pattern, t)}
-                # Every chart line finds its tag, and only its layer's.
-                assert len(hits) == 1, (pattern, hits)
-                matched |= hits
-        # ...and every scalar of the layer is on one of its charts.
-        assert matched == {
-            t for t in tags if t.startswith(category.title + "/")
-        }
-    renorm_tags = {t for t in tags if t.startswith("renorm/renorm/")}
+            shown |= chart_tags(chart, tags)
+        # Every scalar of the layer is on one of its charts.
+        assert shown == {t for t in tags if t.startswith(tag + "/")}
+        # The probe gap and the drift in std units come first.
+        assert [list(c.multiline.tag) for c in category.chart[:2]] == [
+            [
+                f"^{re.escape(tag)}/1_probe_gap$",
+                f"^{re.escape(tag)}/probe/gap_max$",
+            ],
+            [f"^{re.escape(tag)}/2_mean_drift_in_std$"],
+        ]
+        # gamma and beta: a band from min to max around the mean, last (as
+        # TensorBoard shows them: after the line charts, in reverse order),
+        # and their standard deviations on a chart of their own.
+        bands = [
+            (s.value, s.lower, s.upper)
+            for c in category.chart[-2:]
+            if c.HasField("margin")
+            for s in c.margin.series
+        ]
+        assert bands == [
+            (f"{tag}/{w}/mean", f"{tag}/{w}/min", f"{tag}/{w}/max")
+            for w in ("beta", "gamma")
+        ]
+        std_charts = [
+            list(c.multiline.tag)
+            for c in category.chart
+            if any(p.endswith("/std$") for p in c.multiline.tag)
+        ]
+        assert std_charts == [
+            [
+                f"^{re.escape(tag)}/gamma/std$",
+                f"^{re.escape(tag)}/beta/std$",
+            ]
+        ]
+    renorm_tags = {t for t in tags if t.startswith("bn02-renorm/renorm/")}
     assert renorm_tags == {
-        "renorm/renorm/rmax",
-        "renorm/renorm/dmax",
-        "renorm/renorm/clipped_fraction",
+        "bn02-renorm/renorm/rmax",
+        "bn02-renorm/renorm/dmax",
+        "bn02-renorm/renorm/clipped_fraction",
     }
+
+
+def test_overview_charts_the_accuracy_the_model_is_compiled_with(
+    tmp_path, rng
+):
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(1)],
+    )
+    model.fit(
+        x,
+        y,
+        epochs=1,
+        verbose=0,
+        validation_split=0.25,
+        callbacks=[
+            keras.callbacks.TensorBoard(tmp_path),
+            bn_keras.callbacks.BatchNormMonitor(tmp_path),
+        ],
+    )
+    overview = read_layout(run_dir(tmp_path)).category[0]
+    patterns = [list(c.multiline.tag) for c in overview.chart]
+    assert patterns[:3] == [
+        ["^epoch_accuracy$"],
+        ["^epoch_sparse_top_k_categorical_accuracy$"],
+        ["^epoch_loss$"],
+    ]
+    # The tags Keras's callback writes in the validation run.
+    validation = set(read_scalars(os.path.join(tmp_path, "validation")))
+    for pattern in patterns[:3]:
+        assert any(re.search(pattern[0], t) for t in validation), pattern
 
 
 def test_update_freq_in_batches(tmp_path, rng):
@@ -199,9 +314,9 @@ def test_update_freq_in_batches(tmp_path, rng):
         callbacks=[snapshots, monitor],
     )
     scalars = read_scalars(run_dir(tmp_path))
-    assert sorted(scalars["keras_bn/moving_mean/drift"]) == [5, 10]
+    assert sorted(scalars["bn01-keras_bn/moving_mean/drift"]) == [5, 10]
     assert not any(
-        tag.endswith("/histogram") for tag in read_events(run_dir(tmp_path))
+        tag.startswith("histograms/") for tag in read_events(run_dir(tmp_path))
     )
     for step, previous in ((5, snapshots.start), (10, snapshots.batches[5])):
         for layer in layers:
@@ -211,7 +326,9 @@ def test_update_freq_in_batches(tmp_path, rng):
                 snapshots.start[layer.name],
                 layer.epsilon,
             )
-            assert_figures_close(scalars, layer.name, step, expected)
+            assert_figures_close(
+                scalars, THREE_KINDS_TAGS[layer.name], step, expected
+            )
     # `logs` still get per-epoch figures: the drift over each epoch.
     for epoch, last_batch in enumerate((4, 8, 12)):
         start = (
@@ -223,7 +340,7 @@ def test_update_freq_in_batches(tmp_path, rng):
                 start[layer.name],
                 start[layer.name],
                 layer.epsilon,
-            )["moving_mean/drift_in_std"]
+            )["2_mean_drift_in_std"]
             for layer in layers
         )
         np.testing.assert_allclose(
@@ -256,6 +373,13 @@ def renorm_pair_model(features):
     model = keras.Model(inputs, keras.layers.Dense(1)(merged))
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     return model
+
+
+RENORM_PAIR_TAGS = {
+    "keras_renorm": "bn01-keras_renorm",
+    "our_renorm": "bn02-our_renorm",
+    "ghost_renorm": "bn03-ghost_renorm",
+}
 
 
 def clipped_fraction(batch, renorm_mean, renorm_stddev, epsilon, bounds):
@@ -310,7 +434,7 @@ def test_renorm_clipped_fraction_of_last_batch(tmp_path, rng):
                 layers[name].epsilon,
                 step_bounds(last),
             )
-            assert scalars[f"{name}/renorm/clipped_fraction"][
+            assert scalars[f"{RENORM_PAIR_TAGS[name]}/renorm/clipped_fraction"][
                 epoch
             ] == pytest.approx(expected, abs=1e-6), (name, epoch)
             fractions.append(expected)
@@ -318,8 +442,12 @@ def test_renorm_clipped_fraction_of_last_batch(tmp_path, rng):
     assert 0 < min(fractions) and max(fractions) < 1
     # Ghost renorm: r and d are per ghost batch and cannot be recovered from
     # the pooled update, so only the probe's figure is written.
-    assert "ghost_renorm/renorm/clipped_fraction" not in scalars
-    assert sorted(scalars["ghost_renorm/probe/clipped_fraction"]) == [0, 1, 2]
+    assert "bn03-ghost_renorm/renorm/clipped_fraction" not in scalars
+    assert sorted(scalars["bn03-ghost_renorm/probe/clipped_fraction"]) == [
+        0,
+        1,
+        2,
+    ]
 
 
 def ghost_renorm_transform(
@@ -397,6 +525,7 @@ def test_probe_gap_matches_numpy_and_leaves_training_alone(tmp_path, rng):
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
 
     scalars = read_scalars(run_dir(tmp_path))
+    tags = {"ghost_renorm": "bn01-ghost_renorm", "plain": "bn02-plain"}
     for epoch in range(2):
         weights = recorder.epochs[epoch]
         h = probe @ weights["hidden"]["kernel"] + weights["hidden"]["bias"]
@@ -421,7 +550,7 @@ def test_probe_gap_matches_numpy_and_leaves_training_alone(tmp_path, rng):
                     8,
                     {"rmax": 1.2, "rmin": 0.8, "dmax": 0.2},
                 )
-                assert scalars[f"{layer.name}/probe/clipped_fraction"][
+                assert scalars[f"{tags[layer.name]}/probe/clipped_fraction"][
                     epoch
                 ] == pytest.approx(fraction, abs=1e-6)
             else:
@@ -433,10 +562,12 @@ def test_probe_gap_matches_numpy_and_leaves_training_alone(tmp_path, rng):
                 np.mean((batch_out - moving) ** 2, axis=0)
             ) / batch_out.std(0)
             np.testing.assert_allclose(
-                scalars[f"{layer.name}/probe/gap"][epoch], gap.mean(), rtol=1e-4
+                scalars[f"{tags[layer.name]}/1_probe_gap"][epoch],
+                gap.mean(),
+                rtol=1e-4,
             )
             np.testing.assert_allclose(
-                scalars[f"{layer.name}/probe/gap_max"][epoch],
+                scalars[f"{tags[layer.name]}/probe/gap_max"][epoch],
                 gap.max(),
                 rtol=1e-4,
             )
@@ -485,8 +616,8 @@ def test_nonfinite_statistic_is_reported_once(tmp_path, rng):
     assert scalars["batchnorm/nonfinite_layers"] == {0: 1.0, 1: 1.0, 2: 1.0}
     # Non-finite values are left out of the histograms, not mis-binned.
     events = read_events(run_dir(tmp_path))
-    assert "keras_bn/moving_variance/histogram" not in events
-    assert sorted(events["keras_bn/gamma/histogram"]) == [0, 1, 2]
+    assert "histograms/bn01-keras_bn/moving_variance" not in events
+    assert sorted(events["histograms/bn01-keras_bn/gamma"]) == [0, 1, 2]
 
 
 def test_stop_on_nonfinite_stops_at_the_bad_batch(tmp_path, rng):
@@ -581,10 +712,9 @@ def test_with_log_dir_copies_the_settings(tmp_path, rng):
     assert duplicate.on_train_batch_end.__self__ is duplicate
     model = three_kinds_model()
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[copy])
-    assert sorted(read_scalars(copy.run_dir)["keras_bn/moving_mean/drift"]) == [
-        2,
-        4,
-    ]
+    assert sorted(
+        read_scalars(copy.run_dir)["bn01-keras_bn/moving_mean/drift"]
+    ) == [2, 4]
     assert not os.path.exists(monitor.run_dir)
 
 
@@ -604,7 +734,9 @@ def test_writes_beside_keras_tensorboard(tmp_path, rng):
     )
     assert sorted(os.listdir(tmp_path)) == ["batchnorm", "train", "validation"]
     assert "epoch_loss" in read_scalars(os.path.join(tmp_path, "train"))
-    assert "ghost/moving_mean/drift" in read_scalars(run_dir(tmp_path))
+    assert "bn03-inner.ghost/moving_mean/drift" in read_scalars(
+        run_dir(tmp_path)
+    )
 
 
 def test_layers_with_the_same_name_get_distinct_tags(tmp_path, rng):
@@ -633,9 +765,47 @@ def test_layers_with_the_same_name_get_distinct_tags(tmp_path, rng):
         x, x[:, :1], batch_size=16, epochs=1, verbose=0, callbacks=[monitor]
     )
     titles = [c.title for c in read_layout(run_dir(tmp_path)).category]
-    assert titles == ["block_a/bn", "block_b/bn"]
+    assert titles == ["Overview", "bn01-block_a.bn", "bn02-block_b.bn"]
     scalars = read_scalars(run_dir(tmp_path))
     assert {
-        "block_a/bn/moving_mean/drift",
-        "block_b/bn/moving_mean/drift",
+        "bn01-block_a.bn/moving_mean/drift",
+        "bn02-block_b.bn/moving_mean/drift",
     } <= set(scalars)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.slow
+def test_probe_leaves_every_replica_unchanged_under_mirrored_strategy(
+    tmp_path,
+):
+    """Each replica keeps its own statistics of the layers that are not
+    synchronized; the probe must not touch any of them (restoring the
+    statistics by hand after a training call wrote the first replica's
+    values to every replica, and so changed training)."""
+    script = os.path.join(os.path.dirname(__file__), "mirrored_probe_run.py")
+    results_path = tmp_path / "results.json"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(script)))
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
+    completed = subprocess.run(
+        [sys.executable, script, str(results_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = json.loads(results_path.read_text())
+    probed, plain = results["with_probe"], results["without_probe"]
+    assert probed["probe_gap"] is not None and plain["probe_gap"] is None
+    assert probed["loss"] == plain["loss"]
+    assert probed["variables"].keys() == plain["variables"].keys()
+    differing = 0
+    for path, replicas in plain["variables"].items():
+        assert len(replicas) == 2, path
+        assert probed["variables"][path] == replicas, path
+        differing += replicas[0] != replicas[1]
+    # The case exercises per-replica statistics that differ.
+    assert differing > 0

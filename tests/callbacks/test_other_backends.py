@@ -15,11 +15,17 @@ import pytest
 
 from tests.callbacks.helpers import assert_figures_close
 from tests.callbacks.helpers import expected_figures
+from tests.callbacks.helpers import read_events
 from tests.callbacks.helpers import read_layout
 from tests.callbacks.helpers import read_scalars
 from tests.callbacks.helpers import run_dir
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "monitor_run.py")
+TAGS = {
+    "keras_bn": "bn01-keras_bn",
+    "ghost": "bn02-ghost",
+    "renorm": "bn03-renorm",
+}
 
 
 @pytest.mark.slow
@@ -54,7 +60,7 @@ def test_monitor_writes_event_files_without_tensorflow(backend, tmp_path):
         }
         for step, taken in results["snapshots"].items()
     }
-    assert sorted(scalars["keras_bn/moving_mean/drift"]) == [2, 4, 6, 8]
+    assert sorted(scalars["bn01-keras_bn/moving_mean/drift"]) == [2, 4, 6, 8]
     for step in (2, 4, 6, 8):
         for layer, epsilon in results["epsilon"].items():
             expected = expected_figures(
@@ -63,15 +69,23 @@ def test_monitor_writes_event_files_without_tensorflow(backend, tmp_path):
                 snapshots[0][layer],
                 epsilon,
             )
-            assert_figures_close(scalars, layer, step, expected)
-    assert scalars["keras_bn/moving_mean/drift_from_start"][8] > 0.1
-    assert "renorm/renorm/clipped_fraction" in scalars
-    assert sorted(scalars["ghost/probe/gap"]) == [2, 4, 6, 8]
+            assert_figures_close(scalars, TAGS[layer], step, expected)
+    assert scalars["bn01-keras_bn/moving_mean/drift_from_start"][8] > 0.1
+    assert "bn03-renorm/renorm/clipped_fraction" in scalars
+    assert sorted(scalars["bn02-ghost/1_probe_gap"]) == [2, 4, 6, 8]
     assert [c.title for c in read_layout(run_dir(log_dir)).category] == [
-        "keras_bn",
-        "ghost",
-        "renorm",
+        "Overview",
+        *TAGS.values(),
     ]
+    # The text summary, written without TensorFlow too: at the start and
+    # at the last write.
+    texts = read_events(run_dir(log_dir))["batchnorm/layers"]
+    assert sorted(texts) == [0, 8]
+    table = texts[8].item().decode()
+    assert (
+        "| bn02-ghost | ghost | Dense -> BN -> BatchRenormalization | 0.8 | "
+        "4 | - |"
+    ) in table
     assert len(results["history"]["bn_max_drift_in_std"]) == 2
 
     # recalibrate: the first layer's inputs are the raw data.

@@ -2,6 +2,8 @@
 
 import csv
 import os
+import subprocess
+import sys
 
 from tensorboard.backend.event_processing.event_accumulator import TENSORS
 from tensorboard.backend.event_processing.event_accumulator import (
@@ -64,4 +66,71 @@ def assert_png(path, width=None, height=None):
 def session_dirs(logdir, prefix):
     return sorted(
         name for name in os.listdir(logdir) if name.startswith(prefix + "-")
+    )
+
+
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
+
+
+def entry_point():
+    """The command line of the installed `bn-keras` script beside this
+    Python (CI installs the package; while developing, `PYTHONPATH` points
+    it at this checkout), or `python -m bn_keras` without one."""
+    script = os.path.join(os.path.dirname(sys.executable), "bn-keras")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-m", "bn_keras"]
+
+
+def entry_point_env(**extra):
+    """The environment of a user's shell: this checkout first on the
+    path, none of the test session's TensorFlow settings."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [REPO, env.get("PYTHONPATH", "")] if p
+    )
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+def run_entry_point(*argv, timeout=600, **env):
+    """Runs `bn-keras *argv` in a subprocess: `CompletedProcess`."""
+    return subprocess.run(
+        [*entry_point(), *[str(a) for a in argv]],
+        env=entry_point_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+#: TensorFlow's C++ start-up lines, which `bn-keras` keeps off stderr.
+TF_STARTUP_NOISE = (
+    "I0000 ",
+    "E0000 ",
+    "W0000 ",
+    "absl::InitializeLog",
+    "cpu_feature_guard",
+)
+
+
+def imported_modules(stderr):
+    """The modules a `PYTHONPROFILEIMPORTTIME=1` run imported, from its
+    stderr."""
+    modules = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            modules.add(line.rsplit("|", 1)[1].strip())
+    return modules
+
+
+def without_import_times(stderr):
+    return "\n".join(
+        line
+        for line in stderr.splitlines()
+        if not line.startswith("import time:")
     )

@@ -163,7 +163,7 @@ def test_inspect_model_without_batchnorm(tmp_path, capsys):
     [
         ("absent.keras", None, "{path}: no such file"),
         ("model.h5", b"x", "{path}: expected a model saved as .keras"),
-        ("broken.keras", b"not a zip file", "{path}: cannot load the model"),
+        ("broken.keras", b"not a zip file", "{path}: not a valid .keras"),
     ],
 )
 def test_inspect_unreadable_model(tmp_path, capsys, name, content, message):
@@ -186,3 +186,77 @@ def test_inspect_fold_needs_a_keras_file(saved_model, tmp_path, capsys):
         in err
     )
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_inspect_subclassed_model_says_why_nothing_folds():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__(name="net")
+            self.dense = keras.layers.Dense(3)
+            self.bn = keras.layers.BatchNormalization(name="bn")
+
+        def call(self, x):
+            return self.bn(self.dense(x))
+
+    net = Net()
+    net(np.ones((2, 4), "float32"))
+    rows = inspect_model(net)
+    assert [(row.path, row.foldable) for row in rows] == [("net/bn", False)]
+    assert rows[0].fold_note == (
+        "`fold_batchnorm` rewrites a model's graph of layers, and a "
+        "subclassed model has none to rewrite: its forward pass is the "
+        "Python code of its `call()` method, which bn_keras cannot read or "
+        "change"
+    )
+    assert (rows[0].before, rows[0].after) == ("input", "output")
+
+
+def raw_op_model():
+    """BN layers next to raw tensor operations (`b * 2.0`, `keras.ops`);
+    `dense` feeds both `bn` and a raw relu."""
+    inputs = keras.Input((8,), name="x")
+    d = keras.layers.Dense(4, use_bias=False, name="dense")(inputs)
+    b = keras.layers.BatchNormalization(name="bn")(d)
+    c = keras.layers.Dense(4, use_bias=False, name="dense_2")(b * 2.0)
+    c = keras.layers.BatchNormalization(name="bn_2")(c)
+    return keras.Model(inputs, c + keras.ops.relu(d), name="raw")
+
+
+def test_inspect_rows_next_to_raw_ops():
+    rows = inspect_model(raw_op_model())
+    assert [(r.path, r.before, r.after, r.foldable) for r in rows] == [
+        ("bn", "Dense", "Multiply (op)", False),
+        ("bn_2", "Dense", "Add (op)", True),
+    ]
+    assert rows[0].fold_note == "the output of 'dense' is used elsewhere too"
+
+
+def test_inspect_and_fold_a_saved_model_with_raw_ops(tmp_path, capsys):
+    model = raw_op_model()
+    for layer in bn_keras.find_batchnorm(model):
+        layer.moving_mean.assign(np.linspace(-1, 1, 4).astype("float32"))
+        layer.moving_variance.assign(np.linspace(0.5, 2, 4).astype("float32"))
+    source, out_path = tmp_path / "raw.keras", tmp_path / "folded.keras"
+    model.save(source)
+    status, out, err = run_cli(capsys, "inspect", source, "--fold", out_path)
+    assert status == 0, err
+    assert "2 batch normalization layers" in out
+    note = "  1  bn: not foldable: the output of 'dense' is used elsewhere"
+    assert note in out
+    assert f"folded 1 of 2 BN layers (1 kept); wrote {out_path}" in out
+    folded = keras.saving.load_model(out_path)
+    assert [bn.name for bn in bn_keras.find_batchnorm(folded)] == ["bn"]
+    x = np.random.default_rng(0).normal(size=(6, 8)).astype("float32")
+    np.testing.assert_allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_inspect_model_with_raw_ops_and_no_batchnorm(tmp_path, capsys):
+    # As ConvNeXt: residual adds as raw operations, no BN layer.
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h + inputs))
+    path = tmp_path / "residual.keras"
+    model.save(path)
+    status, out, err = run_cli(capsys, "inspect", path)
+    assert status == 0, err
+    assert "0 batch normalization layers" in out

@@ -23,6 +23,7 @@ def test_python_m_bn_keras_help():
         [sys.executable, "-m", "bn_keras", "--help"],
         env=env,
         capture_output=True,
+        check=False,
         text=True,
         timeout=300,
     )

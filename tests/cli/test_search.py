@@ -1,16 +1,22 @@
 """`bn-keras search` end to end in quick mode, and its usage errors."""
 
 import os
+import re
 
 import keras
+import numpy as np
 import pytest
 
 import bn_keras
 from bn_keras.cli import datasets
+from tests.cli.helpers import assert_png
 from tests.cli.helpers import event_files
+from tests.cli.helpers import read_csv
 from tests.cli.helpers import read_scalars
 from tests.cli.helpers import run_cli
 from tests.cli.helpers import session_dirs
+from tests.tuner.helpers import hparams_experiments
+from tests.tuner.helpers import hparams_sessions
 
 
 @pytest.mark.slow
@@ -31,15 +37,30 @@ def test_search_placement_hypermodel(tmp_path, capsys):
         f"tensorboard --logdir {session / 'logs'}"
     )
 
-    # One TensorBoard run per trial: Keras's metrics and the BN monitor's.
-    trials = sorted(os.listdir(session / "logs"))
-    assert len(trials) == 2
-    for trial in trials:
-        execution = session / "logs" / trial / "execution0"
-        for run in ("train", "validation"):
-            assert event_files(execution / run)
-        validation = read_scalars(execution / "validation")
+    # One TensorBoard run per trial, named as the report names it:
+    # Keras's metrics, the BN monitor's and the trial's HParams session.
+    logs = session / "logs"
+    runs = sorted(name for name in os.listdir(logs) if (logs / name).is_dir())
+    assert len(runs) == 2
+    for run_dir in runs:
+        # One slot (the output layer gets no BN after it) and the input BN.
+        assert re.fullmatch(
+            r"trial_\d-(input-bn_)?(layer-bn-act\.(batch|renorm)|layer-act)",
+            run_dir,
+        ), run_dir
+        for run in ("train", "validation", "batchnorm"):
+            assert event_files(logs / run_dir / run)
+        validation = read_scalars(logs / run_dir / "validation")
         assert sorted(validation["epoch_accuracy"]) == [0, 1]
+        ((group, _),) = hparams_sessions(logs / run_dir)
+        assert group == run_dir
+        assert f"{run_dir.split('-', 1)[0]}-" in out
+    (experiment,) = hparams_experiments(logs)
+    assert experiment["metrics"][:3] == [
+        ("validation", "epoch_accuracy"),
+        ("validation", "epoch_loss"),
+        ("batchnorm", "batchnorm/max_probe_gap"),
+    ]
 
     # The best model is saved, loads, and is the best trial's.
     best = keras.saving.load_model(session / "best_model.keras")
@@ -57,6 +78,25 @@ def test_search_placement_hypermodel(tmp_path, capsys):
     assert status == 0, err
     assert f"{len(layers)} batch normalization layer" in inspected
 
+    # The trials' leaderboard and plot, as compare writes them.
+    rows = read_csv(session / "leaderboard.csv")
+    # Each row: its trial's id, and its run, named as above.
+    assert sorted(row["trial"] for row in rows) == sorted(
+        run.split("-")[0].removeprefix("trial_") for run in runs
+    )
+    assert sorted(row["run_dir"] for row in rows) == runs
+    assert float(rows[0]["best_val_accuracy"]) == pytest.approx(score, abs=6e-5)
+    for row in rows:
+        logged = read_scalars(
+            session / "logs" / row["run_dir"] / "validation"
+        )["epoch_accuracy"]
+        assert float(row["best_val_accuracy"]) == pytest.approx(
+            max(logged.values()), abs=1e-6
+        )
+        assert row["epochs"] == "2"
+        assert "/placement=" in row["hyperparameters"]
+    assert_png(session / "validation_curves.png", width=1200, height=500)
+
 
 @pytest.mark.slow
 @pytest.mark.tensorflow_only
@@ -73,7 +113,20 @@ def test_search_ready_made_mlp_regression(tmp_path, capsys):
     assert "val_loss (min)" in out
     assert "block_0" in out
     (session,) = session_dirs(tmp_path, "search-scales")
-    assert (tmp_path / session / "best_model.keras").is_file()
+    session = tmp_path / session
+    # The best model predicts in the target's units: its error on the raw
+    # targets is the leaderboard's best validation loss.
+    best = keras.saving.load_model(
+        session / "best_model.keras", compile=False
+    )
+    data = datasets.load("scales", seed=0)
+    raw = data.y_val * data.target_scale + data.target_mean
+    predicted = best.predict(data.x_val, verbose=0)[:, 0]
+    (first, *_) = read_csv(session / "leaderboard.csv")
+    assert float(first["best_val_loss"]) == pytest.approx(
+        float(np.mean((predicted - raw) ** 2)), rel=1e-3
+    )
+    assert float(first["best_val_loss"]) > 1.0  # not the standardized loss
 
 
 @pytest.mark.parametrize(
@@ -87,10 +140,12 @@ def test_search_ready_made_mlp_regression(tmp_path, capsys):
         ),
         (
             ["--normalizations", "layer"],
-            "unknown normalization 'layer'. Valid normalizations: batch, "
-            "ghost, renorm",
+            (
+                "unknown normalization 'layer'. Valid normalizations: "
+                "batch, ghost, renorm"
+            ),
         ),
-        (["--dataset", "cifar10"], "unknown dataset 'cifar10'"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (
             ["--dataset", "wine", "--hypermodel", "cnn"],
             "--hypermodel cnn needs image data",

@@ -16,12 +16,12 @@ even if its peers or the test that started it are gone.
 """
 
 import argparse
-from contextlib import nullcontext
 import json
 import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -59,6 +59,8 @@ def bn_options(mode, synchronized, virtual_batch_size=None):
     options = dict(synchronized=synchronized, momentum=MOMENTUM)
     if "ghost" in mode:
         options["virtual_batch_size"] = virtual_batch_size
+    if "cumulative" in mode:  # the input normalizer: unclipped renorm
+        options.update(momentum=None, renorm=True, renorm_momentum=None)
     if "renorm" in mode:
         options.update(
             renorm=True,
@@ -271,6 +273,8 @@ def mirrored_cases(devices):
         ("ghost_uneven", "ghost", True, 3, ["global", "shards"]),
         ("plain_unsync", "plain", False, None, ["shards"]),
         ("ghost_renorm_unsync", "ghost_renorm", False, m, ["shards"]),
+        ("cumulative", "cumulative", True, None, ["global"]),
+        ("ghost_cumulative", "ghost_cumulative", True, m, ["global"]),
     ]
 
 

@@ -28,7 +28,8 @@ import keras
 import pytest
 
 from bn_keras.layers import RenormClipping
-from tests.distribute import helpers, scenario
+from tests.distribute import helpers
+from tests.distribute import scenario
 from tests.distribute.test_multi_worker import start_workers
 
 pytestmark = [pytest.mark.tensorflow_only, pytest.mark.slow]

@@ -132,9 +132,9 @@ def test_monitor_writes_the_same_values(run):
         for where in ("one", "two")
     }
     assert sorted(scalars["two"]) == sorted(scalars["one"])
-    for tag in ("plain/moving_mean/drift", "ghost/probe/gap"):
+    for tag in ("bn01-plain/moving_mean/drift", "bn02-ghost/1_probe_gap"):
         assert tag in scalars["one"], tag
-    assert len(set(scalars["one"]["renorm/renorm/rmax"].values())) > 1
+    assert len(set(scalars["one"]["bn03-renorm/renorm/rmax"].values())) > 1
     for tag, values in scalars["one"].items():
         assert sorted(scalars["two"][tag]) == sorted(values), tag
         for step, value in values.items():

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from bn_keras.layers import RenormClipping
-from tests.distribute import helpers, scenario
+from tests.distribute import helpers
+from tests.distribute import scenario
 
 pytestmark = [pytest.mark.tensorflow_only, pytest.mark.slow]
 
@@ -69,6 +70,20 @@ def test_synchronized_equals_one_device_on_the_global_batch(mirrored, case):
     if "renorm" in case:
         steps = [scenario.STEPS] * mirrored["devices"]
         assert final["bn0/renorm_step"] == steps
+
+
+@pytest.mark.parametrize("case", ["cumulative", "ghost_cumulative"])
+def test_synchronized_cumulative_statistics(mirrored, case):
+    """`momentum=None`, `renorm_momentum=None` (unclipped renorm), as
+    `insert_batchnorm(input_batchnorm="renorm")` makes it: every replica
+    applies the same update of the global batch's statistics, step by step
+    equal to one device, and counts each step once."""
+    record = mirrored["cases"][case]
+    assert record["synchronized"]
+    check_steps(record["distributed"], record["global"], case)
+    final = record["distributed"][-1]["state"]
+    steps = [scenario.STEPS] * mirrored["devices"]
+    assert final["bn0/num_batches_tracked"] == steps
 
 
 def test_ghost_batches_are_formed_within_each_replica(mirrored):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.distribute import helpers, scenario
+from tests.distribute import helpers
+from tests.distribute import scenario
 
 pytestmark = [pytest.mark.tensorflow_only, pytest.mark.slow]
 

@@ -50,4 +50,4 @@ def test_ghost_setting_uses_ghost_batches():
     example = load_example()
     layer = example.normalization(example.GHOST_BATCH)
     assert layer.virtual_batch_size == 32 and layer.momentum == 0.9
-    assert getattr(example.normalization(None), "virtual_batch_size") is None
+    assert example.normalization(None).virtual_batch_size is None

@@ -9,7 +9,8 @@ tf = pytest.importorskip("tensorflow")
 
 
 def _op_types(layer, x, training, mask=None, jit_compile=None):
-    """Op types of a traced training/inference call, function bodies included."""
+    """Op types of a traced training or inference call, function bodies
+    included."""
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, *x.shape[1:]])],
@@ -55,12 +56,16 @@ def test_large_ghost_batches_get_a_kernel_call_each():
 @pytest.mark.tensorflow_only
 @pytest.mark.parametrize("shape,axis,kwargs", CASES)
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_kernel_is_used_for_supported_inputs(shape, axis, kwargs, training):
+def test_fused_kernel_is_used_for_supported_inputs(
+    shape, axis, kwargs, training
+):
     layer = bn_keras.layers.BatchNormalization(axis=axis, **kwargs)
     layer.build(shape)
     x = np.zeros(shape, "float32")
     assert "FusedBatchNormV3" in _op_types(layer, x, training)
-    layer_off = bn_keras.layers.BatchNormalization(axis=axis, fused=False, **kwargs)
+    layer_off = bn_keras.layers.BatchNormalization(
+        axis=axis, fused=False, **kwargs
+    )
     layer_off.build(shape)
     assert "FusedBatchNormV3" not in _op_types(layer_off, x, training)
 
@@ -153,7 +158,8 @@ def test_fused_path_equals_general_path(shape, kwargs, batch):
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"fused": "yes"}, "Received: fused='yes'"),
-     ({"fused": True, "epsilon": 1e-6}, r"Received: epsilon=1e-06, fused=True")],
+     ({"fused": True, "epsilon": 1e-6},
+      r"Received: epsilon=1e-06, fused=True")],
 )
 def test_fused_argument_errors(kwargs, match):
     if kwargs.get("fused") is True:

@@ -356,11 +356,121 @@ def test_input_batchnorm_needs_a_built_sequential_model():
         bn_keras.insert_batchnorm(model, input_batchnorm=True)
 
 
-def test_input_batchnorm_must_be_a_boolean():
-    with pytest.raises(
-        TypeError, match=re.escape("Received: input_batchnorm='yes'")
-    ):
-        bn_keras.insert_batchnorm(_mlp(), input_batchnorm="yes")
+@pytest.mark.parametrize(
+    "value, error, text",
+    [
+        (
+            "yes",
+            ValueError,
+            "Valid names: 'none', 'batch', 'renorm'. "
+            "Received: input_batchnorm='yes'",
+        ),
+        (3, TypeError, "Received: input_batchnorm=3"),
+        ({"momentum": 2.0}, ValueError, "Received: momentum=2.0"),
+    ],
+)
+def test_input_batchnorm_errors(value, error, text):
+    with pytest.raises(error, match=re.escape(text) + "$"):
+        bn_keras.insert_batchnorm(_mlp(), input_batchnorm=value)
+
+
+# Each form of `input_batchnorm`: the input layer's class and settings.
+# `normalization="ghost"` shows which forms follow it (only True).
+INPUT_FORMS = {
+    "false": (False, None),
+    "none": (None, None),
+    "none_name": ("none", None),
+    "true": (
+        True,
+        dict(cls="GhostBatchNormalization", virtual_batch_size=32),
+    ),
+    "batch": (
+        "batch",
+        dict(cls="BatchNormalization", renorm=False, momentum=0.99),
+    ),
+    "renorm": (
+        " ReNorm",
+        dict(
+            cls="BatchNormalization",
+            renorm=True,
+            renorm_clipping={},
+            momentum=None,
+            renorm_momentum=None,
+        ),
+    ),
+    "dict": (
+        {"momentum": None, "renorm": True},
+        dict(cls="BatchNormalization", momentum=None, renorm_momentum=0.99),
+    ),
+    "dict_with_scale": (
+        {"scale": True},
+        dict(cls="BatchNormalization", scale=True),
+    ),
+    "layer": (
+        # A template keeps every argument of its own, center and scale too.
+        bn_keras.layers.BatchRenormalization(renorm_momentum=None, scale=False),
+        dict(
+            cls="BatchRenormalization",
+            renorm_momentum=None,
+            center=True,
+            scale=False,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("form", INPUT_FORMS)
+def test_input_batchnorm_forms(form, tmp_path):
+    """Each form gives its layer (center and scale False unless the form
+    sets them), and the model saves and loads with the same predictions
+    and statistics after a few training steps."""
+    value, expected = INPUT_FORMS[form]
+    new = bn_keras.insert_batchnorm(
+        _mlp(), normalization="ghost", input_batchnorm=value
+    )
+    names = [layer.name for layer in new.layers]
+    if expected is None:
+        assert "x_bn" not in names
+        return
+    expected = dict(expected)
+    assert names[0] == "x_bn"
+    layer = new.get_layer("x_bn")
+    assert type(layer).__name__ == expected.pop("cls")
+    expected = {"center": False, "scale": False, **expected}
+    for argument, want in expected.items():
+        assert getattr(layer, argument) == want, argument
+
+    x = sample_inputs((32, 4), shift=20.0, scale=5.0)
+    new.compile(optimizer="sgd", loss="mse")
+    new.fit(x, x[:, :2], batch_size=8, epochs=1, shuffle=False, verbose=0)
+    path = str(tmp_path / "model.keras")
+    new.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_layer("x_bn").get_config() == layer.get_config()
+    for a, b in zip(loaded.get_layer("x_bn").weights, layer.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b), a.name)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), new.predict(x, verbose=0), atol=1e-6
+    )
+
+
+def test_renorm_input_batchnorm_learns_the_training_set_statistics():
+    """After `fit` on batches of equal size, `"renorm"` standardizes in
+    inference by the mean and variance of the training set (NumPy)."""
+    new = bn_keras.insert_batchnorm(
+        _mlp(), placement=None, input_batchnorm="renorm"
+    )
+    rng = np.random.default_rng(0)
+    x = rng.uniform([1, 1, -5, 0], [10, 200, 5, 1e3], (64, 4))
+    x = x.astype("float32")
+    new.compile(optimizer="adam", loss="mse")
+    new.fit(x, x[:, :2], batch_size=16, epochs=3, verbose=0)
+    layer = new.get_layer("x_bn")
+    assert int(to_numpy(layer.num_batches_tracked)) == 12
+    standardized = (x - x.mean(0)) / np.sqrt(x.var(0) + EPS)
+    np.testing.assert_allclose(
+        to_numpy(layer(x, training=False)), standardized, atol=1e-5
+    )
 
 
 # -- other models -------------------------------------------------------------

@@ -87,32 +87,78 @@ def event_files(directory):
     return sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")))
 
 
-def hparams_sessions(directory):
-    """The HParams session-start infos written in `directory` itself, as
-    dicts of plain values, read back without TensorFlow."""
+def _hparams_data(directory):
+    """The HParams plugin data written in `directory` itself, read back
+    without TensorFlow."""
     from tensorboard.backend.event_processing.event_file_loader import (
         EventFileLoader,
     )
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    sessions = []
     for path in event_files(directory):
         for event in EventFileLoader(path).Load():
             for value in event.summary.value:
                 plugin = value.metadata.plugin_data
-                if plugin.plugin_name != "hparams":
-                    continue
-                data = plugin_data_pb2.HParamsPluginData.FromString(
-                    plugin.content
-                )
-                if not data.HasField("session_start_info"):
-                    continue
-                hparams = {}
-                for name, v in data.session_start_info.hparams.items():
-                    kind = v.WhichOneof("kind")
-                    hparams[name] = getattr(v, kind)
-                sessions.append(hparams)
+                if plugin.plugin_name == "hparams":
+                    yield plugin_data_pb2.HParamsPluginData.FromString(
+                        plugin.content
+                    )
+
+
+def hparams_sessions(directory):
+    """The HParams sessions started in `directory` itself: a list of
+    `(group name, {hyperparameter name in TensorBoard: plain value})`."""
+    sessions = []
+    for data in _hparams_data(directory):
+        if not data.HasField("session_start_info"):
+            continue
+        info = data.session_start_info
+        hparams = {}
+        for name, v in info.hparams.items():
+            hparams[name] = getattr(v, v.WhichOneof("kind"))
+        sessions.append((info.group_name, hparams))
     return sessions
+
+
+def hparams_experiments(directory):
+    """The HParams experiment configs written in `directory` itself: a
+    list of dicts with `"hparams"` (names in TensorBoard, in order),
+    `"display_names"`, `"domains"` (name to its discrete values, or to
+    `(min, max)`) and `"metrics"` (`(group, tag)` pairs, in order)."""
+    experiments = []
+    for data in _hparams_data(directory):
+        if not data.HasField("experiment"):
+            continue
+        infos = data.experiment.hparam_infos
+        domains = {}
+        for info in infos:
+            if info.HasField("domain_interval"):
+                interval = info.domain_interval
+                domains[info.name] = (interval.min_value, interval.max_value)
+            else:
+                domains[info.name] = [
+                    getattr(v, v.WhichOneof("kind"))
+                    for v in info.domain_discrete.values
+                ]
+        experiments.append(
+            {
+                "hparams": [info.name for info in infos],
+                "display_names": [info.display_name for info in infos],
+                "domains": domains,
+                "metrics": [
+                    (info.name.group, info.name.tag)
+                    for info in data.experiment.metric_infos
+                ],
+            }
+        )
+    return experiments
+
+
+def in_tensorboard(values):
+    """Hyperparameter values keyed by their names in TensorBoard."""
+    from bn_keras.callbacks._hparams import tensorboard_name
+
+    return {tensorboard_name(name): value for name, value in values.items()}
 
 
 def scalar_tags(run_dir):

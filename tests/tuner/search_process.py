@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 
 import bn_keras  # noqa: E402
 import bn_keras.tuner  # noqa: E402
+from bn_keras.callbacks._tags import batchnorm_tags  # noqa: E402
 
 PLACEMENTS = ["layer-bn-act", "layer-act-bn", "bn-act-layer", "layer-act"]
 
@@ -244,7 +245,9 @@ def logs(directory, result_path):
         trials[trial.trial_id] = {
             "status": trial.status,
             "values": trial.hyperparameters.values,
-            "bn_layers": [l.name for l in bn_keras.find_batchnorm(model)],
+            "bn_layers": [bn.name for bn in bn_keras.find_batchnorm(model)],
+            # BatchNormMonitor's tag prefixes of those layers.
+            "bn_tags": [tag for _, tag in batchnorm_tags(model)],
         }
     write(
         result_path,

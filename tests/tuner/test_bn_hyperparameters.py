@@ -150,9 +150,9 @@ def test_pinned_renorm_schedule():
 @pytest.mark.parametrize(
     "normalization, check",
     [
-        ("batch", lambda l: not l.renorm and l.virtual_batch_size is None),
-        ("ghost", lambda l: l.virtual_batch_size == 16 and not l.renorm),
-        ("renorm", lambda l: l.renorm and l.virtual_batch_size is None),
+        ("batch", lambda bn: not bn.renorm and bn.virtual_batch_size is None),
+        ("ghost", lambda bn: bn.virtual_batch_size == 16 and not bn.renorm),
+        ("renorm", lambda bn: bn.renorm and bn.virtual_batch_size is None),
     ],
 )
 def test_bnblock_takes_the_result(normalization, check):

@@ -154,7 +154,7 @@ def test_each_slot_gets_its_own_choice():
         "out",
     ]
     layers = bn_keras.find_batchnorm(model)
-    assert [(l.name, kind(l), l.momentum) for l in layers] == [
+    assert [(bn.name, kind(bn), bn.momentum) for bn in layers] == [
         ("hidden_1_bn", "ghost16", 0.9),
         ("hidden_2_bn", "batch", 0.99),
         ("out_bn", "renorm", 0.9),
@@ -204,6 +204,63 @@ def test_input_batchnorm(first, names):
     assert not input_bn.center and not input_bn.scale
     expected = "batch" if first == "layer-act" else "ghost16"
     assert kind(input_bn) == expected
+
+
+def input_kind(layer):
+    """How an input normalizer is set up: its kind and momenta."""
+    return (kind(layer), layer.momentum, layer.renorm_momentum)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("none", None),
+        ("batch", ("batch", 0.99, 0.99)),
+        ("renorm", ("renorm", None, None)),
+    ],
+)
+@pytest.mark.parametrize("first", ["layer-act", "bn-act-layer"])
+def test_input_batchnorm_names(first, value, expected):
+    """Names choose the input normalizer whatever the first slot's
+    normalization; with BN on the first layer's input, the input
+    normalizer takes its place, as for `True`."""
+    hypermodel = BNPlacementHyperModel(
+        user_model(), input_batchnorm=["none", "batch", "Renorm", False]
+    )
+    assert hypermodel.input_batchnorm == ("none", "batch", "renorm")
+    hp = pinned(
+        hidden_1__placement=first,
+        hidden_1__normalization="ghost",
+        hidden_2__placement="layer-act",
+        out__placement="layer-act",
+    )
+    hp.Fixed("input_batchnorm", value)
+    model = hypermodel.build(hp)
+    if expected is None:
+        assert "x_bn" not in layer_names(model)
+        before = ["hidden_1_bn"] if first == "bn-act-layer" else []
+        assert layer_names(model) == before + ["hidden_1", "hidden_2", "out"]
+        return
+    assert layer_names(model) == ["x_bn", "hidden_1", "hidden_2", "out"]
+    input_bn = model.get_layer("x_bn")
+    assert input_kind(input_bn) == expected
+    assert not input_bn.center and not input_bn.scale
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_input_batchnorm_choice_in_the_space(per_layer):
+    hypermodel = BNPlacementHyperModel(
+        user_model(), per_layer=per_layer, input_batchnorm=(False, "renorm")
+    )
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    space = {p.name: p for p in hp.space}
+    assert space["input_batchnorm"].values == ["none", "renorm"]
+    assert space["input_batchnorm"].default == "none"
+    assert "x_bn" not in layer_names(model)
+    hp.values["input_batchnorm"] = "renorm"
+    model = hypermodel.build(hp)
+    assert input_kind(model.get_layer("x_bn")) == ("renorm", None, None)
 
 
 def test_shared_choice_when_per_layer_is_false():
@@ -263,12 +320,44 @@ def test_functional_model_with_a_nested_model():
         "logits",
     ]
     assert layer_names(model.get_layer("block")) == ["inner_bn", "inner"]
-    assert [(l.name, kind(l)) for l in bn_keras.find_batchnorm(model)] == [
+    assert [(bn.name, kind(bn)) for bn in bn_keras.find_batchnorm(model)] == [
         ("conv_bn", "batch"),
         ("dense_bn", "ghost16"),
         ("inner_bn", "batch"),
     ]
     assert model(np.ones((2, 4, 4, 2), "float32")).shape == (2, 2)
+
+
+def test_functional_model_with_raw_tensor_ops():
+    # `h + 1.0` and `keras.ops.relu` are operations, not layers: `hidden`
+    # still feeds `out` through them, so it is not an output slot.
+    inputs = keras.Input((4,), name="x")
+    h = keras.ops.relu(keras.layers.Dense(6, name="hidden")(inputs) + 1.0)
+    outputs = keras.layers.Dense(2, name="out")(h * 2.0)
+    hypermodel = BNPlacementHyperModel(
+        keras.Model(inputs, outputs), input_batchnorm=False
+    )
+    assert hypermodel.slots == ["hidden", "out"]
+    assert hypermodel.slot_placements("hidden") == bn_keras.registry.PLACEMENTS
+    model = hypermodel.build(
+        pinned(
+            hidden__placement="layer-bn-act",
+            hidden__normalization="renorm",
+            out__placement="layer-act",
+        )
+    )
+    assert [type(op).__name__ for op in model.operations] == [
+        "InputLayer",
+        "Dense",
+        "BatchNormalization",
+        "Add",
+        "Relu",
+        "Multiply",
+        "Dense",
+    ]
+    assert [(bn.name, kind(bn)) for bn in bn_keras.find_batchnorm(model)] == [
+        ("hidden_bn", "renorm"),
+    ]
 
 
 def test_the_users_model_is_never_modified_nor_shared(tmp_path):
@@ -508,10 +597,16 @@ def _twice_named():
         (lambda: BNPlacementHyperModel(user_model(), per_layer=1), TypeError,
          "Received: per_layer=1"),
         (lambda: BNPlacementHyperModel(user_model(), input_batchnorm="yes"),
-         TypeError, "Received: input_batchnorm='yes'"),
+         ValueError, "Received: input_batchnorm='yes'"),
+        (lambda: BNPlacementHyperModel(user_model(), input_batchnorm=[1]),
+         TypeError, "Received: input_batchnorm=[1]"),
         (lambda: BNPlacementHyperModel(
             keras.Sequential([keras.layers.Dense(2)])),
          ValueError, "Received: input_batchnorm=(False, True)"),
+        (lambda: BNPlacementHyperModel(
+            keras.Sequential([keras.layers.Dense(2)]),
+            input_batchnorm=["none", "renorm"]),
+         ValueError, "Received: input_batchnorm=['none', 'renorm']"),
         (lambda: BNPlacementHyperModel(user_model(), momentun=0.9), TypeError,
          "Received: momentun=0.9"),
         (lambda: BNPlacementHyperModel(user_model(), placements=["after"]),
@@ -525,3 +620,11 @@ def _twice_named():
 def test_errors(make, error, message):
     with pytest.raises(error, match=re.escape(message) + "$"):
         make()
+
+
+def test_arguments_after_model_are_keyword_only():
+    with pytest.raises(
+        TypeError,
+        match=re.escape("BNPlacementHyperModel.__init__() takes 2 positional"),
+    ):
+        BNPlacementHyperModel(user_model(), ["layer-act"])

@@ -19,6 +19,33 @@ def sublayer_types(block):
     return [type(layer).__name__ for layer in block.layers]
 
 
+@pytest.mark.parametrize(
+    "make", [BNSearchMLP, BNSearchCNN], ids=["mlp", "cnn"]
+)
+def test_input_batchnorm_names(make):
+    shape = (8,) if make is BNSearchMLP else (8, 8, 1)
+    hypermodel = make(
+        3, input_shape=shape, input_batchnorm=("none", "batch", "renorm")
+    )
+    for value in ("none", "batch", "renorm"):
+        hp = keras_tuner.HyperParameters()
+        hp.Fixed("input_batchnorm", value)
+        model = hypermodel.build(hp)
+        names = [layer.name for layer in model.layers]
+        if value == "none":
+            assert "input_bn" not in names
+            continue
+        assert names[0] == "input_bn"
+        layer = model.get_layer("input_bn")
+        assert not layer.center and not layer.scale
+        assert layer.renorm is (value == "renorm")
+        assert layer.momentum == (None if value == "renorm" else 0.99)
+    hp = keras_tuner.HyperParameters()
+    hypermodel.build(hp)
+    (choice,) = [p for p in hp.space if p.name == "input_batchnorm"]
+    assert choice.values == ["none", "batch", "renorm"]
+
+
 def test_mlp_pinned_structure():
     hypermodel = BNSearchMLP(3, input_shape=(8,))
     hp = pinned(
@@ -56,7 +83,8 @@ def test_mlp_pinned_structure():
     assert second.layer.units == 8
     # BN right after the layer takes the place of its bias.
     assert first.layer.use_bias is False and second.layer.use_bias is True
-    assert [(kind(l), l.momentum) for l in bn_keras.find_batchnorm(model)] == [
+    layers = bn_keras.find_batchnorm(model)
+    assert [(kind(bn), bn.momentum) for bn in layers] == [
         ("batch", 0.99),  # the input BN: plain, default momentum
         ("ghost16", 0.9),
         ("renorm", 0.99),
@@ -194,6 +222,8 @@ def test_cnn_deep_on_small_images():
          "Received: num_layers=[]"),
         (lambda: BNSearchMLP(2, input_batchnorm=None), TypeError,
          "Received: input_batchnorm=None"),
+        (lambda: BNSearchMLP(2, input_batchnorm=["none", "ghost"]),
+         ValueError, "Received: input_batchnorm=['none', 'ghost']"),
         (lambda: BNSearchMLP(2, normalizations=["layer"]), ValueError,
          "Received: normalizations=['layer']"),
         (lambda: BNSearchMLP(2, virtual_batch_sizes=8), TypeError,
@@ -208,4 +238,20 @@ def test_cnn_deep_on_small_images():
 )
 def test_errors(make, error, message):
     with pytest.raises(error, match=re.escape(message) + "$"):
+        make()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: BNSearchMLP(3, (8,)), "BNSearchMLP.__init__()"),
+        (lambda: BNSearchCNN(3, (1, 2)), "BNSearchCNN.__init__()"),
+        (
+            lambda: bn_keras.tuner.BNHyperModel("name"),
+            "BNHyperModel.__init__()",
+        ),
+    ],
+)
+def test_arguments_after_the_first_are_keyword_only(make, message):
+    with pytest.raises(TypeError, match=re.escape(message) + " takes "):
         make()

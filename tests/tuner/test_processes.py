@@ -9,7 +9,9 @@ import time
 
 import pytest
 
+from tests.tuner.helpers import hparams_experiments
 from tests.tuner.helpers import hparams_sessions
+from tests.tuner.helpers import in_tensorboard
 from tests.tuner.helpers import kill
 from tests.tuner.helpers import scalar_tags
 from tests.tuner.helpers import start
@@ -32,9 +34,11 @@ def free_port():
 def wait(process, log, deadline):
     try:
         process.wait(timeout=max(1.0, deadline - time.time()))
-    except Exception:
+    except Exception as error:
         kill(process)
-        raise AssertionError(f"{log.name} did not end in time:\n{tail(log)}")
+        raise AssertionError(
+            f"{log.name} did not end in time:\n{tail(log)}"
+        ) from error
     assert process.returncode == 0, f"{log.name} failed:\n{tail(log)}"
 
 
@@ -196,13 +200,31 @@ def test_trial_folders_and_hparams_on_jax(tmp_path):
     assert outcome["backend"] == "jax"
     trials = outcome["trials"]
     log_dir = outcome["log_dir"]
-    assert sorted(os.listdir(log_dir)) == sorted(trials)
-    assert [len(t["bn_layers"]) for t in trials.values()] == [1, 2]
+    names = {
+        "0000": "trial_0000-layer-bn-act.batch",
+        "0001": "trial_0001-input-bn_layer-bn-act.batch",
+    }
+    assert sorted(trials) == sorted(names)
+    runs = [
+        name
+        for name in os.listdir(log_dir)
+        if os.path.isdir(os.path.join(log_dir, name))
+    ]
+    assert sorted(runs) == sorted(names.values())
+    assert [len(t["bn_tags"]) for t in trials.values()] == [1, 2]
     for trial_id, trial in trials.items():
         assert trial["status"] == "COMPLETED"
-        execution = os.path.join(log_dir, trial_id, "execution0")
-        assert os.path.isdir(os.path.join(execution, "train"))
-        assert hparams_sessions(execution) == [trial["values"]]
-        tags = scalar_tags(os.path.join(execution, "batchnorm"))
+        run_dir = os.path.join(log_dir, names[trial_id])
+        assert os.path.isdir(os.path.join(run_dir, "train"))
+        assert hparams_sessions(run_dir) == [
+            (names[trial_id], in_tensorboard(trial["values"]))
+        ]
+        tags = scalar_tags(os.path.join(run_dir, "batchnorm"))
         drift = [t for t in tags if t.endswith("/moving_mean/drift")]
-        assert {tag.split("/")[0] for tag in drift} == set(trial["bn_layers"])
+        assert {tag.split("/")[0] for tag in drift} == set(trial["bn_tags"])
+    (experiment,) = hparams_experiments(log_dir)
+    assert experiment["hparams"][:2] == [
+        "1.batchnorm/placement",
+        "2.batchnorm/normalization",
+    ]
+    assert experiment["metrics"][0] == ("validation", "epoch_loss")

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 import bn_keras
+from bn_keras.callbacks._tags import batchnorm_tags
 from bn_keras.tuner import BNPlacementHyperModel
 from bn_keras.tuner import BNSearchMLP
 from bn_keras.tuner import placement_report
+from tests.tuner.helpers import hparams_experiments
 from tests.tuner.helpers import hparams_sessions
+from tests.tuner.helpers import in_tensorboard
 from tests.tuner.helpers import scalar_tags
 from tests.tuner.helpers import tiny_data
 from tests.tuner.helpers import user_model
@@ -74,7 +77,9 @@ def test_random_search_and_report(tmp_path, capsys):
     for name in ["hidden_1", "hidden_2", "out", "val_loss"]:
         assert name in printed
     for row in rows:
-        assert f" {row['trial_id']} " in printed
+        # The trial column starts with the trial's run name (broken after
+        # the trial id and after each slot).
+        assert f"│ trial_{row['trial_id']}- " in printed
     # The best model keras-tuner reloads is the one the hyperparameters say.
     best = tuner.get_best_models(1)[0]
     best_trial = trials[rows[0]["trial_id"]]
@@ -156,7 +161,13 @@ def test_hyperband_reloads_the_bn_statistics(tmp_path):
         max_epochs=2,
         factor=2,
         hyperband_iterations=1,
-        seed=0,
+        # Not 0: keras-tuner reads seed=0 as "no seed" and draws one from
+        # Python's global random state, which building any layer moves.
+        # Seed 2 draws a parent trial whose BN layers follow activations;
+        # a BN right after the first Dense, whose inputs are standardized,
+        # keeps a moving mean near 0 by design and cannot show the check
+        # below whether trained statistics were reloaded.
+        seed=2,
         directory=tmp_path,
     )
     tuner.search(*tiny_data(shift=3.0), **FIT)
@@ -231,21 +242,34 @@ def test_one_diverging_trial_fails_and_the_others_complete(tmp_path):
     assert [row["hyperparameters"]["learning_rate"] for row in rows] == [1e-3]
 
 
-def _check_trial_folder(tuner, trial, execution_dir):
+def _check_trial_folder(tuner, trial, run_dir, group_name):
     """`train` and `batchnorm` runs, and the trial's HParams once."""
-    assert os.path.isdir(os.path.join(execution_dir, "train"))
-    assert hparams_sessions(execution_dir) == [trial.hyperparameters.values]
-    tags = scalar_tags(os.path.join(execution_dir, "batchnorm"))
+    assert os.path.isdir(os.path.join(run_dir, "train"))
+    assert hparams_sessions(run_dir) == [
+        (group_name, in_tensorboard(trial.hyperparameters.values))
+    ]
+    tags = scalar_tags(os.path.join(run_dir, "batchnorm"))
     layers = {
         tag.split("/")[0]
         for tag in tags
         if tag.endswith("/moving_mean/drift")
     }
-    assert layers == set(bn_names(built_from(tuner, trial)))
+    # The monitor's tags of the trial's BN layers: the same on the model
+    # rebuilt from the trial's hyperparameters (another Keras numbering).
+    rebuilt = built_from(tuner, trial)
+    assert layers == {tag for _, tag in batchnorm_tags(rebuilt)}
+    assert len(layers) == len(bn_names(rebuilt))
+
+
+def folders(directory):
+    return sorted(
+        name for name in os.listdir(directory)
+        if os.path.isdir(os.path.join(directory, name))
+    )
 
 
 @pytest.mark.tensorflow_only
-def test_tensorboard_and_monitor_land_in_each_trial_folder(tmp_path):
+def test_tensorboard_and_monitor_land_in_each_trial_run(tmp_path):
     log_dir = tmp_path / "logs"
     hypermodel = BNPlacementHyperModel(
         user_model(),
@@ -268,13 +292,49 @@ def test_tensorboard_and_monitor_land_in_each_trial_folder(tmp_path):
         **FIT,
     )
     trials = tuner.oracle.trials
-    assert sorted(os.listdir(log_dir)) == sorted(trials)
+    # keras-tuner pads the ids to the digits of max_trials (None: 4).
+    names = {
+        "0000": "trial_0000-layer-bn-act.batch",
+        "0001": "trial_0001-input-bn_layer-bn-act.batch",
+    }
+    assert sorted(trials) == sorted(names)
+    # Nothing else: keras-tuner's own `<trial_id>/execution0` folders, made
+    # for its HParams callback, are gone.
+    assert folders(log_dir) == sorted(names.values())
     for trial_id, trial in trials.items():
-        assert os.listdir(log_dir / trial_id) == ["execution0"]
-        _check_trial_folder(tuner, trial, log_dir / trial_id / "execution0")
+        assert trial.hyperparameters.values["input_batchnorm"] == (
+            trial_id == "0001"
+        )
+        run_dir = log_dir / names[trial_id]
+        assert folders(run_dir) == ["batchnorm", "train", "validation"]
+        _check_trial_folder(tuner, trial, run_dir, names[trial_id])
     assert {
         len(bn_names(built_from(tuner, t))) for t in trials.values()
     } == {2, 3}
+    # The experiment config, once, in the folder given to the callbacks.
+    (experiment,) = hparams_experiments(log_dir)
+    assert experiment["hparams"] == [
+        "1.batchnorm/placement",
+        "2.batchnorm/normalization",
+        "3.batchnorm/momentum",
+        "3.input_batchnorm",
+    ]
+    assert experiment["display_names"] == [
+        "batchnorm/placement",
+        "batchnorm/normalization",
+        "batchnorm/momentum",
+        "input_batchnorm",
+    ]
+    assert experiment["domains"]["1.batchnorm/placement"] == ["layer-bn-act"]
+    assert experiment["domains"]["3.input_batchnorm"] == [False, True]
+    assert experiment["metrics"] == [
+        ("validation", "epoch_loss"),  # the objective, once
+        ("batchnorm", "batchnorm/max_drift_in_std"),  # no probe_data
+        ("batchnorm", "batchnorm/min_moving_variance"),
+        ("batchnorm", "batchnorm/nonfinite_layers"),
+    ]
+    rows = placement_report(tuner, print_table=False)
+    assert sorted(row["run_name"] for row in rows) == sorted(names.values())
 
 
 class MyTensorBoard(keras.callbacks.TensorBoard):
@@ -308,13 +368,17 @@ def test_a_tensorboard_subclass_lands_there_too_per_execution(tmp_path):
         **FIT,
     )
     (trial_id, trial), = tuner.oracle.trials.items()
-    assert sorted(os.listdir(log_dir)) == [trial_id]
-    assert sorted(os.listdir(log_dir / trial_id)) == [
-        "execution0",
-        "execution1",
+    # No slot of its own for the output layer: BN only after a layer.
+    name = f"trial_{trial_id}-layer-act-bn.ghost-x2"
+    assert folders(log_dir) == [name, f"{name}-execution1"]
+    for run in folders(log_dir):
+        # Both executions: one session group, averaged by TensorBoard.
+        _check_trial_folder(tuner, trial, log_dir / run, name)
+    (experiment,) = hparams_experiments(log_dir)
+    assert experiment["metrics"][:2] == [
+        ("validation", "epoch_loss"),
+        ("batchnorm", "batchnorm/max_drift_in_std"),
     ]
-    for execution in ["execution0", "execution1"]:
-        _check_trial_folder(tuner, trial, log_dir / trial_id / execution)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,238 @@
+"""The figures `BatchNormMonitor` writes for one batch normalization layer.
+
+Computed in float64 from the layer's statistics (`read_statistics`) and,
+for the probe figures, from what the layer receives and outputs on the
+probe batch. Channels that are constant on the data a figure is measured
+on are counted and left out of the figures they would make infinite or
+alarming (`decayed_as_constant`, `constant_in_batches`).
+"""
+
+import keras
+import numpy as np
+
+from bn_keras.callbacks._statistics import as_float64
+from bn_keras.callbacks._statistics import dead_channels
+from bn_keras.layers._formulas import ghost_ids
+from bn_keras.layers._formulas import moving_average_input
+from bn_keras.layers._formulas import renorm_clipped
+from bn_keras.layers._formulas import renorm_ratios
+from bn_keras.models._tracing import PooledMoments
+
+#: The two figures that matter most; their names sort first in a layer's
+#: group of TensorBoard's Time Series dashboard.
+PROBE_GAP = "1_probe_gap"
+MEAN_DRIFT_IN_STD = "2_mean_drift_in_std"
+
+#: float32's unit roundoff, and its smallest normal number: the moving
+#: statistics are float32 weights.
+UNIT_ROUNDOFF = 2.0**-24
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+# -- moving statistics ---------------------------------------------------------
+
+
+def constant_batches(before, after, momentum, steps, floor=0.0):
+    """Which channels of a moving statistic saw only constant batches.
+
+    A moving statistic goes from `before` to `after` in `steps` updates
+    `s * m + b * (1 - m)`, where `b` is the batch's statistic and `m` the
+    momentum. Inverting them (`moving_average_input` with momentum
+    `m ** steps`) recovers the weighted mean of the `steps` batch values,
+    exactly but for the rounding of float32 weights. A channel whose input
+    is constant on a batch has `b = floor` (the variance 0, renorm's
+    `sqrt(variance + epsilon)` the square root of epsilon), its smallest
+    value, so the mean is `floor` only if every batch was constant. A
+    channel counts as constant when the mean is within the rounding bound
+    of `floor`: `4 * steps` unit roundoffs of `|after| + m ** steps *
+    |before|` (each update rounds the momentum, a product and a sum), plus
+    `steps` times float32's smallest normal number for values that
+    underflow, over `1 - m ** steps`, plus 4 unit roundoffs of `floor`.
+
+    Returns a boolean array; all `False` when there is nothing to tell
+    (no step, or a momentum that is not a number below 1).
+    """
+    constant = np.zeros(np.shape(after), dtype=bool)
+    if steps < 1 or not isinstance(momentum, float):
+        return constant
+    decay = momentum**steps
+    if not 0.0 <= decay < 1.0:
+        return constant
+    batch_mean = moving_average_input(before, after, decay)
+    rounding = steps * (
+        4 * UNIT_ROUNDOFF * (np.abs(after) + decay * np.abs(before))
+        + FLOAT32_TINY
+    )
+    bound = rounding / (1.0 - decay) + 4 * UNIT_ROUNDOFF * floor
+    with np.errstate(invalid="ignore"):
+        return np.abs(batch_mean - floor) <= bound
+
+
+def constant_channels(layer, now, before, steps):
+    """Which channels' input was constant on every training batch of the
+    `steps` between the statistics `before` and `now` of `layer`.
+
+    Read from the moving variance, or, for renorm layers (whose moving
+    variance derives from `moving_stddev`, the moving average of
+    `sqrt(variance + epsilon)`), from the moving standard deviation.
+    """
+    if "moving_stddev" in now:
+        epsilon = np.float64(np.float32(layer.epsilon))
+        return constant_batches(
+            before["moving_stddev"],
+            now["moving_stddev"],
+            layer.momentum,
+            steps,
+            floor=np.sqrt(epsilon),
+        )
+    return constant_batches(
+        before["moving_variance"], now["moving_variance"], layer.momentum, steps
+    )
+
+
+def drift_figures(now, previous, start, epsilon, constant):
+    """Drift of the moving statistics since `previous` and `start`, and the
+    moving variance's figures with the `constant` channels left out of its
+    minimum (left out altogether if every channel is constant)."""
+    mean, variance = now["moving_mean"], now["moving_variance"]
+    change = mean - previous["moving_mean"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_change = np.log(variance + epsilon) - np.log(
+            previous["moving_variance"] + epsilon
+        )
+        mean_in_std = np.abs(change) / np.sqrt(variance + epsilon)
+    figures = {
+        MEAN_DRIFT_IN_STD: np.mean(mean_in_std),
+        "moving_mean/drift": np.linalg.norm(change),
+        "moving_mean/drift_from_start": np.linalg.norm(
+            mean - start["moving_mean"]
+        ),
+        "moving_variance/drift": np.linalg.norm(
+            variance - previous["moving_variance"]
+        ),
+        "moving_variance/drift_from_start": np.linalg.norm(
+            variance - start["moving_variance"]
+        ),
+        "moving_variance/drift_in_std": np.mean(np.abs(log_change)),
+        "moving_variance/mean": np.mean(variance),
+        "moving_variance/constant_channels": np.sum(constant),
+    }
+    if not np.all(constant):
+        figures["moving_variance/min"] = np.min(variance[~constant])
+    return figures
+
+
+def affine_figures(now):
+    """Mean, std, min and max of gamma and beta; gamma's dead fraction."""
+    figures = {}
+    for name in ("gamma", "beta"):
+        if name in now:
+            values = now[name]
+            figures[f"{name}/mean"] = np.mean(values)
+            figures[f"{name}/std"] = np.std(values)
+            figures[f"{name}/min"] = np.min(values)
+            figures[f"{name}/max"] = np.max(values)
+    if "gamma" in now:
+        figures["gamma/dead_fraction"] = np.mean(dead_channels(now["gamma"]))
+    return figures
+
+
+# -- renorm --------------------------------------------------------------------
+
+
+def clipping(layer, step=None):
+    """Clipping bounds of a renorm layer as floats; missing bounds left out.
+
+    `step` picks the step of a `RenormClipping` schedule (default: the
+    layer's current step); fixed bounds ignore it.
+    """
+    schedule = getattr(layer, "renorm_schedule", None)
+    if schedule is not None:
+        if step is None:
+            step = int(as_float64(layer.renorm_step))
+        bounds = schedule(max(int(step), 0))
+    else:
+        bounds = layer.renorm_clipping or {}
+    return {k: float(v) for k, v in bounds.items() if v is not None}
+
+
+def clipped_fraction(mean, stddev, renorm_mean, renorm_stddev, epsilon, bounds):
+    """Fraction of r and d pairs that the bounds clip.
+
+    `mean` and `stddev` are the batch (or per-ghost, shape `(G, C)`)
+    statistics, `renorm_*` the renorm statistics before the batch; r and d
+    are the layer's (Keras's) formulas, computed in float64.
+    """
+    r, d = renorm_ratios(mean, stddev, renorm_mean, renorm_stddev, epsilon)
+    return float(np.mean(renorm_clipped(r, d, bounds)))
+
+
+# -- the probe batch -----------------------------------------------------------
+
+
+def ghost_of_rows(layer, batch, num_rows):
+    """The ghost batch of each of `num_rows` rows of channels that a batch
+    of `batch` samples makes (all 0 without ghost batches)."""
+    size = getattr(layer, "virtual_batch_size", None)
+    if size is None:
+        ghost_of_sample = np.zeros(batch, dtype=int)
+    else:
+        ids, _ = ghost_ids(batch, size)
+        ghost_of_sample = keras.ops.convert_to_numpy(ids)
+    return np.repeat(ghost_of_sample, num_rows // batch)
+
+
+def ghost_moments(rows, weights, ghost_of_row):
+    """Mean and variance of each ghost batch's rows: arrays `(G, C)`."""
+    means, variances = [], []
+    for ghost in range(ghost_of_row.max() + 1):
+        pooled = PooledMoments()
+        selected = ghost_of_row == ghost
+        pooled.add(
+            rows[selected], None if weights is None else weights[selected]
+        )
+        means.append(pooled.mean)
+        variances.append(pooled.variance)
+    return np.stack(means), np.stack(variances)
+
+
+def constant_in_batches(rows, weights, ghost_of_row):
+    """Which channels hold one value in every row (of positive weight) of
+    each batch the layer normalizes over: the probe batch, or each of its
+    ghost batches. Exact: the largest and smallest values are equal."""
+    constant = np.ones(rows.shape[1], dtype=bool)
+    counted = np.ones(len(rows), dtype=bool) if weights is None else weights > 0
+    for ghost in np.unique(ghost_of_row):
+        selected = rows[(ghost_of_row == ghost) & counted]
+        if len(selected):
+            constant &= selected.max(axis=0) == selected.min(axis=0)
+    return constant
+
+
+def _weighted_mean(values, weights):
+    if weights is None:
+        return values.mean(axis=0)
+    return (weights[:, None] * values).sum(axis=0) / weights.sum()
+
+
+def probe_gap(batch_rows, moving_rows, weights, constant):
+    """`rms(y_batch - y_moving) / std(y_batch)` per channel, the `constant`
+    channels left out: `{PROBE_GAP: mean, "probe/gap_max": max,
+    "probe/constant_channels": count}`, without the first two when every
+    channel is constant.
+
+    A channel that is not constant has `std(y_batch) > 0` unless its gamma
+    is 0, when both transforms output beta: its gap is then 0. NaN
+    statistics give a NaN gap, as they should.
+    """
+    rms = np.sqrt(_weighted_mean(np.square(batch_rows - moving_rows), weights))
+    center = _weighted_mean(batch_rows, weights)
+    std = np.sqrt(_weighted_mean(np.square(batch_rows - center), weights))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.where(std > 0, rms / std, np.where(rms == 0, 0.0, np.nan))
+    figures = {"probe/constant_channels": np.sum(constant)}
+    kept = gap[~constant]
+    if kept.size:
+        figures[PROBE_GAP] = np.mean(kept)
+        figures["probe/gap_max"] = np.max(kept)
+    return figures

@@ -1,0 +1,58 @@
+"""Reading the statistics of batch normalization layers, and checking them.
+
+One reader and one non-finite scan for everything that looks at a trained
+layer: `BatchNormMonitor` (figures and warnings), `bn-keras inspect` (its
+table and warnings) and the tuner's guard against non-finite trials. Works
+on Keras's layers and bn-keras's alike.
+"""
+
+import keras
+import numpy as np
+
+#: A channel with `|gamma|` below this is dead: it outputs `beta` whatever
+#: its input.
+DEAD_GAMMA = 1e-3
+
+
+def as_float64(variable):
+    """A variable's (or tensor's) value as a float64 NumPy array."""
+    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
+
+
+def read_statistics(layer):
+    """A batch normalization layer's statistics and affine weights.
+
+    Returns a dict of float64 arrays: `moving_mean`, `moving_variance`,
+    `gamma` (with `scale=True`), `beta` (with `center=True`) and, for a
+    renorm layer, `moving_stddev`, `renorm_mean` and `renorm_stddev`. An
+    empty dict for a layer that is not built (it has no weights yet).
+    """
+    if not layer.built:
+        return {}
+    names = ["moving_mean", "moving_variance"]
+    if layer.scale:
+        names.append("gamma")
+    if layer.center:
+        names.append("beta")
+    if layer.renorm:
+        names += ["moving_stddev", "renorm_mean", "renorm_stddev"]
+    return {name: as_float64(getattr(layer, name)) for name in names}
+
+
+def nonfinite(values):
+    """`{name: number of NaN or infinite entries}` for the arrays of
+    `values` (a dict of arrays) that hold any, in the order of `values`.
+
+    >>> bn_keras.callbacks._statistics.nonfinite(
+    ...     {"gamma": np.ones(3), "beta": np.array([0.0, np.nan, np.inf])})
+    {'beta': 2}
+    """
+    counts = {
+        name: int(np.sum(~np.isfinite(value))) for name, value in values.items()
+    }
+    return {name: count for name, count in counts.items() if count}
+
+
+def dead_channels(gamma):
+    """Which channels are dead (`|gamma| < DEAD_GAMMA`): a boolean array."""
+    return np.abs(gamma) < DEAD_GAMMA

@@ -1,0 +1,745 @@
+"""What the commands train: configurations, models, training and results.
+
+`bn-keras compare` trains one model per `Configuration` through a
+`Comparison`; `bn-keras search` runs a keras-tuner search through a
+`Search`. Both keep a `Result` per finished configuration or trial (an
+interrupted command keeps what finished), with losses in the target's
+units (`in_target_units`). The objective of a task (validation accuracy,
+or validation loss for regression) is decided by `objective`, and only
+there. Nothing here prints or writes summaries: that is
+`bn_keras.cli.report`.
+"""
+
+import dataclasses
+import functools
+import math
+import os
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from bn_keras import registry
+from bn_keras.callbacks import BatchNormMonitor
+from bn_keras.cli import runtime
+from bn_keras.cli._comparison_hparams import write_comparison_experiment
+from bn_keras.cli._comparison_hparams import write_configuration_session
+from bn_keras.cli.common import UsageError
+from bn_keras.models import insert_batchnorm
+
+#: "Epochs to 95%": the first epoch whose validation accuracy is at least
+#: 95% of the best (for a loss: at most the best / 0.95).
+FRACTION_OF_BEST = 0.95
+
+#: What `--model cnn` trains on, for its error message.
+IMAGE_SOURCES = (
+    "--dataset digits, mnist, fashion_mnist or cifar10, --data FOLDER of "
+    "images, or --data FILE.npz whose features have shape (N, H, W) or "
+    "(N, H, W, C)"
+)
+
+
+def objective(task):
+    """The validation metric a task is ranked by: `"val_accuracy"` for
+    classification, `"val_loss"` for regression."""
+    return "val_accuracy" if task == "classification" else "val_loss"
+
+
+def higher_is_better(metric):
+    """Whether a larger value of an `objective` metric is better."""
+    return metric == "val_accuracy"
+
+
+# -- configurations -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+    """One model to train: a placement (or none) and a normalization, and
+    the input normalization (`insert_batchnorm`'s `input_batchnorm` name)."""
+
+    placement: str  # canonical; "layer-act" is no BN
+    normalization: str = None
+    input_batchnorm: str = "none"
+
+    @property
+    def has_batchnorm(self):
+        """Whether the layers get BN (the inputs aside)."""
+        return self.placement != "layer-act"
+
+    @property
+    def is_baseline(self):
+        """No BN anywhere: the model as it is."""
+        return not self.has_batchnorm and self.input_batchnorm == "none"
+
+    def label(self, ghost_batch_size=None):
+        if self.input_batchnorm != "none":
+            label = f"input {self.input_batchnorm}"
+            if not self.has_batchnorm:
+                return label
+            return f"{label} + {self._layers_label(ghost_batch_size)}"
+        return self._layers_label(ghost_batch_size)
+
+    def _layers_label(self, ghost_batch_size):
+        if not self.has_batchnorm:
+            return "no BN"
+        normalization = self.normalization
+        if normalization == "ghost" and ghost_batch_size:
+            normalization = f"ghost({ghost_batch_size})"
+        return f"{self.placement} + {normalization}"
+
+    @property
+    def slug(self):
+        """The configuration's run folder name."""
+        slug = "no-bn"
+        if self.has_batchnorm:
+            slug = f"{self.placement}_{self.normalization}"
+        if self.input_batchnorm != "none":
+            return f"input-{self.input_batchnorm}_{slug}"
+        return slug
+
+
+def configurations(placements, normalizations, input_batchnorms=("none",)):
+    """'No BN' first, then every (placement, normalization) pair; all of
+    them once per input normalization, in the order given."""
+    result = []
+    for input_batchnorm in input_batchnorms:
+        result.append(Configuration("layer-act", None, input_batchnorm))
+        for placement in placements:
+            if placement == "layer-act":
+                continue  # "no BN" is always there
+            for normalization in normalizations:
+                result.append(
+                    Configuration(placement, normalization, input_batchnorm)
+                )
+    return result
+
+
+# -- models -------------------------------------------------------------------
+
+
+def _cnn_body(quick):
+    if quick:
+        return [
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+        ]
+    return [
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+    ]
+
+
+def _mlp_body(quick, images):
+    body = [keras.layers.Flatten()] if images else []
+    for units in (32,) if quick else (128, 64):
+        body.append(keras.layers.Dense(units, activation="relu"))
+    return body
+
+
+def build_base_model(kind, dataset, quick=False):
+    """The architecture without batch normalization (a Sequential model)."""
+    if dataset.image_shape is not None:
+        inputs = keras.Input(dataset.image_shape)
+    else:
+        inputs = keras.Input((dataset.num_features,))
+    if kind == "cnn":
+        if dataset.image_shape is None:
+            raise UsageError(
+                f"--model cnn needs image data ({IMAGE_SOURCES}); "
+                f"{dataset.name} has {dataset.num_features} features: use "
+                "--model mlp"
+            )
+        body = _cnn_body(quick)
+    else:
+        body = _mlp_body(quick, images=dataset.image_shape is not None)
+    outputs = dataset.num_classes if dataset.task == "classification" else 1
+    return keras.Sequential(
+        [inputs, *body, keras.layers.Dense(outputs)], name=f"{kind}"
+    )
+
+
+def make_model(
+    base, configuration, ghost_batch_size, total_steps, momentum=0.99
+):
+    """A fresh copy of `base` (same initial weights) for a configuration.
+
+    The BN layers are the registry's `normalization_for_run`: the ghost
+    batch size and momentum as given, a renorm schedule scaled to
+    `total_steps`; the inputs get `insert_batchnorm`'s `input_batchnorm`.
+    """
+    if configuration.is_baseline:
+        model = keras.models.clone_model(base)
+        model.set_weights(base.get_weights())
+        return model
+    normalization = None
+    if configuration.has_batchnorm:
+        normalization = registry.normalization_for_run(
+            configuration.normalization,
+            momentum=momentum,
+            ghost_batch_size=ghost_batch_size,
+            total_steps=total_steps,
+        )
+    return insert_batchnorm(
+        base,
+        placement=configuration.placement,
+        normalization=normalization,
+        input_batchnorm=configuration.input_batchnorm,
+    )
+
+
+def compile_model(model, task, learning_rate):
+    """Adam; cross-entropy on logits and accuracy, or mean squared error."""
+    if task == "classification":
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    else:
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate), loss="mse"
+        )
+
+
+# -- training -----------------------------------------------------------------
+
+
+class InterruptCheck(keras.callbacks.Callback):
+    """Raises, after every batch, a Ctrl-C that Python could not raise
+    when it came (`bn_keras.cli.runtime.check_interrupt`).
+
+    keras-tuner deep-copies the search's callbacks for every trial; the
+    copy is this same object.
+    """
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def on_train_batch_end(self, batch, logs=None):
+        runtime.check_interrupt()
+
+    def on_test_batch_end(self, batch, logs=None):
+        runtime.check_interrupt()
+
+
+class _EpochClock(keras.callbacks.Callback):
+    """Times every epoch and reports each epoch's start."""
+
+    def __init__(self, on_epoch=None):
+        super().__init__()
+        self.seconds = []
+        self._on_epoch = on_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        if self._on_epoch is not None:
+            self._on_epoch(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def train(
+    model,
+    dataset,
+    run_dir,
+    *,
+    epochs,
+    batch_size,
+    seed,
+    verbose=False,
+    monitor=True,
+    on_epoch=None,
+):
+    """Fits a compiled model with TensorBoard logs in `run_dir`.
+
+    Args:
+        model: A compiled model.
+        dataset: A `bn_keras.cli.datasets.Dataset`.
+        run_dir: The run's TensorBoard folder.
+        epochs, batch_size, seed: As `fit` takes them; the seed is set just
+            before `fit`, so that every configuration sees the same batches.
+        verbose: Whether Keras prints a line per epoch.
+        monitor: Whether a `BatchNormMonitor` logs the BN layers too (in
+            `run_dir/batchnorm`, probed on the first validation batch).
+        on_epoch: Optional function called with each epoch (from 0) as it
+            begins.
+
+    Returns:
+        `(history, seconds)`: Keras's history (metric name to a list of
+        floats, one per epoch; losses in the target's units, see
+        `in_target_units`) and the seconds each epoch took.
+    """
+    callbacks = [
+        keras.callbacks.TensorBoard(
+            log_dir=run_dir, write_graph=False, profile_batch=0
+        )
+    ]
+    if monitor:
+        callbacks.append(
+            BatchNormMonitor(run_dir, probe_data=dataset.x_val[:batch_size])
+        )
+    clock = _EpochClock(on_epoch)
+    callbacks += [clock, InterruptCheck()]
+    keras.utils.set_random_seed(seed)
+    history = model.fit(
+        dataset.x_train,
+        dataset.y_train,
+        validation_data=(dataset.x_val, dataset.y_val),
+        epochs=epochs,
+        batch_size=batch_size,
+        callbacks=callbacks,
+        verbose=2 if verbose else 0,
+    )
+    return in_target_units(history.history, dataset), clock.seconds
+
+
+def in_target_units(history, dataset):
+    """A Keras history as floats, its losses converted from the
+    standardized regression target to the target's units (mean squared
+    errors times `dataset.loss_scale`; classification is unchanged)."""
+    return {
+        name: [
+            float(v) * (dataset.loss_scale if _is_loss(name) else 1.0)
+            for v in curve
+        ]
+        for name, curve in history.items()
+    }
+
+
+def _is_loss(name):
+    return name in ("loss", "val_loss")
+
+
+def batch_warnings(dataset, batch_size, ghost_batch_size=None):
+    """What is wrong with the batch sizes for this training set, as
+    messages: a batch larger than the training set, ghost batches not
+    smaller than the real batch (then 'ghost' is plain BN)."""
+    messages = []
+    samples = len(dataset.x_train)
+    batch = min(batch_size, samples)
+    if batch_size > samples:
+        messages.append(
+            f"--batch-size {batch_size} is larger than the {samples} "
+            "training samples: every step trains on all of them (one step "
+            f"per epoch, a batch of {samples}); give a --batch-size smaller "
+            f"than {samples} for several steps per epoch"
+        )
+    if ghost_batch_size is not None and ghost_batch_size >= batch:
+        messages.append(
+            f"ghost batches of {ghost_batch_size} samples are not smaller "
+            f"than the real batch of {batch}: 'ghost' trains as plain batch "
+            f"normalization; give a --ghost-batch-size smaller than {batch}"
+        )
+    return messages
+
+
+@dataclasses.dataclass
+class Result:
+    """A trained configuration, or a search's trial: its validation curves
+    and timings."""
+
+    label: str
+    run_dir: str
+    history: dict  # Keras's history: metric name -> one float per epoch
+    seconds: list  # seconds per epoch
+    metric: str  # the `objective` the results are ranked by
+    configuration: Configuration = None  # None for a search's trial
+    first_epoch: int = 1  # a trial that hyperband continues starts later
+    trial_id: str = None  # a search's trial
+
+    @property
+    def is_baseline(self):
+        """Whether this is `compare`'s configuration without BN (on the
+        inputs neither)."""
+        return (
+            self.configuration is not None and self.configuration.is_baseline
+        )
+
+    @property
+    def curve(self):
+        """The ranking metric per epoch."""
+        return self.history[self.metric]
+
+    @property
+    def higher_is_better(self):
+        return higher_is_better(self.metric)
+
+    @property
+    def best(self):
+        finite = [v for v in self.curve if math.isfinite(v)]
+        if not finite:
+            return math.nan
+        return max(finite) if self.higher_is_better else min(finite)
+
+    @property
+    def best_epoch(self):
+        """1-based epoch of the best value (the first one, on ties)."""
+        best = self.best
+        if math.isnan(best):
+            return None
+        return self.first_epoch + self.curve.index(best)
+
+    @property
+    def epochs_to_fraction(self):
+        """First epoch within `FRACTION_OF_BEST` of the best value."""
+        best = self.best
+        if math.isnan(best):
+            return None
+        if self.higher_is_better:
+            threshold = FRACTION_OF_BEST * best
+            reached = [v >= threshold for v in self.curve]
+        else:
+            threshold = best / FRACTION_OF_BEST if best >= 0 else best
+            reached = [v <= threshold for v in self.curve]
+        return self.first_epoch + reached.index(True)
+
+    @property
+    def seconds_per_epoch(self):
+        """Median over epochs (the first one includes tracing)."""
+        return float(np.median(self.seconds)) if self.seconds else math.nan
+
+    def sort_key(self):
+        best = self.best
+        if math.isnan(best):
+            best = -math.inf if self.higher_is_better else math.inf
+        return (
+            -best if self.higher_is_better else best,
+            self.epochs_to_fraction or math.inf,
+            self.seconds_per_epoch,
+        )
+
+
+# -- bn-keras compare ---------------------------------------------------------
+
+
+class Comparison:
+    """One model per configuration, from the same initial weights.
+
+    The base model is built (seeded) when the comparison is created, so
+    that a usage error (a CNN on tabular data) comes before any output.
+    `results` fills as configurations finish: what an interrupted
+    comparison has done stays there.
+
+    Args:
+        settings: A `ComparisonSettings`.
+        dataset: A `bn_keras.cli.datasets.Dataset`.
+    """
+
+    def __init__(self, settings, dataset):
+        self.settings = settings
+        self.dataset = dataset
+        keras.utils.set_random_seed(settings.seed)
+        self.base = build_base_model(settings.model, dataset, settings.quick)
+        self.configurations = configurations(
+            settings.placements,
+            settings.normalizations,
+            settings.input_batchnorms,
+        )
+        self.metric = objective(dataset.task)
+        self.results = []
+
+    def setup_warnings(self):
+        """What is wrong with the batch sizes here, as messages."""
+        settings = self.settings
+        ghost = "ghost" in settings.normalizations
+        return batch_warnings(
+            self.dataset,
+            settings.batch_size,
+            settings.ghost_batch_size if ghost else None,
+        )
+
+    @property
+    def steps_per_epoch(self):
+        return math.ceil(len(self.dataset.x_train) / self.settings.batch_size)
+
+    @property
+    def total_steps(self):
+        """Training steps of one configuration (renorm schedules span it)."""
+        return self.settings.epochs * self.steps_per_epoch
+
+    def run(self, session, progress=None):
+        """Trains every configuration into a run folder under `session`.
+
+        Args:
+            session: The comparison's folder.
+            progress: Optional object told of the progress: its
+                `epoch(index, label, epoch)` at the start of every epoch
+                of configuration `index`, its `finished(count)` after each
+                configuration.
+
+        Returns:
+            `results`, one `Result` per configuration, in order.
+        """
+        write_comparison_experiment(session, self)
+        for index, configuration in enumerate(self.configurations):
+            on_epoch = None
+            if progress is not None:
+                label = configuration.label(self.settings.ghost_batch_size)
+                on_epoch = functools.partial(progress.epoch, index, label)
+            self.results.append(
+                self.train_one(configuration, session, on_epoch)
+            )
+            if progress is not None:
+                progress.finished(len(self.results))
+        return self.results
+
+    def train_one(self, configuration, session, on_epoch=None):
+        """Trains one configuration into `session/<its slug>`."""
+        settings = self.settings
+        model = make_model(
+            self.base,
+            configuration,
+            settings.ghost_batch_size,
+            self.total_steps,
+            settings.momentum,
+        )
+        compile_model(model, self.dataset.task, settings.learning_rate)
+        run_dir = os.path.join(session, configuration.slug)
+        write_configuration_session(run_dir, configuration, settings)
+        history, seconds = train(
+            model,
+            self.dataset,
+            run_dir,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            verbose=settings.verbose,
+            monitor=not configuration.is_baseline,
+            on_epoch=on_epoch,
+        )
+        return Result(
+            configuration.label(settings.ghost_batch_size),
+            run_dir,
+            history,
+            seconds,
+            self.metric,
+            configuration,
+        )
+
+
+# -- bn-keras search ----------------------------------------------------------
+
+
+def tuner_class(name):
+    """The keras-tuner class of a `--tuner` name."""
+    from bn_keras.tuner import get_tuner
+
+    try:
+        return get_tuner(name)
+    except ImportError as error:
+        raise UsageError(f"--tuner {name}: {error}") from None
+
+
+def _placement_hypermodel(settings, dataset):
+    from bn_keras import tuner
+
+    keras.utils.set_random_seed(settings.seed)
+    base = build_base_model(settings.model, dataset, settings.quick)
+    compile_model(base, dataset.task, settings.learning_rate)
+    return tuner.BNPlacementHyperModel(
+        model=base,
+        placements=settings.placements,
+        normalizations=settings.normalizations,
+        per_layer=not settings.shared,
+    )
+
+
+def _search_model(settings, dataset):
+    from bn_keras import tuner
+
+    space = {
+        "num_classes": (
+            dataset.num_classes if dataset.task == "classification" else None
+        ),
+        "placements": settings.placements,
+        "normalizations": settings.normalizations,
+    }
+    if settings.hypermodel == "mlp":
+        if settings.quick:
+            space.update(num_layers=(1, 2), units=(16, 32))
+        return tuner.BNSearchMLP(input_shape=(dataset.num_features,), **space)
+    if dataset.image_shape is None:
+        raise UsageError(
+            f"--hypermodel cnn needs image data ({IMAGE_SOURCES}); "
+            f"{dataset.name} has {dataset.num_features} features: use "
+            "--hypermodel placement or mlp"
+        )
+    if settings.quick:
+        space.update(num_blocks=(1, 2), filters=(8, 16))
+    return tuner.BNSearchCNN(input_shape=dataset.image_shape, **space)
+
+
+def build_hypermodel(settings, dataset):
+    """The hypermodel of `--hypermodel`: placements on the `compare`
+    architecture, or a ready-made `BNSearchMLP` / `BNSearchCNN`."""
+    if settings.hypermodel == "placement":
+        return _placement_hypermodel(settings, dataset)
+    return _search_model(settings, dataset)
+
+
+def make_tuner(settings, hypermodel, task, session):
+    """The tuner, with its trials in `session/tuner`."""
+    if settings.tuner == "hyperband":
+        budget = {"max_epochs": settings.epochs, "factor": 3}
+    else:
+        budget = {"max_trials": settings.trials}
+    return tuner_class(settings.tuner)(
+        hypermodel,
+        objective=objective(task),
+        seed=settings.seed,
+        directory=session,
+        project_name="tuner",
+        overwrite=False,
+        **budget,
+    )
+
+
+class TrialRecorder(keras.callbacks.Callback):
+    """Records each trial's Keras history and epoch times, by trial id.
+
+    keras-tuner deep-copies the search's callbacks for every trial; the
+    copy is this same object, so that it sees every trial.
+
+    Args:
+        tuner: The tuner whose running trial each `fit` belongs to.
+    """
+
+    def __init__(self, tuner):
+        super().__init__()
+        self.tuner = tuner
+        self.histories = {}  # trial id -> metric name -> one float per epoch
+        self.seconds = {}  # trial id -> seconds per epoch
+        self.first_epochs = {}  # trial id -> its first epoch, from 1
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def on_train_begin(self, logs=None):
+        trial = self.tuner.oracle.ongoing_trials.get(self.tuner.tuner_id)
+        self._trial = trial.trial_id if trial else str(len(self.histories))
+        self.histories[self._trial] = {}
+        self.seconds[self._trial] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self.first_epochs.setdefault(self._trial, epoch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds[self._trial].append(time.perf_counter() - self._start)
+        history = self.histories[self._trial]
+        for name, value in (logs or {}).items():
+            history.setdefault(name, []).append(float(value))
+
+
+class Search:
+    """A keras-tuner search of BN placements, and its completed trials.
+
+    The hypermodel is built (seeded) when the search is created, so that a
+    usage error (a CNN on tabular data) comes before any output. `results`
+    lists the trials completed so far: what an interrupted search has done.
+
+    Args:
+        settings: A `SearchSettings`.
+        dataset: A `bn_keras.cli.datasets.Dataset`.
+    """
+
+    def __init__(self, settings, dataset):
+        self.settings = settings
+        self.dataset = dataset
+        self.metric = objective(dataset.task)
+        self.hypermodel = build_hypermodel(settings, dataset)
+        self.tuner = None
+        self.logdir = None
+
+    def setup_warnings(self):
+        """What is wrong with the batch size here, as messages."""
+        return batch_warnings(self.dataset, self.settings.batch_size)
+
+    def run(self, session, callbacks=()):
+        """Searches, with the tuner's trials in `session/tuner` and one
+        TensorBoard run per trial under `session/logs`.
+
+        Every trial is logged by Keras's TensorBoard callback and a
+        `BatchNormMonitor`; `callbacks` are added to them.
+        """
+        settings = self.settings
+        self.tuner = make_tuner(
+            settings, self.hypermodel, self.dataset.task, session
+        )
+        self.recorder = TrialRecorder(self.tuner)
+        self.logdir = os.path.join(session, "logs")
+        epochs = {"epochs": settings.epochs}
+        if settings.tuner == "hyperband":
+            epochs = {}  # hyperband decides, up to its max_epochs
+        keras.utils.set_random_seed(settings.seed)
+        self.tuner.search(
+            self.dataset.x_train,
+            self.dataset.y_train,
+            validation_data=(self.dataset.x_val, self.dataset.y_val),
+            batch_size=settings.batch_size,
+            callbacks=[
+                keras.callbacks.TensorBoard(
+                    log_dir=self.logdir, write_graph=False, profile_batch=0
+                ),
+                # Probed like `compare`'s: the train/inference gap is a
+                # metric of the HParams dashboard.
+                BatchNormMonitor(
+                    self.logdir,
+                    probe_data=self.dataset.x_val[: settings.batch_size],
+                ),
+                self.recorder,
+                InterruptCheck(),
+                *callbacks,
+            ],
+            verbose=2 if settings.verbose else 0,
+            **epochs,
+        )
+
+    def results(self):
+        """A `Result` per completed trial (losses in the target's units)."""
+        from bn_keras.tuner._trial_runs import run_name
+
+        if self.tuner is None:
+            return []
+        results = []
+        for trial_id, history in self.recorder.histories.items():
+            trial = self.tuner.oracle.trials.get(trial_id)
+            done = trial is not None and str(trial.status) == "COMPLETED"
+            if not done or self.metric not in history:
+                continue
+            values = trial.hyperparameters.values
+            results.append(
+                Result(
+                    f"trial {trial_id}",
+                    os.path.join(self.logdir, run_name(trial_id, values)),
+                    in_target_units(history, self.dataset),
+                    self.recorder.seconds[trial_id],
+                    self.metric,
+                    first_epoch=self.recorder.first_epochs[trial_id],
+                    trial_id=trial_id,
+                )
+            )
+        return results
+
+    def best_model(self):
+        """The best trial's model at its best epoch, without its optimizer;
+        for regression, with a last layer that turns its standardized
+        outputs back into the target's units."""
+        with warnings.catch_warnings():
+            # keras-tuner's checkpoints hold the optimizer's state too.
+            warnings.filterwarnings("ignore", message="Skipping variable")
+            best = self.tuner.get_best_models(1)[0]
+        dataset = self.dataset
+        if dataset.task != "regression":
+            return best
+        outputs = keras.layers.Rescaling(
+            dataset.target_scale, offset=dataset.target_mean, name="to_target"
+        )(best.outputs[0])
+        return keras.Model(best.inputs, outputs, name=best.name)

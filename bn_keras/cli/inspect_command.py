@@ -1,0 +1,60 @@
+"""`bn-keras inspect`'s options: the batch normalization layers of a saved
+model.
+
+The options need no Keras, so that `bn-keras --help` answers at once; the
+work is `bn_keras.cli.inspect`'s, imported when the command runs.
+"""
+
+import argparse
+
+from bn_keras.cli import runtime
+
+HELP = "one row per BN layer of a saved model; --fold writes it folded"
+
+DESCRIPTION = """\
+List every batch normalization layer of a saved Keras model (nested ones
+included), in forward order, one row each:
+
+  layer        its path in the model
+  kind         plain, ghost(N) (ghost batches of N samples), renorm
+  neighbours   the layers before and after it, and where it sits relative to
+               the activation (before act, after act)
+  moving mean  range over channels, min..max
+  moving var   the same for the moving variance
+  dead         channels with |gamma| < 1e-3, of all channels
+  fold         whether bn_keras.fold_batchnorm folds it into the layer
+               before it
+  warn         how many warnings it has
+
+Under the table, one line per reason a layer cannot be folded and per
+warning: non-finite statistics; collapsed channels (moving variance below
+epsilon: constant inputs); statistics still at their initial values (never
+trained). The model is loaded without its optimizer.
+"""
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "inspect",
+        help=HELP,
+        description=DESCRIPTION,
+        epilog="example:\n  bn-keras inspect model.keras --fold "
+        "model_folded.keras",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL.keras", help="a saved model")
+    parser.add_argument(
+        "--fold",
+        metavar="OUT.keras",
+        help="write an inference copy with every foldable BN folded into the "
+        "layer before it",
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args):
+    runtime.start_keras()
+    from bn_keras.cli import inspect
+
+    return inspect.run(args)
