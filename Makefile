@@ -3,10 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# A second environment for the PyTorch backend, apart from the first (whose
+# TensorFlow and JAX it need not share versions with). `+cpu` pins the CPU
+# build: PyPI's Linux wheel pulls ~3 GB of CUDA libraries, and with the
+# `+cpu` pin pip fails rather than fetching it. Where no wheel lies in pip's
+# find-links, point pip at PyTorch's CPU index:
+#   make test-torch TORCH_INDEX="--extra-index-url https://download.pytorch.org/whl/cpu"
+TORCH_VENV := .venv-torch
+TORCH_PY := $(TORCH_VENV)/bin/python
+TORCH_STAMP := $(TORCH_VENV)/.installed
+TORCH_VERSION ?= 2.13.0+cpu
+TORCH_INDEX ?=
 # Keep TensorFlow's C++ logging quiet; errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install lint test test-tf test-jax bench demo screenshots clean
+.PHONY: install install-torch lint test test-tf test-jax test-torch bench demo \
+	screenshots clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,24 +28,42 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+$(TORCH_STAMP): setup.cfg pyproject.toml
+	test -x $(TORCH_PY) || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_PY) -m pip install --quiet --upgrade pip
+	$(TORCH_PY) -m pip install --quiet $(TORCH_INDEX) \
+		"torch==$(TORCH_VERSION)" -e ".[dev]"
+	touch $(TORCH_STAMP)
+
+install-torch: $(TORCH_STAMP)
+
 # ruff (pinned in the dev extra, configured in pyproject.toml) over the
 # package, the tests, the examples and the benchmarks.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bn_keras tests examples benchmarks docs
 
 # Lint first, then the whole suite on the TensorFlow backend, then the layer
-# tests again on JAX so that the layers stay backend-agnostic (keras.ops
-# only).
+# tests again on JAX and on PyTorch so that the layers stay backend-agnostic
+# (keras.ops only). JAX's run adds keras.distribution.DataParallel on 2 CPU
+# devices; PyTorch's, the monitor without TensorFlow.
 test: $(STAMP)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-tf
 	$(MAKE) --no-print-directory test-jax
+	$(MAKE) --no-print-directory test-torch
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest tests
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest tests/layers -m "not tensorflow_only"
+	KERAS_BACKEND=jax $(PY) -m pytest tests/layers \
+		tests/distribute/test_jax_data_parallel.py -m "not tensorflow_only"
+
+test-torch: $(TORCH_STAMP)
+	KERAS_BACKEND=torch $(TORCH_PY) -m pytest tests/layers \
+		"tests/callbacks/test_other_backends.py::test_monitor_writes_event_files_without_tensorflow[torch]" \
+		"tests/benchmarks/test_bench_layers.py::test_backend_option_reports_on_that_backend[torch]" \
+		-m "not tensorflow_only"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_layers.py
@@ -64,4 +94,4 @@ screenshots: $(STAMP)
 	$(SHOTS_VENV)/bin/python docs/screenshots.py --python $(PY)
 
 clean:
-	rm -rf $(VENV) $(SHOTS_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(TORCH_VENV) $(SHOTS_VENV) build *.egg-info .pytest_cache

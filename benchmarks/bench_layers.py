@@ -27,17 +27,33 @@ Models (from the project's issues):
   pooling, Dense(10); batch 256; SGD.
 - mlp: 256 -> [Dense(512) - BN - ReLU] x 2 -> Dense(10); batch 1024; SGD.
 
-Run: `make bench`, or `python benchmarks/bench_layers.py --help`.
+Run: `make bench`, or `python benchmarks/bench_layers.py --help`; on
+another backend, `--backend jax` or `--backend torch` (from an environment
+that has it, e.g. `.venv-torch/bin/python` after `make install-torch`).
 """
 
 import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def requested_backend(argv):
+    """The value of `--backend` in `argv`, or None."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--backend", choices=BACKENDS)
+    return parser.parse_known_args(argv)[0].backend
+
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__" and requested_backend(sys.argv[1:]):
+    # Keras reads KERAS_BACKEND once, when it is first imported.
+    os.environ["KERAS_BACKEND"] = requested_backend(sys.argv[1:])
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -80,7 +96,9 @@ def build_model(model_name, make_bn):
     x = inputs
     for _ in range(2):
         if model_name == "conv":
-            x = keras.layers.Conv2D(32, 3, padding="same", use_bias=make_bn is None)(x)
+            x = keras.layers.Conv2D(
+                32, 3, padding="same", use_bias=make_bn is None
+            )(x)
         else:
             x = keras.layers.Dense(512, use_bias=make_bn is None)(x)
         if make_bn is not None:
@@ -141,7 +159,10 @@ def time_variants(model_name, variants, jit_compile, rounds):
     x, y = make_data(model_name)
     _, batch_size, steps = MODELS[model_name]
     batches = [
-        (x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
+        (
+            x[i * batch_size : (i + 1) * batch_size],
+            y[i * batch_size : (i + 1) * batch_size],
+        )
         for i in range(steps)
     ]
 
@@ -213,13 +234,22 @@ def bandwidth(shape, rounds, repeats=20):
     bandwidth is that of `x + 1` (one read, one write), compiled the same
     way. Returns `{name: [GB/s per round]}` for "copy", "keras BN" and
     "bn_keras plain" (compiled with `jax.jit` on JAX, `tf.function` with XLA
-    on TensorFlow).
+    on TensorFlow, `torch.compile` on PyTorch).
     """
     x = keras.ops.convert_to_tensor(
         np.random.default_rng(0).normal(size=shape).astype("float32")
     )
     nbytes = 4 * int(np.prod(shape))
-    if keras.backend.backend() == "jax":
+    if keras.backend.backend() == "torch":
+        import torch
+
+        block = keras.ops.convert_to_numpy
+        compile_ = torch.compile
+
+        def training_call(layer):
+            return compile_(lambda x: layer(x, training=True))
+
+    elif keras.backend.backend() == "jax":
         import jax
 
         compile_, block = jax.jit, jax.block_until_ready
@@ -282,7 +312,9 @@ def fit_ratios(model_name, jit_compile, rounds):
     names = ["keras BN", "bn_keras plain", "bn_keras ghost m=32"]
 
     def epoch_of(model):
-        return lambda: model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+        return lambda: model.fit(
+            x, y, batch_size=batch_size, epochs=1, verbose=0
+        )
 
     times = interleaved(
         {
@@ -423,8 +455,21 @@ def step_targets(model_name, jit_compile, times):
     return rows
 
 
+def rerun_on(backend, argv):
+    """Runs this script on `backend` in a new process (Keras's backend is
+    fixed once imported); returns its exit status."""
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    return subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *argv], env=env, check=False
+    ).returncode
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="Keras backend to measure (default: "
+                        "KERAS_BACKEND, else Keras's default)")
     parser.add_argument("--models", default="conv,mlp",
                         help="comma-separated: conv, mlp (default: both)")
     parser.add_argument("--jit", choices=["off", "on", "both"], default="both",
@@ -444,8 +489,12 @@ def main(argv=None):
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma-separated variant names")
     args = parser.parse_args(argv)
+    if args.backend and args.backend != keras.backend.backend():
+        return rerun_on(args.backend, argv)
     if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1. Received: --rounds={args.rounds}")
+        parser.error(
+            f"--rounds must be at least 1. Received: --rounds={args.rounds}"
+        )
     variants = [v.strip() for v in args.variants.split(",")]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -453,10 +502,18 @@ def main(argv=None):
     needed = {VARIANTS[v][1] for v in variants} | {"no BN"}
     variants = [v for v in VARIANTS if v in set(variants) | needed]
     jits = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # Every model's compiled step shares Keras's code objects, which
+        # torch.compile recompiles per model: past its limit of 8 it would
+        # run the later variants eagerly, with a mere warning.
+        torch._dynamo.config.recompile_limit = 64
 
     print(
         f"bn_keras {bn_keras.__version__}, keras {keras.__version__}, "
-        f"backend {keras.backend.backend()}, python {platform.python_version()}, "
+        f"backend {keras.backend.backend()}, "
+        f"python {platform.python_version()}, "
         f"{os.cpu_count()} CPU cores, {platform.machine()}"
     )
     targets = []
@@ -464,7 +521,9 @@ def main(argv=None):
         if model_name not in MODELS:
             parser.error(f"unknown model {model_name!r}; valid: {list(MODELS)}")
         for jit_compile in jits:
-            times = time_variants(model_name, variants, jit_compile, args.rounds)
+            times = time_variants(
+                model_name, variants, jit_compile, args.rounds
+            )
             rows = summarize(times)
             print_table(model_name, jit_compile, rows)
             if "bn_keras plain" in times:
@@ -498,7 +557,10 @@ def main(argv=None):
             print(f"{name:<16}{median:8.1f} GB/s  {median / copy:.2f} of copy")
     if not args.no_fold:
         speedups = fold_speedup(args.rounds)
-        print("\nfold_batchnorm, conv model, predict_on_batch: unfolded / folded")
+        print(
+            "\nfold_batchnorm, conv model, predict_on_batch: "
+            "unfolded / folded"
+        )
         for name, values in speedups.items():
             print(f"{'model with ' + name:<28}{_spread(values)}")
             targets.append(
@@ -531,7 +593,8 @@ def main(argv=None):
              1.02, True)
         )
     print_targets(targets)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+if keras.backend.backend() == "torch":
+    import torch
+
+    # Past its recompilation limit torch.compile runs a function eagerly,
+    # with a mere warning: a `jit_compile=True` test would then test eager
+    # mode. Fail instead.
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+
 
 @pytest.fixture(autouse=True)
 def _clean_keras_session():
@@ -16,6 +24,12 @@ def _clean_keras_session():
     keras.utils.clear_session(free_memory=False)
     keras.utils.set_random_seed(1234)
     keras.config.set_dtype_policy("float32")
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # Each test compiles its own functions: no recompilation limit
+        # carried over from earlier tests (and their memory freed).
+        torch.compiler.reset()
     yield
     keras.config.set_dtype_policy("float32")
 

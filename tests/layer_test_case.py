@@ -1,7 +1,7 @@
 """Checks every bn-keras layer must pass, shared by the layer tests.
 
 `keras.src.testing` is private, so, like keras-hub, we ship our own small
-helper. It works on the TensorFlow and the JAX backends.
+helper. It works on the TensorFlow, JAX and PyTorch backends.
 
 Usage, in a test::
 
@@ -357,8 +357,10 @@ def call_compiled(layer, x, training, *, jit_compile=False):
 
     TensorFlow: a `tf.function` with `input_signature`
     `[TensorSpec([None, ...]), TensorSpec([], tf.bool)]`. JAX: `jax.jit`
-    over `layer.stateless_call`, whose new state is assigned back. The layer
-    must be built.
+    over `layer.stateless_call`, whose new state is assigned back. PyTorch:
+    `torch.compile` (Inductor with `jit_compile`, else AOTAutograd's graph
+    run eagerly), which updates the variables in place. The layer must be
+    built.
     """
     backend = keras.backend.backend()
     x = np.asarray(x, "float32")
@@ -398,6 +400,27 @@ def call_compiled(layer, x, training, *, jit_compile=False):
         ):
             variable.assign(value)
         return to_numpy(outputs)
+    if backend == "torch":
+        import torch
+
+        # Without XLA's counterpart, `jit_compile=False` traces through
+        # AOTAutograd only (the graph, no code generation); True compiles
+        # with Inductor, as `model.compile(jit_compile=True)` does.
+        # Static shapes: under dynamic ones, Keras's `ops.arange` of the
+        # symbolic batch size breaks the graph (`fit(jit_compile=True)` then
+        # runs that part eagerly). `fullgraph=True` raises on any graph
+        # break, and on a recompilation limit hit (no silent eager run).
+        @torch.compile(
+            dynamic=False,
+            fullgraph=True,
+            backend="inductor" if jit_compile else "aot_eager",
+        )
+        def fn(inputs, flag):
+            return layer(inputs, training=flag)
+
+        return to_numpy(
+            fn(torch.as_tensor(x), torch.as_tensor(bool(training)))
+        )
     raise NotImplementedError(backend)
 
 
@@ -435,5 +458,15 @@ def gradients(layer, x, upstream, **call_kwargs):
             jnp.asarray(x), [v.value for v in layer.trainable_variables]
         )
         layer(x, training=True, **call_kwargs)  # the same state update
+        return to_numpy(dx), [to_numpy(g) for g in dw]
+    if backend == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        y = layer(x, training=True, **call_kwargs)
+        loss = torch.sum(y * torch.as_tensor(upstream))
+        dx, *dw = torch.autograd.grad(
+            loss, [x, *(v.value for v in layer.trainable_variables)]
+        )
         return to_numpy(dx), [to_numpy(g) for g in dw]
     raise NotImplementedError(backend)

@@ -455,8 +455,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
             raise ValueError(
                 "The mask provided should be one dimension less than the "
-                f"inputs. Received: mask.shape={mask.shape}, "
-                f"inputs.shape={inputs.shape}"
+                f"inputs. Received: mask.shape={tuple(mask.shape)}, "
+                f"inputs.shape={tuple(inputs.shape)}"
             )
         # BN is prone to overflow in float16/bfloat16: compute in float32.
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
@@ -795,6 +795,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
             first = ops.equal(self.num_batches_tracked, 0)
             r = ops.where(first, ops.ones_like(r), r)
             d = ops.where(first, ops.zeros_like(d), d)
+        # The backward pass needs r and d, which read the renorm statistics
+        # (and counters) that this call then updates in place.
+        # torch.compile's partitioner recomputes cheap element-wise ops in
+        # the backward from the forward's inputs, and would read the updated
+        # values: silently wrong gradients, or an error for a tensor
+        # "modified by an inplace operation". A concatenation is not
+        # recomputed, so r and d are saved as the forward computed them. A
+        # no-op elsewhere.
+        r, d = ops.unstack(ops.stack([r, d]))
         return r, d
 
     # -- moving statistics ----------------------------------------------------

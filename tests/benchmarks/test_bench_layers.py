@@ -13,9 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_layers  # noqa: E402
 
-pytestmark = pytest.mark.tensorflow_only
 
-
+@pytest.mark.tensorflow_only
 @pytest.mark.slow
 def test_report_prints_each_target_with_pass_or_miss(capsys):
     bench_layers.main(
@@ -55,3 +54,33 @@ def test_unknown_variant_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench_layers.main(["--variants", "nope"])
     assert "unknown variants ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backend_option_reports_on_that_backend(backend, capfd):
+    """`--backend` runs the report on that backend: in a new process when
+    Keras already runs on another one (as here on TensorFlow)."""
+    pytest.importorskip(backend, reason=f"{backend} is not installed here")
+    status = bench_layers.main(
+        ["--backend", backend, "--rounds", "1", "--models", "mlp",
+         "--jit", "on" if backend == "jax" else "off",
+         "--variants", "bn_keras plain", "--no-fold", "--no-monitor",
+         "--no-fit", "--bandwidth", "8,4,4,8"]
+    )
+    out = capfd.readouterr().out
+    assert status == 0
+    assert f"backend {backend}," in out
+    rows = {
+        "table": r"^bn_keras plain\s+\d+\.\d+\s+keras BN\s+\d\.\d{3}",
+        "bandwidth": r"^bn_keras plain\s+\d+\.\d GB/s\s+\d+\.\d\d of copy",
+        "target": r"^mlp(, jit)?: plain\s+<= 1\.02",
+    }
+    for what, row in rows.items():
+        assert re.search(row, out, flags=re.MULTILINE), what
+
+
+def test_unknown_backend_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench_layers.main(["--backend", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

@@ -1,4 +1,9 @@
-"""The monitor and recalibration on the JAX backend, without TensorFlow."""
+"""The monitor and recalibration on the JAX and PyTorch backends, without
+TensorFlow (a GPU image may have JAX or PyTorch and no TensorFlow).
+
+Each runs in a subprocess on its backend, with `import tensorflow` made to
+fail. The PyTorch case runs where torch is installed: in `make test-torch`.
+"""
 
 import json
 import os
@@ -15,7 +20,7 @@ from tests.callbacks.helpers import read_layout
 from tests.callbacks.helpers import read_scalars
 from tests.callbacks.helpers import run_dir
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "jax_monitor_run.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), "monitor_run.py")
 TAGS = {
     "keras_bn": "bn01-keras_bn",
     "ghost": "bn02-ghost",
@@ -24,11 +29,12 @@ TAGS = {
 
 
 @pytest.mark.slow
-def test_monitor_writes_event_files_on_jax_without_tensorflow(tmp_path):
-    pytest.importorskip("jax")
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_monitor_writes_event_files_without_tensorflow(backend, tmp_path):
+    pytest.importorskip(backend, reason=f"{backend} is not installed here")
     results_path = tmp_path / "results.json"
     log_dir = tmp_path / "logs"
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(SCRIPT)))
     env["PYTHONPATH"] = os.pathsep.join(
         [root] + [p for p in [env.get("PYTHONPATH")] if p]
@@ -42,6 +48,7 @@ def test_monitor_writes_event_files_on_jax_without_tensorflow(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     results = json.loads(results_path.read_text())
+    assert results["backend"] == backend
     assert results["tensorflow_imported"] is False
 
     # Written by TensorBoard's own event writer, read back as usual.

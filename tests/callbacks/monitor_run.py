@@ -1,8 +1,8 @@
-"""Run by test_jax_backend.py in a subprocess with KERAS_BACKEND=jax and
-TensorFlow made unimportable: fits a model with BatchNormMonitor and
-PreciseBN and saves weight snapshots and results for the test to check.
+"""Run by test_other_backends.py in a subprocess with KERAS_BACKEND=jax or
+torch and TensorFlow made unimportable: fits a model with BatchNormMonitor
+and PreciseBN and saves weight snapshots and results for the test to check.
 
-    python tests/callbacks/jax_monitor_run.py LOG_DIR RESULTS_JSON
+    KERAS_BACKEND=torch python tests/callbacks/monitor_run.py LOG_DIR OUT_JSON
 """
 
 import sys
@@ -10,6 +10,7 @@ import sys
 sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError
 
 import json  # noqa: E402
+import os  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -46,7 +47,7 @@ class Snapshots(keras.callbacks.Callback):
 
 
 def main(log_dir, results_path):
-    assert keras.backend.backend() == "jax"
+    assert keras.backend.backend() == os.environ["KERAS_BACKEND"]
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(64, 4)) * 2 + 1).astype("float32")
     y = rng.normal(size=(64, 1)).astype("float32")
@@ -78,7 +79,7 @@ def main(log_dir, results_path):
             ),
         ],
     )
-    # Precise BN on JAX: recalibrate the first layer's inputs (the raw x).
+    # Precise BN: recalibrate the first layer's inputs (the raw x).
     bn_keras.recalibrate(model, x, steps=2, batch_size=32)
     results = {
         "snapshots": snapshots.taken,
@@ -90,6 +91,7 @@ def main(log_dir, results_path):
         "recalibrated_variance": keras.ops.convert_to_numpy(
             layers[0].moving_variance
         ).tolist(),
+        "backend": keras.backend.backend(),
         "tensorflow_imported": sys.modules.get("tensorflow") is not None,
     }
     with open(results_path, "w") as f:
