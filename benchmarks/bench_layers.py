@@ -399,7 +399,7 @@ def monitor_overhead(rounds):
     import bench_callbacks
 
     results = bench_callbacks.measure(rounds=rounds, epochs=3)
-    monitored = results['monitor, update_freq="epoch"']
+    monitored = results['update_freq="epoch"']
     base = results["no monitor"]["fit"]
     return {
         "hooks": monitored["hooks"],
@@ -420,7 +420,8 @@ def print_targets(targets):
     print("\nTargets (CPU; medians over rounds [min-max])")
     print(f"{'case':<46}{'target':>9}  {'measured':<22}result")
     for case, values, bound, upper in targets:
-        median = statistics.median(values)
+        # Judged on the median as printed, so that the row reads true.
+        median = round(statistics.median(values), 3)
         passed = median <= bound if upper else median >= bound
         sign = "<=" if upper else ">="
         print(
@@ -580,7 +581,8 @@ def main(argv=None):
     if not args.no_monitor:
         overhead = monitor_overhead(args.rounds)
         print(
-            '\nBatchNormMonitor(update_freq="epoch"), MLP fit, 3 epochs: '
+            '\nBatchNormMonitor(update_freq="epoch"), fit of MobileNetV2 '
+            "(alpha 0.35, 64x64, batch 32, 100 steps), 3 epochs: "
             f"time in its hooks {_spread(overhead['hooks'])} of fit; "
             f"fit time with / without it {_spread(overhead['fit'])}"
         )
