@@ -11,8 +11,10 @@ a fresh initialization. The report lists the trials, best first, with the
 choices of each layer.
 
 Every trial also writes TensorBoard logs with its hyperparameters
-(HParams dashboard) and the `BatchNormMonitor`'s figures to
-`<out>/logs/<trial_id>/execution0`:
+(HParams dashboard) and the `BatchNormMonitor`'s figures to a run named
+by its trial id and what it tried, such as
+`<out>/logs/trial_1-bn-act-layer.batch_bn-act-layer.ghost_layer-act`
+(`run_name` in `report.json`):
 
     tensorboard --logdir <out>/logs
 

@@ -50,11 +50,13 @@ def test_placement_search_quick(tmp_path):
                 "layer-act",
             }
             assert info.get("normalization") in {None, "batch", "ghost"}
-        assert f" {row['trial_id']} " in printed
-        # Each trial's TensorBoard runs in its own folder.
-        execution = out / "logs" / row["trial_id"] / "execution0"
-        assert (execution / "train").is_dir()
-        assert (execution / "batchnorm").is_dir()
-    assert sorted(os.listdir(out / "logs")) == sorted(
-        row["trial_id"] for row in rows
-    )
+        assert f"trial_{row['trial_id']}-" in printed
+        # Each trial's TensorBoard runs in its own folder, named by its id
+        # and what it tried.
+        assert row["run_name"].startswith(f"trial_{row['trial_id']}-")
+        run = out / "logs" / row["run_name"]
+        for name in ("train", "validation", "batchnorm"):
+            assert (run / name).is_dir(), name
+    # Beside them, at the root, only the search's HParams experiment.
+    runs = sorted(p.name for p in (out / "logs").iterdir() if p.is_dir())
+    assert runs == sorted(row["run_name"] for row in rows)
