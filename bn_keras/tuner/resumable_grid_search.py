@@ -1,8 +1,27 @@
 """`keras_tuner.GridSearch` that can be interrupted and resumed."""
 
 import functools
+import json
+import os
+import tempfile
 
 import keras_tuner
+
+
+def _save_json_atomically(path, state):
+    """Writes `state` as JSON to `path` through a temporary file and a
+    rename: a process killed mid-write leaves the previous file whole."""
+    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 class _ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
@@ -13,7 +32,21 @@ class _ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
     state file has neither (keras-team/keras-tuner#1055): a search reloaded
     with `overwrite=False` crashes with a `KeyError` as soon as the first
     trial after the reload ends. Both are rebuilt here from the trials.
+
+    It also writes its state and each trial's whole or not at all:
+    keras-tuner truncates `oracle.json` and `trial.json` before writing
+    them, so a process killed at that moment (a `kill -9`, a preempted
+    machine) leaves a file that no search can reload.
     """
+
+    def save(self):
+        _save_json_atomically(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        directory = self._get_trial_dir(trial.trial_id)
+        _save_json_atomically(
+            os.path.join(directory, "trial.json"), trial.get_state()
+        )
 
     def set_state(self, state):
         super().set_state(state)
@@ -44,7 +77,10 @@ class ResumableGridSearch(keras_tuner.GridSearch):
     and then fails with a `KeyError` when the first trial after the reload
     ends (keras-team/keras-tuner#1055): its oracle does not save the order
     of the grid. This one rebuilds it from the trials. A trial that was
-    running when the search stopped is run again, under its id.
+    running when the search stopped is run again, under its id. Its state
+    and trial files are written whole or not at all (through a temporary
+    file and a rename), so a process killed while saving leaves files a
+    search can reload.
 
     Args:
         hypermodel: A `HyperModel`, such as

@@ -3,7 +3,11 @@
 The search that is really killed mid-trial is in `test_processes.py`.
 """
 
+import json
+import os
+
 import keras_tuner
+import pytest
 
 from bn_keras.tuner import BNPlacementHyperModel
 from bn_keras.tuner import ResumableGridSearch
@@ -92,3 +96,39 @@ def test_resumable_grid_search_finishes_the_grid(tmp_path):
     assert {k: after[k] for k in before} == before
     assert [s for s, _, _ in after.values()] == ["COMPLETED"] * 3
     assert placements(second) == ["layer-act", "layer-act-bn", "layer-bn-act"]
+
+
+def test_a_search_killed_while_saving_reloads_every_trial(
+    tmp_path, monkeypatch
+):
+    """keras-tuner truncates `oracle.json` and `trial.json` before writing
+    them; ours are replaced whole, so a kill mid-save loses nothing."""
+    first = ResumableGridSearch(
+        hypermodel(), objective="val_loss", max_trials=1, directory=tmp_path
+    )
+    first.search(*tiny_data(), **FIT)
+    before = summary(first)
+
+    def killed(fd):
+        raise KeyboardInterrupt  # the new contents written, not yet in place
+
+    monkeypatch.setattr(os, "fsync", killed)
+    second = ResumableGridSearch(
+        hypermodel(), objective="val_loss", directory=tmp_path,
+        overwrite=False,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        second.search(*tiny_data(), **FIT)
+    monkeypatch.undo()
+    project = tmp_path / "untitled_project"
+    for path in project.rglob("*.json"):
+        json.loads(path.read_text())  # every file whole
+    assert not list(project.rglob("*.tmp"))
+    third = ResumableGridSearch(
+        hypermodel(), objective="val_loss", directory=tmp_path,
+        overwrite=False,
+    )
+    third.search(*tiny_data(), **FIT)
+    after = summary(third)
+    assert {k: after[k] for k in before} == before
+    assert [s for s, _, _ in after.values()] == ["COMPLETED"] * 3
