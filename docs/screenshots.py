@@ -57,6 +57,8 @@ CHROMIUM_FLAGS = [
     "--hide-scrollbars",
 ]
 LOAD_TIMEOUT_S = 180
+#: Seconds a page is left to lay out its charts once their data is loaded.
+SETTLE_S = 3
 # The runs on the Custom Scalars pictures: each configuration's monitor run,
 # which holds the Overview's epoch metrics and the BN figures (Keras's own
 # `train` and `validation` runs left out of the sidebar, which is the legend).
@@ -236,6 +238,9 @@ def custom_scalars(driver, base, out, runs_regex):
             index,
         )
         wait_until(driver, _CHARTS_DRAWN, f"the charts of {titles[index]}")
+        # The data is in; the charts still lay themselves out (a chart
+        # photographed too early is drawn at a fraction of its size).
+        time.sleep(SETTLE_S)
         path = os.path.join(out, f"{name}.png")
         save(driver, path)
         print(f"{path}: Custom Scalars, {titles[index]}")
@@ -281,6 +286,8 @@ def photograph(args, base):
 
 def main(argv=None):
     args = parse_args(argv)
+    if os.sep in args.python:  # a path: TensorBoard starts in another folder
+        args.python = os.path.abspath(args.python)
     os.makedirs(args.out, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="bn-keras-screenshots-")
     log_path = os.path.join(scratch, "tensorboard.log")
