@@ -326,6 +326,16 @@ def fit_ratios(model_name, jit_compile, rounds):
     return {name: ratios(times, name, "keras BN") for name in names[1:]}
 
 
+def _predictions(model, batches):
+    """A function that runs `predict_on_batch` on each batch, to time."""
+
+    def run():
+        for xb in batches:
+            model.predict_on_batch(xb)
+
+    return run
+
+
 def fold_speedup(rounds):
     """Inference step of the conv model, unfolded over folded.
 
@@ -344,15 +354,9 @@ def fold_speedup(rounds):
         models[name] = model
         models[name + " folded"] = bn_keras.fold_batchnorm(model)
 
-    def predictions_of(model):
-        def run():
-            for xb in batches:
-                model.predict_on_batch(xb)
-
-        return run
-
     times = interleaved(
-        {name: predictions_of(model) for name, model in models.items()}, rounds
+        {name: _predictions(model, batches) for name, model in models.items()},
+        rounds,
     )
     return {
         name: ratios(times, name, name + " folded")
@@ -380,15 +384,9 @@ def mobilenet_fold_speedup(rounds):
     models = {"unfolded": model, "folded": bn_keras.fold_batchnorm(model)}
     x = rng.normal(size=(steps, batch_size, size, size, 3)).astype("float32")
 
-    def predictions_of(model):
-        def run():
-            for xb in x:
-                model.predict_on_batch(xb)
-
-        return run
-
     times = interleaved(
-        {name: predictions_of(model) for name, model in models.items()}, rounds
+        {name: _predictions(model, x) for name, model in models.items()},
+        rounds,
     )
     return ratios(times, "unfolded", "folded")
 
