@@ -416,7 +416,11 @@ class BatchNormMonitor(keras.callbacks.Callback):
             if layer.renorm
             and getattr(layer, "virtual_batch_size", None) is None
         ]
-        self._validation = None  # known at the first epoch end
+        # The Overview shows validation curves (what the layout says until
+        # an epoch ends without validation figures: then training curves,
+        # until validation figures come, as with `validation_freq`).
+        self._validation = True
+        self._epoch_ends = 0
         self._write_layout(validation=True)
         if not self._layers:
             warnings.warn(
@@ -517,11 +521,15 @@ class BatchNormMonitor(keras.callbacks.Callback):
     def _write_epoch_metrics(self, epoch, logs):
         """Keras's epoch metrics in this run (`epoch/<name>`), so that the
         Overview draws one line per run; the layout switches to training
-        curves at the first epoch end without validation figures."""
-        if self._validation is None:
-            self._validation = "val_loss" in logs
-            if not self._validation:
-                self._write_layout(validation=False)
+        curves when the first epoch ends without validation figures, and
+        back once they come."""
+        validation = "val_loss" in logs
+        if validation != self._validation and (
+            validation or self._epoch_ends == 0
+        ):
+            self._validation = validation
+            self._write_layout(validation=validation)
+        self._epoch_ends += 1
         values = [
             _scalar(f"{EPOCH_METRICS}/{key}", value)
             for key, value in logs.items()

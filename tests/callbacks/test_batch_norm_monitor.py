@@ -304,6 +304,29 @@ def test_overview_charts_the_accuracy_the_model_is_compiled_with(
         )
 
 
+@pytest.mark.parametrize(
+    "epochs, expected", [(1, "^epoch/loss$"), (2, "^epoch/val_loss$")]
+)
+def test_overview_follows_validation_freq(tmp_path, rng, epochs, expected):
+    """With `validation_freq=2` the first epoch ends without validation
+    figures: the Overview shows training curves until the second brings
+    them, then validation curves for good."""
+    x, y = regression_data(rng, n=64)
+    model = three_kinds_model()
+    model.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=epochs,
+        verbose=0,
+        validation_split=0.25,
+        validation_freq=2,
+        callbacks=[bn_keras.callbacks.BatchNormMonitor(tmp_path)],
+    )
+    overview = read_layout(run_dir(tmp_path)).category[0]
+    assert list(overview.chart[0].multiline.tag) == [expected]
+
+
 def test_update_freq_in_batches(tmp_path, rng):
     x, y = regression_data(rng)  # 4 batches an epoch, 12 in all
     model = three_kinds_model()
