@@ -8,6 +8,7 @@ import keras_tuner
 from bn_keras import registry
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
+from bn_keras.tuner.bn_hyperparameters import INPUT_BATCHNORM
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
 from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
 from bn_keras.tuner.bn_hyperparameters import canonical_normalizations
@@ -20,7 +21,6 @@ from bn_keras.tuner.bn_hyperparameters import number_candidates
 from bn_keras.tuner.bn_hyperparameters import scope
 
 LEARNING_RATE = "learning_rate"
-INPUT_BATCHNORM = "input_batchnorm"
 
 
 def _check_num_classes(num_classes):

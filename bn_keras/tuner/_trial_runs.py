@@ -31,11 +31,9 @@ from bn_keras.callbacks._hparams import discrete
 from bn_keras.callbacks._hparams import hparam
 from bn_keras.callbacks._hparams import rank
 from bn_keras.callbacks.batch_norm_monitor import BatchNormMonitor
+from bn_keras.tuner.bn_hyperparameters import INPUT_BATCHNORM
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATION
 from bn_keras.tuner.bn_hyperparameters import PLACEMENT
-
-#: The hyperparameter that adds BN to the model's inputs (the hypermodels').
-INPUT_BATCHNORM = "input_batchnorm"
 
 #: Longest configuration part of a run name, in characters; a longer one
 #: is summarized (`mix_...`: how many slots made each choice).
@@ -106,11 +104,22 @@ def _summary(choices):
     return text
 
 
+def _input_part(input_batchnorm):
+    """`["input-bn"]` for `True` (the hypermodel's own input BN),
+    `["input-<name>"]` for an input normalization name other than
+    `"none"`, else `[]`."""
+    if input_batchnorm is True:
+        return ["input-bn"]
+    if isinstance(input_batchnorm, str) and input_batchnorm != "none":
+        return [f"input-{_safe(input_batchnorm)}"]
+    return []
+
+
 def configuration_name(values):
     """The configuration part of a trial's run name: its slots' choices in
     the order of `values` (`""` when it has no slot)."""
     choices = [_choice(values, slot) for slot in slot_names(values)]
-    parts = ["input-bn"] if values.get(INPUT_BATCHNORM) is True else []
+    parts = _input_part(values.get(INPUT_BATCHNORM, False))
     if choices:
         joined = _joined(_runs(choices))
         if len(joined) > MAX_CONFIGURATION_CHARS:

@@ -18,6 +18,9 @@ RMAX = "rmax"
 DMAX = "dmax"
 WARMUP_STEPS = "warmup_steps"
 RAMP_STEPS = "ramp_steps"
+#: The hypermodels' hyperparameter that adds BN to the model's inputs: a
+#: boolean, or an input normalization name (`"none"`, `"batch"`, ...).
+INPUT_BATCHNORM = "input_batchnorm"
 
 # Each number choice: (its type, its minimum, the bound it stays below).
 _NUMBER_RULES = {

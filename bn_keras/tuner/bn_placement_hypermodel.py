@@ -10,6 +10,7 @@ from bn_keras.models._graph import all_layers
 from bn_keras.models._graph import output_layers
 from bn_keras.models.insert_batchnorm import insert_batchnorm
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
+from bn_keras.tuner.bn_hyperparameters import INPUT_BATCHNORM
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATIONS
 from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
 from bn_keras.tuner.bn_hyperparameters import canonical_normalizations
@@ -20,8 +21,6 @@ from bn_keras.tuner.bn_hyperparameters import input_batchnorm_candidates
 
 #: Hyperparameter prefix of the one shared choice when `per_layer=False`.
 SHARED_NAME = "batchnorm"
-#: Name of the hyperparameter that adds BN to the model's inputs.
-INPUT_BATCHNORM = "input_batchnorm"
 
 
 def _is_rewritable(model):

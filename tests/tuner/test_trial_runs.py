@@ -44,6 +44,13 @@ def test_per_layer_choices_in_order_with_repeats_counted():
     )
     values["input_batchnorm"] = False
     assert configuration_name(values).startswith("layer-bn-act.batch-x2_")
+    # An input normalization chosen by name is named; "none" is not.
+    values["input_batchnorm"] = "renorm"
+    assert configuration_name(values).startswith(
+        "input-renorm_layer-bn-act.batch-x2_"
+    )
+    values["input_batchnorm"] = "none"
+    assert configuration_name(values).startswith("layer-bn-act.batch-x2_")
 
 
 def test_later_executions_and_trials_without_slots():
