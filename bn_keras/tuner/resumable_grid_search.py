@@ -40,10 +40,15 @@ class _ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
     """
 
     def save(self):
-        _save_json_atomically(self._get_oracle_fname(), self.get_state())
+        path = self._get_oracle_fname()
+        if "://" in path:  # a remote folder (gs://...): keras-tuner's writer
+            return super().save()
+        _save_json_atomically(path, self.get_state())
 
     def _save_trial(self, trial):
         directory = self._get_trial_dir(trial.trial_id)
+        if "://" in directory:
+            return super()._save_trial(trial)
         _save_json_atomically(
             os.path.join(directory, "trial.json"), trial.get_state()
         )

@@ -132,3 +132,23 @@ def test_a_search_killed_while_saving_reloads_every_trial(
     after = summary(third)
     assert {k: after[k] for k in before} == before
     assert [s for s, _, _ in after.values()] == ["COMPLETED"] * 3
+
+
+@pytest.mark.tensorflow_only
+def test_a_search_in_a_remote_folder_saves_there():
+    """Remote folders (`gs://...`; here TensorFlow's in-memory `ram://`)
+    have no temporary files and renames: keras-tuner's own writer saves
+    there. (Not reloaded here: `ram://` appends where it should
+    overwrite, so keras-tuner's own files do not reload from it.)"""
+    import tensorflow as tf
+
+    directory = f"ram://search-{os.getpid()}"
+    tuner = ResumableGridSearch(
+        hypermodel(), objective="val_loss", max_trials=2, directory=directory
+    )
+    tuner.search(*tiny_data(), **FIT)
+    assert [s for s, _, _ in summary(tuner).values()] == ["COMPLETED"] * 2
+    project = f"{directory}/untitled_project"
+    assert "oracle.json" in tf.io.gfile.listdir(project)
+    for trial_id in tuner.oracle.trials:
+        assert tf.io.gfile.exists(f"{project}/trial_{trial_id}/trial.json")
