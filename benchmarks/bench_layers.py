@@ -391,13 +391,19 @@ def mobilenet_fold_speedup(rounds):
     return ratios(times, "unfolded", "folded")
 
 
+#: `bench_callbacks`' configuration of the monitor writing once an epoch.
+MONITOR_EPOCH = 'update_freq="epoch"'
+
+
 def monitor_overhead(rounds):
     """`BatchNormMonitor(update_freq="epoch")` on `fit`: the share of each
     `fit` spent in its hooks, and `fit` time with it over without it."""
     import bench_callbacks
 
-    results = bench_callbacks.measure(rounds=rounds, epochs=3)
-    monitored = results['update_freq="epoch"']
+    results = bench_callbacks.measure(
+        rounds=rounds, epochs=3, names=["no monitor", MONITOR_EPOCH]
+    )
+    monitored = results[MONITOR_EPOCH]
     base = results["no monitor"]["fit"]
     return {
         "hooks": monitored["hooks"],
