@@ -11,6 +11,7 @@ import datetime
 import logging
 import os
 import shutil
+import zipfile
 
 from rich import box
 from rich.console import Console
@@ -280,3 +281,56 @@ def quiet_tensorflow_warnings(verbose=False):
         yield
     finally:
         logger.setLevel(level)
+
+
+def check_keras_output(path, option=None):
+    """A `UsageError` unless `path` (an output; `None`: not asked for)
+    ends with `.keras`; `option` names the option that gave it."""
+    if path is not None and not path.endswith(".keras"):
+        given = path if option is None else f"{option} {path}"
+        raise UsageError(f"{given}: the output must be a .keras file")
+
+
+def _what_it_is(path):
+    """A few words on a file that is not a zip archive."""
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file that is not a zip archive"
+    return "a text file"
+
+
+def check_model_file(path):
+    """A `UsageError` naming `path` and its problem unless it looks like a
+    saved `.keras` model (a zip archive with a `config.json`): checked
+    before Keras starts, so that a wrong file is answered at once."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder; expected a .keras file")
+    if not path.endswith(".keras"):
+        raise UsageError(
+            f"{path}: expected a model saved as .keras (model.save(...))"
+        )
+    archive = "model.save(...) writes a zip archive with a config.json"
+    if not zipfile.is_zipfile(path):
+        raise UsageError(
+            f"{path}: not a valid .keras archive ({archive}); this is "
+            f"{_what_it_is(path)}"
+        )
+    try:
+        with zipfile.ZipFile(path) as opened:
+            names = opened.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UsageError(
+            f"{path}: not a valid .keras archive ({archive}): {error}"
+        ) from None
+    if "config.json" not in names:
+        raise UsageError(
+            f"{path}: not a valid .keras archive ({archive}); this zip "
+            "archive has no config.json"
+        )

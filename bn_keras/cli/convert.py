@@ -11,6 +11,8 @@ from bn_keras import registry
 from bn_keras.cli import runtime
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import add_command
+from bn_keras.cli.common import check_keras_output
+from bn_keras.cli.common import check_model_file
 from bn_keras.cli.common import console
 
 HELP = "write a saved model with its BN layers converted (e.g. to renorm)"
@@ -65,8 +67,6 @@ def add_parser(subparsers):
 
 def _layer_names(args):
     """The `--layers` list (None for all), or a `UsageError`."""
-    if not args.out.endswith(".keras"):
-        raise UsageError(f"{args.out}: the output must be a .keras file")
     if args.layers is None:
         return None
     layers = [name.strip() for name in args.layers.split(",")]
@@ -121,8 +121,10 @@ def summary(model, new, layers):
 
 
 def run(args):
+    check_keras_output(args.out)
     layers = _layer_names(args)
     to = _target(args)
+    check_model_file(args.model)
     runtime.start_keras()
     from bn_keras.cli.inspect import load
     from bn_keras.cli.inspect import max_difference

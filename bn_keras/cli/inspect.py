@@ -7,8 +7,6 @@ options are `bn_keras.cli.inspect_command`'s (they need no Keras).
 """
 
 import dataclasses
-import os
-import zipfile
 
 import keras
 import numpy as np
@@ -17,6 +15,7 @@ from bn_keras.callbacks._statistics import dead_channels
 from bn_keras.callbacks._statistics import nonfinite
 from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.cli.common import UsageError
+from bn_keras.cli.common import check_model_file
 from bn_keras.cli.common import console
 from bn_keras.cli.common import table
 from bn_keras.models import fold_batchnorm
@@ -186,48 +185,10 @@ def print_rows(out, rows):
 # -- the command --------------------------------------------------------------
 
 
-def _what_it_is(path):
-    """A few words on a file that is not a zip archive."""
-    with open(path, "rb") as file:
-        head = file.read(512)
-    if not head:
-        return "an empty file"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "a binary file that is not a zip archive"
-    return "a text file"
-
-
 def load(path):
     """Loads a `.keras` model without its optimizer (inspecting needs no
     training state); a `UsageError` names the file and the problem."""
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a folder; expected a .keras file")
-    if not path.endswith(".keras"):
-        raise UsageError(
-            f"{path}: expected a model saved as .keras (model.save(...))"
-        )
-    archive = "model.save(...) writes a zip archive with a config.json"
-    if not zipfile.is_zipfile(path):
-        raise UsageError(
-            f"{path}: not a valid .keras archive ({archive}); this is "
-            f"{_what_it_is(path)}"
-        )
-    try:
-        with zipfile.ZipFile(path) as opened:
-            names = opened.namelist()
-    except (zipfile.BadZipFile, OSError) as error:
-        raise UsageError(
-            f"{path}: not a valid .keras archive ({archive}): {error}"
-        ) from None
-    if "config.json" not in names:
-        raise UsageError(
-            f"{path}: not a valid .keras archive ({archive}); this zip "
-            "archive has no config.json"
-        )
+    check_model_file(path)
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # anything Keras raises on a bad file
@@ -252,10 +213,6 @@ def max_difference(model, folded):
 
 
 def run(args):
-    if args.fold is not None and not args.fold.endswith(".keras"):
-        raise UsageError(
-            f"--fold {args.fold}: the output must be a .keras file"
-        )
     model = load(args.model)
     out = console()
     rows = inspect_model(model)

@@ -5,9 +5,10 @@ The options need no Keras, so that `bn-keras --help` answers at once; the
 work is `bn_keras.cli.inspect`'s, imported when the command runs.
 """
 
-import argparse
-
 from bn_keras.cli import runtime
+from bn_keras.cli.common import add_command
+from bn_keras.cli.common import check_keras_output
+from bn_keras.cli.common import check_model_file
 
 HELP = "one row per BN layer of a saved model; --fold writes it folded"
 
@@ -34,13 +35,12 @@ trained). The model is loaded without its optimizer.
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "inspect",
-        help=HELP,
-        description=DESCRIPTION,
-        epilog="example:\n  bn-keras inspect model.keras --fold "
-        "model_folded.keras",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        HELP,
+        DESCRIPTION,
+        "example:\n  bn-keras inspect model.keras --fold model_folded.keras",
     )
     parser.add_argument("model", metavar="MODEL.keras", help="a saved model")
     parser.add_argument(
@@ -54,6 +54,8 @@ def add_parser(subparsers):
 
 
 def run(args):
+    check_keras_output(args.fold, option="--fold")
+    check_model_file(args.model)
     runtime.start_keras()
     from bn_keras.cli import inspect
 

@@ -45,6 +45,25 @@ def _heavy_imports(stderr):
             "stderr",
             "bn-keras search: error: --epochs must be a positive integer",
         ),
+        # A wrong model file is answered before Keras starts, too.
+        (
+            ["inspect", "missing.keras"],
+            2,
+            "stderr",
+            "bn-keras inspect: error: missing.keras: no such file",
+        ),
+        (
+            ["inspect", "missing.keras", "--fold", "folded.h5"],
+            2,
+            "stderr",
+            "error: --fold folded.h5: the output must be a .keras file",
+        ),
+        (
+            ["convert", "missing.keras", "out.keras", "--to", "renorm"],
+            2,
+            "stderr",
+            "bn-keras convert: error: missing.keras: no such file",
+        ),
     ],
 )
 def test_answers_without_tensorflow(argv, status, stream, text):
