@@ -280,10 +280,7 @@ def train(
     """
     clock = _EpochClock(on_epoch)
     callbacks = [
-        keras.callbacks.TensorBoard(
-            log_dir=run_dir, write_graph=False, profile_batch=0
-        ),
-        BatchNormMonitor(run_dir, probe_data=dataset.x_val[:batch_size]),
+        *logging_callbacks(run_dir, dataset, batch_size),
         clock,
         InterruptCheck(),
     ]
@@ -296,6 +293,18 @@ def train(
         )
         history = _fit(model, dataset, epochs, batch_size, callbacks, verbose)
     return in_target_units(history.history, dataset), clock.seconds
+
+
+def logging_callbacks(log_dir, dataset, batch_size):
+    """Keras's `TensorBoard` and a `BatchNormMonitor` writing in `log_dir`,
+    the monitor probed on the first validation batch (the train/inference
+    gap is a metric of the HParams dashboard)."""
+    return [
+        keras.callbacks.TensorBoard(
+            log_dir=log_dir, write_graph=False, profile_batch=0
+        ),
+        BatchNormMonitor(log_dir, probe_data=dataset.x_val[:batch_size]),
+    ]
 
 
 def _fit(model, dataset, epochs, batch_size, callbacks, verbose):
@@ -694,14 +703,8 @@ class Search:
             validation_data=(self.dataset.x_val, self.dataset.y_val),
             batch_size=settings.batch_size,
             callbacks=[
-                keras.callbacks.TensorBoard(
-                    log_dir=self.logdir, write_graph=False, profile_batch=0
-                ),
-                # Probed like `compare`'s: the train/inference gap is a
-                # metric of the HParams dashboard.
-                BatchNormMonitor(
-                    self.logdir,
-                    probe_data=self.dataset.x_val[: settings.batch_size],
+                *logging_callbacks(
+                    self.logdir, self.dataset, settings.batch_size
                 ),
                 self.recorder,
                 InterruptCheck(),
