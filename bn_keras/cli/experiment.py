@@ -66,7 +66,7 @@ class Configuration:
     @property
     def has_batchnorm(self):
         """Whether the layers get BN (the inputs aside)."""
-        return self.placement != "layer-act"
+        return registry.has_batchnorm(self.placement)
 
     @property
     def is_baseline(self):
@@ -107,7 +107,7 @@ def configurations(placements, normalizations, input_batchnorms=("none",)):
     for input_batchnorm in input_batchnorms:
         result.append(Configuration("layer-act", None, input_batchnorm))
         for placement in placements:
-            if placement == "layer-act":
+            if not registry.has_batchnorm(placement):
                 continue  # "no BN" is always there
             for normalization in normalizations:
                 result.append(
