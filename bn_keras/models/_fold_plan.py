@@ -10,6 +10,7 @@ a graph that knows more nodes folds more safely without a change here.
 
 import keras
 
+from bn_keras.layers._layer_kinds import channel_axis
 from bn_keras.layers._layer_kinds import is_linear
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.models._graph import LayerGraph
@@ -61,9 +62,7 @@ def why_not_foldable(layer, bn):
     rank = getattr(bn.input_spec, "ndim", None) if bn.built else None
     if rank is None or not isinstance(bn.axis, int):
         return f"'{bn.name}' is not built"
-    data_format = getattr(layer, "data_format", None)  # None for Dense
-    channels = 1 if data_format == "channels_first" else rank - 1
-    if bn.axis % rank != channels:
+    if bn.axis % rank != channel_axis(layer) % rank:
         return (
             f"it normalizes axis {bn.axis}, not the features axis of "
             f"'{layer.name}'"

@@ -122,7 +122,7 @@ class _Insertion:
         """A copy of `model` (or of a sub-model) with BN added."""
         kind = model_kind(model, "insert_batchnorm")
         graph = LayerGraph(model, kind)
-        taken = {layer.name for layer in all_layers(model)}
+        taken = all_layer_names(model)
         if model.built:
             taken |= set(input_names(model, kind))
         bn_after = self._bn_after_activation(graph)
