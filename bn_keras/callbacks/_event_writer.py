@@ -22,7 +22,9 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 class EventFile:
     """Appends events to a new event file in a local folder, synchronously.
 
-    The file is named as TensorBoard's `EventFileWriter` names its files.
+    The file is named as TensorBoard's `EventFileWriter` names its files;
+    the folder is made if missing, as `EventFileWriter` and `tf.summary`
+    make theirs.
     """
 
     _uid = itertools.count()
@@ -32,6 +34,7 @@ class EventFile:
             f"events.out.tfevents.{int(time.time()):010d}."
             f"{socket.gethostname()}.{os.getpid()}.{next(self._uid)}"
         )
+        os.makedirs(run_dir, exist_ok=True)
         # Closed by `close`.
         stream = open(os.path.join(run_dir, name), "wb")  # noqa: SIM115
         self._records = RecordWriter(stream)

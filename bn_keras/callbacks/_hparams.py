@@ -23,7 +23,6 @@ Shared by `bn-keras compare` and the tuner's `BNHyperModel`; written
 through `SummaryWriter`, so it works on every backend.
 """
 
-import os
 
 from tensorboard.plugins.hparams import summary_v2
 
@@ -160,8 +159,6 @@ def write_session(run_dir, values, group_name):
 
 
 def _write(directory, summary):
-    if "://" not in directory:
-        os.makedirs(directory, exist_ok=True)
     writer = SummaryWriter(directory)
     try:
         writer.write(summary, step=0)
