@@ -434,6 +434,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
         self._last = self._epoch_start = self._start
         self._latest = {}  # per tag: (constant channels, probe figures)
         self._last_step = 0
+        self._last_probe = None  # the probe of the last write, once written
         self._placements = placements(model)
         self._write_text(
             self._start.states,
@@ -474,6 +475,17 @@ class BatchNormMonitor(keras.callbacks.Callback):
             return
         if self.update_freq == "epoch":
             reading, figures = self._write(epoch)
+        elif (
+            self._last_probe is not None
+            and self._last_step == self._batches_seen
+        ):
+            # The epoch's last batch was just written, and nothing has
+            # trained since (validation runs in inference mode): its
+            # reading and probe stand.
+            reading = self._last
+            figures = self._figures(
+                reading, self._epoch_start, self._last_probe, None
+            )
         else:
             reading = self._reading(self._sync())
             probe = self._probe() if self.probe_data is not None else {}
@@ -698,6 +710,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
         self._writer.write(summary, step)
         self._last = reading
         self._last_step = step
+        self._last_probe = probe
         self._check_finite(reading.states)
         return reading, figures
 

@@ -378,6 +378,52 @@ def test_update_freq_in_batches(tmp_path, rng):
         )
 
 
+def test_epoch_end_on_a_written_batch_reuses_that_write(tmp_path, rng):
+    """With `update_freq=2` and 4 batches an epoch, the last batch of each
+    epoch is written: the epoch end takes that reading and probe (nothing
+    trains in between) instead of running the probe again."""
+    x, y = regression_data(rng)  # 4 batches an epoch
+    model = three_kinds_model()
+    layers = bn_keras.find_batchnorm(model)
+    snapshots = Snapshots(layers, every=1)
+    monitor = bn_keras.callbacks.BatchNormMonitor(
+        tmp_path, update_freq=2, histograms=False, probe_data=x[:16]
+    )
+    probes = []
+    probe = monitor._probe
+    monitor._probe = lambda: probes.append(1) or probe()
+    history = model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=2,
+        verbose=0,
+        callbacks=[snapshots, monitor],
+    )
+    assert len(probes) == 4  # the writes at batches 2, 4, 6 and 8
+    written = read_scalars(run_dir(tmp_path))["batchnorm/max_probe_gap"]
+    assert sorted(written) == [2, 4, 6, 8]
+    for epoch, last_batch in enumerate((4, 8)):
+        np.testing.assert_allclose(
+            history.history["bn_max_probe_gap"][epoch],
+            written[last_batch],
+            rtol=1e-6,
+        )
+        start = snapshots.start if epoch == 0 else snapshots.batches[4]
+        expected = max(
+            expected_figures(
+                snapshots.batches[last_batch][layer.name],
+                start[layer.name],
+                start[layer.name],
+                layer.epsilon,
+            )["2_mean_drift_in_std"]
+            for layer in layers
+        )
+        np.testing.assert_allclose(
+            history.history["bn_max_drift_in_std"][epoch], expected, rtol=1e-6
+        )
+
+
 def renorm_pair_model(features):
     """Keras's renorm and ours (with a schedule) on the raw inputs."""
     inputs = keras.Input((features,))
