@@ -1,11 +1,10 @@
 """What `BNSearchMLP` and `BNSearchCNN` share: arguments, head, compile."""
 
-import numbers
-
 import keras
 import keras_tuner
 
 from bn_keras import registry
+from bn_keras._validation import is_integer
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
 from bn_keras.tuner.bn_hyperparameters import INPUT_BATCHNORM
@@ -27,9 +26,7 @@ def _check_num_classes(num_classes):
     """`None` for regression (`None` or 1), else the number of classes."""
     if num_classes is None:
         return None
-    valid = isinstance(num_classes, numbers.Integral) and not isinstance(
-        num_classes, bool
-    )
+    valid = is_integer(num_classes)
     if not valid or num_classes < 1:
         raise (TypeError if not valid else ValueError)(
             "Argument `num_classes` must be a positive integer, or None "
@@ -44,9 +41,7 @@ def _check_input_shape(input_shape):
     if input_shape is None:
         return None
     if not isinstance(input_shape, (list, tuple)) or not all(
-        d is None
-        or (isinstance(d, numbers.Integral) and not isinstance(d, bool))
-        for d in input_shape
+        d is None or is_integer(d) for d in input_shape
     ):
         raise TypeError(
             "Argument `input_shape` must be None or a tuple of "
