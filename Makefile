@@ -88,9 +88,13 @@ demo: $(STAMP)
 # in the package's. Needs `apt-get install chromium chromium-driver`; 4
 # minutes on two busy CPU cores. Not part of `make test`.
 SHOTS_VENV := .venv-screenshots
-screenshots: $(STAMP)
+SHOTS_STAMP := $(SHOTS_VENV)/.installed
+$(SHOTS_STAMP):
 	test -x $(SHOTS_VENV)/bin/python || $(PYTHON) -m venv $(SHOTS_VENV)
 	$(SHOTS_VENV)/bin/python -m pip install --quiet selenium pillow
+	touch $(SHOTS_STAMP)
+
+screenshots: $(STAMP) $(SHOTS_STAMP)
 	$(SHOTS_VENV)/bin/python docs/screenshots.py --python $(PY)
 
 clean:

@@ -58,7 +58,7 @@ CHROMIUM_FLAGS = [
 ]
 LOAD_TIMEOUT_S = 180
 #: Seconds a page is left to lay out its charts once their data is loaded.
-SETTLE_S = 3
+SETTLE_S = 5
 # The runs on the Custom Scalars pictures: each configuration's monitor run,
 # which holds the Overview's epoch metrics and the BN figures (Keras's own
 # `train` and `validation` runs left out of the sidebar, which is the legend).
@@ -192,7 +192,9 @@ def wait_until(driver, script, what):
         if time.monotonic() > deadline:
             raise TimeoutError(f"the page did not show {what}")
         time.sleep(1)
-    time.sleep(2)  # the last charts' transitions
+    # The data is in; the charts still lay themselves out (a chart
+    # photographed too early is drawn at a fraction of its size).
+    time.sleep(SETTLE_S)
 
 
 # JavaScript: whether every chart on show has drawn its data.
@@ -238,9 +240,6 @@ def custom_scalars(driver, base, out, runs_regex):
             index,
         )
         wait_until(driver, _CHARTS_DRAWN, f"the charts of {titles[index]}")
-        # The data is in; the charts still lay themselves out (a chart
-        # photographed too early is drawn at a fraction of its size).
-        time.sleep(SETTLE_S)
         path = os.path.join(out, f"{name}.png")
         save(driver, path)
         print(f"{path}: Custom Scalars, {titles[index]}")
