@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import warnings
 
 from bn_keras.cli.common import PROG
@@ -84,11 +85,32 @@ def start_keras(verbose=False):
     start-up lines are dropped; anything else written meanwhile shows.
     """
     if "keras" not in sys.modules:
-        if verbose:
-            import keras  # noqa: F401
-        else:
-            _quiet_start()
+        with _interrupts_kept():
+            if verbose:
+                import keras  # noqa: F401
+            else:
+                _quiet_start()
     check_interrupt()
+
+
+@contextlib.contextmanager
+def _interrupts_kept():
+    """Keeps a Ctrl-C during the block for `check_interrupt` instead of
+    raising it there: a `KeyboardInterrupt` raised while TensorFlow's C++
+    extensions initialize can abort the process (SIGABRT, no message)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def keep(signum, frame):
+        global _pending_interrupt
+        _pending_interrupt = True
+
+    previous = signal.signal(signal.SIGINT, keep)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _quiet_start():
