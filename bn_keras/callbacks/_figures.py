@@ -10,8 +10,8 @@ alarming (`decayed_as_constant`, `constant_in_batches`).
 import keras
 import numpy as np
 
-from bn_keras.callbacks._statistics import as_float64
-from bn_keras.callbacks._statistics import dead_channels
+from bn_keras._statistics import as_float64
+from bn_keras._statistics import dead_channels
 from bn_keras.layers._formulas import ghost_ids
 from bn_keras.layers._formulas import moving_average_input
 from bn_keras.layers._formulas import renorm_clipped

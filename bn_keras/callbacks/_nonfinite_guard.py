@@ -2,8 +2,8 @@
 
 import keras
 
-from bn_keras.callbacks._statistics import nonfinite
-from bn_keras.callbacks._statistics import read_statistics
+from bn_keras._statistics import nonfinite
+from bn_keras._statistics import read_statistics
 from bn_keras.models.find_batchnorm import find_batchnorm
 
 

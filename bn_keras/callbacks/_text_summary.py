@@ -12,10 +12,10 @@ the other backends.
 import numpy as np
 from tensorboard.plugins.text.summary_v2 import text_pb
 
+from bn_keras._statistics import DEAD_GAMMA
+from bn_keras._statistics import dead_channels
+from bn_keras._statistics import nonfinite
 from bn_keras.callbacks._figures import clipping
-from bn_keras.callbacks._statistics import DEAD_GAMMA
-from bn_keras.callbacks._statistics import dead_channels
-from bn_keras.callbacks._statistics import nonfinite
 from bn_keras.models._placement import batchnorm_neighbours
 from bn_keras.models._placement import describe
 from bn_keras.models._placement import position

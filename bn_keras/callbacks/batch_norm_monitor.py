@@ -14,6 +14,9 @@ from tensorboard.compat.proto import types_pb2
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
+from bn_keras._statistics import as_float64
+from bn_keras._statistics import nonfinite
+from bn_keras._statistics import read_statistics
 from bn_keras._validation import check_bool
 from bn_keras._validation import is_integer
 from bn_keras.callbacks._event_writer import SummaryWriter
@@ -38,9 +41,6 @@ from bn_keras.callbacks._layout import layer_category
 from bn_keras.callbacks._layout import layout_summary
 from bn_keras.callbacks._layout import overview_category
 from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
-from bn_keras.callbacks._statistics import as_float64
-from bn_keras.callbacks._statistics import nonfinite
-from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.callbacks._tags import batchnorm_tags
 from bn_keras.callbacks._text_summary import layer_alerts
 from bn_keras.callbacks._text_summary import placements

@@ -11,9 +11,9 @@ import dataclasses
 import keras
 import numpy as np
 
-from bn_keras.callbacks._statistics import dead_channels
-from bn_keras.callbacks._statistics import nonfinite
-from bn_keras.callbacks._statistics import read_statistics
+from bn_keras._statistics import dead_channels
+from bn_keras._statistics import nonfinite
+from bn_keras._statistics import read_statistics
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import check_model_file
 from bn_keras.cli.common import console

@@ -4,9 +4,9 @@ import logging
 import warnings
 
 import keras
-import numpy as np
 
 from bn_keras import registry
+from bn_keras._statistics import set_statistics
 from bn_keras.layers.batch_normalization import BatchNormalization
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.models._graph import Replacement
@@ -120,13 +120,8 @@ def _carry_weights(old, new):
     initial values.
     """
     values = {v.name: keras.ops.convert_to_numpy(v) for v in old.weights}
-    stddev = np.sqrt(values["moving_variance"] + new.epsilon)
-    for name, value in (
-        ("moving_stddev", stddev),
-        ("renorm_mean", values["moving_mean"]),
-        ("renorm_stddev", stddev),
-    ):
-        values.setdefault(name, value)
+    if new.renorm and "renorm_mean" not in values:
+        set_statistics(new, values["moving_mean"], values["moving_variance"])
     for variable in new.weights:
         if variable.name in values:
             variable.assign(values[variable.name].astype(variable.dtype))

@@ -3,8 +3,7 @@ model (precise BN)."""
 
 import warnings
 
-import numpy as np
-
+from bn_keras._statistics import set_statistics
 from bn_keras.models._tracing import PooledMoments
 from bn_keras.models._tracing import StopForward
 from bn_keras.models._tracing import batch_source
@@ -12,20 +11,6 @@ from bn_keras.models._tracing import channels_last_2d
 from bn_keras.models._tracing import check_steps
 from bn_keras.models._tracing import record_inputs
 from bn_keras.models.find_batchnorm import find_batchnorm
-
-
-def _assign_statistics(layer, mean, variance):
-    """Sets the layer's inference statistics to `mean` and `variance`."""
-    layer.moving_mean.assign(mean.astype(np.float32))
-    layer.moving_variance.assign(variance.astype(np.float32))
-    if layer.renorm:
-        stddev = np.sqrt(variance + layer.epsilon).astype(np.float32)
-        layer.moving_stddev.assign(stddev)
-        # The renorm statistics are what r and d correct the batch towards;
-        # pointing them at the population statistics keeps the unclipped
-        # training transform equal to the inference transform.
-        layer.renorm_mean.assign(mean.astype(np.float32))
-        layer.renorm_stddev.assign(stddev)
 
 
 def recalibrate(model, data, steps=200, batch_size=None):
@@ -125,5 +110,5 @@ def recalibrate(model, data, steps=200, batch_size=None):
             return
         for layer, pooled in moments.values():
             if pooled.mean is not None:
-                _assign_statistics(layer, pooled.mean, pooled.variance)
+                set_statistics(layer, pooled.mean, pooled.variance)
             pending.remove(layer)

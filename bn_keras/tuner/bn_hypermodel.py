@@ -7,12 +7,12 @@ import keras
 import keras_tuner
 import numpy as np
 
+from bn_keras._statistics import nonfinite
+from bn_keras._statistics import read_statistics
 from bn_keras.callbacks._hparams import experiment_metrics
 from bn_keras.callbacks._hparams import write_experiment
 from bn_keras.callbacks._hparams import write_session
 from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
-from bn_keras.callbacks._statistics import nonfinite
-from bn_keras.callbacks._statistics import read_statistics
 from bn_keras.callbacks.batch_norm_monitor import BatchNormMonitor
 from bn_keras.models.find_batchnorm import find_batchnorm
 from bn_keras.tuner._trial_runs import close_writer

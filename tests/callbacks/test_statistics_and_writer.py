@@ -9,11 +9,12 @@ from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
 import bn_keras
+from bn_keras._statistics import dead_channels
+from bn_keras._statistics import nonfinite
+from bn_keras._statistics import read_statistics
+from bn_keras._statistics import set_statistics
 from bn_keras.callbacks._event_writer import SummaryWriter
 from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
-from bn_keras.callbacks._statistics import dead_channels
-from bn_keras.callbacks._statistics import nonfinite
-from bn_keras.callbacks._statistics import read_statistics
 
 
 def _renorm_layer(rng, channels=4):
@@ -52,6 +53,40 @@ def test_read_statistics_reads_every_statistic_as_float64(rng):
         "gamma",
     ]
     assert read_statistics(keras.layers.BatchNormalization()) == {}
+
+
+@pytest.mark.parametrize(
+    "layer_class", [keras.layers.BatchNormalization, _renorm_layer]
+)
+def test_set_statistics_sets_what_inference_uses(rng, layer_class):
+    if layer_class is _renorm_layer:
+        layer, values = _renorm_layer(rng)
+    else:
+        layer = keras.layers.BatchNormalization(renorm=True, epsilon=0.01)
+        layer.build((None, 4))
+    mean = rng.normal(size=4)
+    variance = rng.uniform(0.5, 2.0, size=4)
+    gamma_before = keras.ops.convert_to_numpy(layer.gamma)
+    set_statistics(layer, mean, variance)
+    statistics = read_statistics(layer)
+    np.testing.assert_allclose(statistics["moving_mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(
+        statistics["moving_variance"], variance, rtol=1e-6
+    )
+    stddev = np.sqrt(variance + layer.epsilon)
+    for name in ("moving_stddev", "renorm_stddev"):
+        np.testing.assert_allclose(statistics[name], stddev, rtol=1e-6)
+    np.testing.assert_allclose(statistics["renorm_mean"], mean, rtol=1e-6)
+    np.testing.assert_array_equal(statistics["gamma"], gamma_before)
+    # Inference normalizes with exactly these statistics.
+    x = rng.normal(size=(5, 4)).astype("float32")
+    expected = (x - mean) / stddev * gamma_before + statistics["beta"]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(x, training=False)),
+        expected,
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_nonfinite_counts_nan_and_inf_per_array(rng):

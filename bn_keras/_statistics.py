@@ -1,9 +1,11 @@
-"""Reading the statistics of batch normalization layers, and checking them.
+"""Reading, setting and checking the statistics of batch normalization
+layers.
 
-One reader and one non-finite scan for everything that looks at a trained
-layer: `BatchNormMonitor` (figures and warnings), `bn-keras inspect` (its
-table and warnings) and the tuner's guard against non-finite trials. Works
-on Keras's layers and bn-keras's alike.
+One reader, one setter and one non-finite scan for everything that looks at
+or changes a trained layer: `BatchNormMonitor` (figures and warnings),
+`bn-keras inspect` (its table and warnings), the tuner's guard against
+non-finite trials, `bn_keras.recalibrate` and `bn_keras.convert_batchnorm`
+(which set statistics). Works on Keras's layers and bn-keras's alike.
 """
 
 import keras
@@ -39,11 +41,36 @@ def read_statistics(layer):
     return {name: as_float64(getattr(layer, name)) for name in names}
 
 
+def set_statistics(layer, mean, variance):
+    """Sets a built layer's inference statistics to `mean` and `variance`.
+
+    For a renorm layer, `moving_stddev` becomes `sqrt(variance + epsilon)`
+    (as Keras keeps it), and `renorm_mean` and `renorm_stddev` the same
+    statistics: renorm's correction `r`, `d` towards them then starts at
+    the identity, so the unclipped training transform equals the inference
+    transform. Gamma, beta and any step counter are left unchanged.
+
+    Args:
+        layer: A built batch normalization layer.
+        mean: Array of shape `(channels,)`.
+        variance: Array of shape `(channels,)`, the biased variance.
+    """
+    mean = np.asarray(mean, dtype=np.float32)
+    variance = np.asarray(variance, dtype=np.float32)
+    layer.moving_mean.assign(mean)
+    layer.moving_variance.assign(variance)
+    if layer.renorm:
+        stddev = np.sqrt(variance + np.float32(layer.epsilon))
+        layer.moving_stddev.assign(stddev)
+        layer.renorm_mean.assign(mean)
+        layer.renorm_stddev.assign(stddev)
+
+
 def nonfinite(values):
     """`{name: number of NaN or infinite entries}` for the arrays of
     `values` (a dict of arrays) that hold any, in the order of `values`.
 
-    >>> bn_keras.callbacks._statistics.nonfinite(
+    >>> bn_keras._statistics.nonfinite(
     ...     {"gamma": np.ones(3), "beta": np.array([0.0, np.nan, np.inf])})
     {'beta': 2}
     """
