@@ -18,6 +18,7 @@ at once, and a command starts Keras once its options are checked
 import argparse
 import sys
 
+from bn_keras import _optional
 from bn_keras.cli import compare
 from bn_keras.cli import convert
 from bn_keras.cli import inspect_command
@@ -25,6 +26,13 @@ from bn_keras.cli import runtime
 from bn_keras.cli import search
 from bn_keras.cli.common import PROG
 from bn_keras.cli.common import UsageError
+
+#: The optional modules each command needs, all brought by the `cli`
+#: extra (`pip install 'bn-keras[cli]'`); checked before a command starts.
+REQUIREMENTS = {
+    "compare": ("sklearn", "matplotlib"),
+    "search": ("sklearn", "matplotlib", "keras_tuner"),
+}
 
 
 def build_parser():
@@ -92,6 +100,12 @@ def main(argv=None):
         if args is None:
             return status
         command = args.command
+        missing = _optional.missing_message(
+            REQUIREMENTS.get(command, ()), "this command", extra="cli"
+        )
+        if missing is not None:
+            print(f"{PROG} {command}: error: {missing}", file=sys.stderr)
+            return 1
         with runtime.plain_warnings(), runtime.remember_interrupts():
             status = args.run(args)
             runtime.check_interrupt()

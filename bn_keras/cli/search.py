@@ -51,7 +51,7 @@ placements (aliases in parentheses):
 {placements}
 
 tuners: random, grid, hyperband (--epochs is its max_epochs; --trials is
-ignored), bayesian (needs scipy: pip install 'bn-keras[bayesian]').
+ignored), bayesian (needs scipy: pip install 'bn-keras[tuner]').
 
 Writes the tuner's trials, one TensorBoard run per trial (Keras's fit
 metrics, bn_keras's BatchNormMonitor and the trial's HParams),

@@ -16,16 +16,23 @@ Everything in bn-keras that imports `keras_tuner` lives in this package:
   interruption (keras-tuner 1.4.8's does not: keras-team/keras-tuner#1055).
 - `get_tuner(name)`: the tuner class behind `"random"`, `"grid"`,
   `"hyperband"` or `"bayesian"`.
+
+Needs keras-tuner (`pip install 'bn-keras[tuner]'`): without it, importing
+this package raises `ModuleNotFoundError` saying so.
 """
 
-from bn_keras.tuner.bn_hypermodel import BNHyperModel
-from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters
-from bn_keras.tuner.bn_placement_hypermodel import BNPlacementHyperModel
-from bn_keras.tuner.bn_search_cnn import BNSearchCNN
-from bn_keras.tuner.bn_search_mlp import BNSearchMLP
-from bn_keras.tuner.get_tuner import get_tuner
-from bn_keras.tuner.placement_report import placement_report
-from bn_keras.tuner.resumable_grid_search import ResumableGridSearch
+from bn_keras._optional import require
+
+require(["keras_tuner"], "bn_keras.tuner")
+
+from bn_keras.tuner.bn_hypermodel import BNHyperModel  # noqa: E402
+from bn_keras.tuner.bn_hyperparameters import bn_hyperparameters  # noqa: E402
+from bn_keras.tuner.bn_placement_hypermodel import BNPlacementHyperModel  # noqa: E402
+from bn_keras.tuner.bn_search_cnn import BNSearchCNN  # noqa: E402
+from bn_keras.tuner.bn_search_mlp import BNSearchMLP  # noqa: E402
+from bn_keras.tuner.get_tuner import get_tuner  # noqa: E402
+from bn_keras.tuner.placement_report import placement_report  # noqa: E402
+from bn_keras.tuner.resumable_grid_search import ResumableGridSearch  # noqa: E402
 
 __all__ = [
     "BNHyperModel",

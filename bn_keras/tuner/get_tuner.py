@@ -1,5 +1,6 @@
 """The keras-tuner tuner class behind a short name."""
 
+from bn_keras._optional import require
 from bn_keras.registry import TUNERS
 
 
@@ -18,8 +19,9 @@ def get_tuner(name):
 
     Raises:
         ValueError: for an unknown name.
-        ImportError: for `"bayesian"` without scipy, which keras-tuner's
-            Bayesian optimization needs.
+        ModuleNotFoundError: for `"bayesian"` without scipy, which
+            keras-tuner's Bayesian optimization needs (the `tuner` extra
+            brings it).
 
     Example:
 
@@ -36,13 +38,7 @@ def get_tuner(name):
     from bn_keras.tuner.resumable_grid_search import ResumableGridSearch
 
     if name == "bayesian":
-        try:
-            import scipy  # noqa: F401
-        except ImportError:
-            raise ImportError(
-                "The bayesian tuner needs scipy: "
-                "pip install 'bn-keras[bayesian]'. Received: name='bayesian'"
-            ) from None
+        require(["scipy"], "The bayesian tuner")
     return {
         "random": keras_tuner.RandomSearch,
         "grid": ResumableGridSearch,
