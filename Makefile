@@ -4,21 +4,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # A second environment for the PyTorch backend, apart from the first (whose
-# TensorFlow and JAX it need not share versions with). `+cpu` pins the CPU
-# build: PyPI's Linux wheel pulls ~3 GB of CUDA libraries, and with the
-# `+cpu` pin pip fails rather than fetching it. Where no wheel lies in pip's
-# find-links, point pip at PyTorch's CPU index:
+# TensorFlow and JAX it need not share versions with). tools/install_torch.py
+# installs torch's CPU build where pip finds one (a wheel in pip's
+# find-links, or PyTorch's CPU index given in TORCH_INDEX, e.g.
 #   make test-torch TORCH_INDEX="--extra-index-url https://download.pytorch.org/whl/cpu"
+# ), else the package index's default build, and prints which.
 TORCH_VENV := .venv-torch
 TORCH_PY := $(TORCH_VENV)/bin/python
 TORCH_STAMP := $(TORCH_VENV)/.installed
-TORCH_VERSION ?= 2.13.0+cpu
+TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
+# The oldest versions the package declares (setup.cfg), for test-oldest.
+OLDEST_VENV := .venv-oldest
+OLDEST_PY := $(OLDEST_VENV)/bin/python
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
 # Keep TensorFlow's C++ logging quiet; errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install install-torch lint test test-tf test-jax test-torch bench demo \
-	screenshots clean
+.PHONY: install install-torch lint docs test test-tf test-jax test-torch \
+	test-oldest bench demo screenshots clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,26 +32,43 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-$(TORCH_STAMP): setup.cfg pyproject.toml
+$(TORCH_STAMP): setup.cfg pyproject.toml tools/install_torch.py
 	test -x $(TORCH_PY) || $(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_PY) -m pip install --quiet --upgrade pip
-	$(TORCH_PY) -m pip install --quiet $(TORCH_INDEX) \
-		"torch==$(TORCH_VERSION)" -e ".[dev]"
+	$(TORCH_PY) tools/install_torch.py $(TORCH_VERSION) $(TORCH_INDEX)
+	$(TORCH_PY) -m pip install --quiet -e ".[tensorflow,test]"
 	touch $(TORCH_STAMP)
 
 install-torch: $(TORCH_STAMP)
 
-# ruff (pinned in the dev extra, configured in pyproject.toml) over the
-# package, the tests, the examples and the benchmarks.
-lint: $(STAMP)
-	$(VENV)/bin/ruff check bn_keras tests examples benchmarks docs
+$(OLDEST_STAMP): setup.cfg pyproject.toml tools/oldest.txt
+	test -x $(OLDEST_PY) || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_PY) -m pip install --quiet --upgrade pip
+	$(OLDEST_PY) -m pip install --quiet -c tools/oldest.txt \
+		-e ".[tensorflow,tuner,test]"
+	touch $(OLDEST_STAMP)
 
-# Lint first, then the whole suite on the TensorFlow backend, then the layer
-# tests again on JAX and on PyTorch so that the layers stay backend-agnostic
-# (keras.ops only). JAX's run adds keras.distribution.DataParallel on 2 CPU
-# devices; PyTorch's, the monitor without TensorFlow.
+# ruff (pinned in the dev extra, configured in pyproject.toml) over the
+# package, the tests, the examples, the benchmarks, the docs and the tools;
+# then mypy (pinned too) over the package's type annotations.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bn_keras tests examples benchmarks docs tools
+	$(VENV)/bin/mypy
+
+# The docs site (mkdocs.yml, docs/*.md, the API reference from the
+# docstrings) into site/; any warning (a broken link, a missing page or
+# object) fails the build.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+# Lint and the docs first, then the whole suite on the TensorFlow backend,
+# then the layer tests again on JAX and on PyTorch so that the layers stay
+# backend-agnostic (keras.ops only). JAX's run adds
+# keras.distribution.DataParallel on 2 CPU devices; PyTorch's, the monitor
+# without TensorFlow.
 test: $(STAMP)
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory test-tf
 	$(MAKE) --no-print-directory test-jax
 	$(MAKE) --no-print-directory test-torch
@@ -64,6 +85,12 @@ test-torch: $(TORCH_STAMP)
 		"tests/callbacks/test_other_backends.py::test_monitor_writes_event_files_without_tensorflow[torch]" \
 		"tests/benchmarks/test_bench_layers.py::test_backend_option_reports_on_that_backend[torch]" \
 		-m "not tensorflow_only"
+
+# The layer and model tests on the oldest versions of Keras, TensorFlow and
+# keras-tuner that setup.cfg declares (tools/oldest.txt), in their own
+# environment. Not part of `make test`.
+test-oldest: $(OLDEST_STAMP)
+	KERAS_BACKEND=tensorflow $(OLDEST_PY) -m pytest tests/layers tests/models
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_layers.py
@@ -98,4 +125,5 @@ screenshots: $(STAMP) $(SHOTS_STAMP)
 	$(SHOTS_VENV)/bin/python docs/screenshots.py --python $(PY)
 
 clean:
-	rm -rf $(VENV) $(TORCH_VENV) $(SHOTS_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(TORCH_VENV) $(OLDEST_VENV) $(SHOTS_VENV) build dist \
+		site *.egg-info .pytest_cache

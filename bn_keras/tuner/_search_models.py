@@ -62,8 +62,8 @@ class SearchModel(BNHyperModel):
     """
 
     #: Name of the depth hyperparameter and of the block width one.
-    depth_name = None
-    width_name = None
+    depth_name: str | None = None
+    width_name: str | None = None
 
     def __init__(
         self,
