@@ -59,7 +59,7 @@ lint: $(STAMP)
 # docstrings) into site/; any warning (a broken link, a missing page or
 # object) fails the build.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # Lint and the docs first, then the whole suite on the TensorFlow backend,
 # then the layer tests again on JAX and on PyTorch so that the layers stay
