@@ -86,11 +86,12 @@ test-torch: $(TORCH_STAMP)
 		"tests/benchmarks/test_bench_layers.py::test_backend_option_reports_on_that_backend[torch]" \
 		-m "not tensorflow_only"
 
-# The layer and model tests on the oldest versions of Keras, TensorFlow and
-# keras-tuner that setup.cfg declares (tools/oldest.txt), in their own
-# environment. Not part of `make test`.
+# The layer, model and tuner tests on the oldest versions of Keras,
+# TensorFlow and keras-tuner that setup.cfg declares (tools/oldest.txt), in
+# their own environment. Not part of `make test`.
 test-oldest: $(OLDEST_STAMP)
-	KERAS_BACKEND=tensorflow $(OLDEST_PY) -m pytest tests/layers tests/models
+	KERAS_BACKEND=tensorflow $(OLDEST_PY) -m pytest tests/layers tests/models \
+		tests/tuner
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_layers.py

@@ -222,11 +222,12 @@ def test_install_torch_returns_pip_failure_and_usage(tmp_path):
     assert calls == []
 
 
-def _build(tmp_path):
-    """The sdist and the wheel, built as a user would (`python -m build`:
-    the sdist first, then the wheel from the unpacked sdist)."""
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The sdist and the wheel, built once as a user would (`python -m
+    build`: the sdist first, then the wheel from the unpacked sdist)."""
     pytest.importorskip("build")  # in the dev and test extras
-    out = tmp_path / "dist"
+    out = tmp_path_factory.mktemp("dist")
     result = subprocess.run(
         [sys.executable, "-m", "build", "--outdir", str(out), ROOT],
         capture_output=True,
@@ -241,8 +242,8 @@ def _build(tmp_path):
 
 
 @pytest.mark.slow
-def test_wheel_and_sdist(tmp_path):
-    sdist, wheel = _build(tmp_path)
+def test_wheel_and_sdist(built, tmp_path):
+    sdist, wheel = built
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(
@@ -296,17 +297,20 @@ def test_wheel_and_sdist(tmp_path):
 
 
 @pytest.mark.slow
-def test_wheel_installs_and_trains_on_jax_without_tensorflow(tmp_path):
+def test_wheel_installs_and_trains_on_jax_without_tensorflow(built, tmp_path):
     # A JAX user's install: the wheel with its `jax` extra in a new
     # virtual environment, from the package index (pip's cache reused).
-    _, wheel = _build(tmp_path)
+    _, wheel = built
     venv = tmp_path / "venv"
+    # Without PYTHONPATH: pip would count what it finds there as installed.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     install = subprocess.run(
         [python, "-m", "pip", "install", "--quiet", f"{wheel}[jax]"],
         capture_output=True,
         text=True,
+        env=env,
         timeout=900,
         check=False,
     )
