@@ -59,6 +59,16 @@ Example:
 ('GhostBatchNormalization', 32)
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from typing import Any
+
+if TYPE_CHECKING:
+    import keras
+
+    from bn_keras._typing import Normalization
+
 # Keras and the layers are imported by the functions that build layers, on
 # first use: the names cost nothing to import, so that `bn-keras --help`
 # lists them without starting Keras and TensorFlow.
@@ -109,7 +119,7 @@ def _layer_class(name):
     return getattr(layers, NORMALIZATIONS[name])
 
 
-def get_placement(placement):
+def get_placement(placement: str | None) -> str:
     """Returns the canonical name of a placement.
 
     Args:
@@ -141,7 +151,7 @@ def get_placement(placement):
     )
 
 
-def placement_order(placement):
+def placement_order(placement: str | None) -> tuple[str, ...]:
     """The order of operations of a placement, as a tuple of steps.
 
     Args:
@@ -155,7 +165,7 @@ def placement_order(placement):
     return tuple(get_placement(placement).split("-"))
 
 
-def has_batchnorm(placement):
+def has_batchnorm(placement: str | None) -> bool:
     """Whether a placement includes batch normalization."""
     return "bn" in placement_order(placement)
 
@@ -164,7 +174,7 @@ def has_batchnorm(placement):
 _STEP_WORDS = {"layer": "layer", "bn": "BN", "act": "activation"}
 
 
-def placement_aliases(placement):
+def placement_aliases(placement: str) -> list[str]:
     """The other names of a placement, in the order of `PLACEMENT_ALIASES`.
 
     Example:
@@ -180,7 +190,7 @@ def placement_aliases(placement):
     ]
 
 
-def valid_placement_names(quoted=True):
+def valid_placement_names(quoted: bool = True) -> str:
     """The placement names with their aliases, as one line for messages.
 
     Args:
@@ -207,7 +217,7 @@ def valid_placement_names(quoted=True):
     return ", ".join(entries)
 
 
-def placement_table(indent=2, width=34):
+def placement_table(indent: int = 2, width: int = 34) -> str:
     """The placements as lines of text for a `--help`: names and order.
 
     Args:
@@ -233,12 +243,12 @@ def placement_table(indent=2, width=34):
     return "\n".join(lines)
 
 
-def normalization_names():
+def normalization_names() -> list[str]:
     """The registered normalization names, sorted."""
     return sorted(NORMALIZATIONS)
 
 
-def get_normalization_name(normalization):
+def get_normalization_name(normalization: str) -> str:
     """Returns the registered name of a normalization.
 
     The one check of normalization names: every module that takes one
@@ -262,7 +272,7 @@ def get_normalization_name(normalization):
     return _lookup(normalization, sorted(NORMALIZATIONS))
 
 
-def get_conversion_name(normalization):
+def get_conversion_name(normalization: str) -> str:
     """The name of `CONVERSIONS` that `normalization` spells, in lowercase
     (checked without importing Keras); a `ValueError` lists the valid ones.
 
@@ -274,7 +284,9 @@ def get_conversion_name(normalization):
     return _lookup(normalization, sorted(CONVERSIONS))
 
 
-def get_conversion_class(normalization):
+def get_conversion_class(
+    normalization: str,
+) -> type[keras.layers.BatchNormalization]:
     """The layer class that `bn_keras.convert_batchnorm` converts to.
 
     Args:
@@ -319,8 +331,11 @@ def _lookup(value, names, kind="normalization", argument="normalization"):
 
 
 def normalization_for_run(
-    normalization, momentum=0.99, ghost_batch_size=None, total_steps=None
-):
+    normalization: str,
+    momentum: float | None = 0.99,
+    ghost_batch_size: int | None = None,
+    total_steps: int | None = None,
+) -> keras.layers.Layer | None:
     """Returns a fresh normalization layer set up for one training run.
 
     What `bn-keras compare` trains with, for a name of the table above:
@@ -376,7 +391,9 @@ def normalization_for_run(
     return _layer_class(name)(momentum=momentum)
 
 
-def get_normalization(normalization=None, **defaults):
+def get_normalization(
+    normalization: Normalization = None, **defaults: Any
+) -> keras.layers.Layer | None:
     """Returns a fresh normalization layer for a specification.
 
     Args:
@@ -441,7 +458,9 @@ def get_normalization(normalization=None, **defaults):
     )
 
 
-def serialize_normalization(layer):
+def serialize_normalization(
+    layer: keras.layers.Layer | None,
+) -> dict[str, Any] | None:
     """The JSON-serializable form of a normalization layer (or `None`)."""
     import keras
 
@@ -450,12 +469,12 @@ def serialize_normalization(layer):
     return keras.saving.serialize_keras_object(layer)
 
 
-def input_normalization_names():
+def input_normalization_names() -> list[str]:
     """The input normalization names, in the order of the table."""
     return list(INPUT_NORMALIZATIONS)
 
 
-def get_input_normalization_name(name):
+def get_input_normalization_name(name: str | bool | None) -> str:
     """Returns the registered name of an input normalization, lowercase.
 
     `name` is `"none"`, `"batch"` or `"renorm"`, case-insensitive, with
@@ -473,7 +492,9 @@ def get_input_normalization_name(name):
     )
 
 
-def get_input_normalization(normalization, **defaults):
+def get_input_normalization(
+    normalization: str | bool | None, **defaults: Any
+) -> keras.layers.Layer | None:
     """Returns a fresh input normalization layer for a name, or `None`.
 
     Args:

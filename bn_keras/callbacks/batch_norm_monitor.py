@@ -1,9 +1,13 @@
 """TensorBoard monitoring of batch normalization layers during `fit`."""
 
+from __future__ import annotations
+
 import collections
 import os
 import tempfile
 import warnings
+from typing import Any
+from typing import Literal
 
 import keras
 import numpy as np
@@ -305,12 +309,12 @@ class BatchNormMonitor(keras.callbacks.Callback):
 
     def __init__(
         self,
-        log_dir,
-        update_freq="epoch",
-        histograms=True,
-        probe_data=None,
-        stop_on_nonfinite=False,
-    ):
+        log_dir: str | os.PathLike[str],
+        update_freq: int | Literal["epoch"] = "epoch",
+        histograms: bool = True,
+        probe_data: Any = None,
+        stop_on_nonfinite: bool = False,
+    ) -> None:
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(
             log_dir
@@ -358,7 +362,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
         """The folder the event files go to: `log_dir/batchnorm`."""
         return os.path.join(self.log_dir, RUN_NAME)
 
-    def with_log_dir(self, log_dir):
+    def with_log_dir(self, log_dir: str | os.PathLike[str]) -> BatchNormMonitor:
         """Returns a new monitor with the same settings writing to `log_dir`.
 
         The hook for keras-tuner trials (and anything else that gives each

@@ -1,5 +1,10 @@
 """Callback that recomputes exact batch normalization statistics."""
 
+from __future__ import annotations
+
+from typing import Any
+from typing import Literal
+
 import keras
 
 from bn_keras.models._tracing import batch_source
@@ -52,7 +57,13 @@ class PreciseBN(keras.callbacks.Callback):
     >>> _ = model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[precise])
     """
 
-    def __init__(self, data, steps=200, on="train_end", batch_size=None):
+    def __init__(
+        self,
+        data: Any,
+        steps: int = 200,
+        on: Literal["train_end", "epoch_end"] = "train_end",
+        batch_size: int | None = None,
+    ) -> None:
         super().__init__()
         if on not in _WHEN:
             raise ValueError(

@@ -10,10 +10,17 @@ renorm and moving-average formulas, which `BatchNormMonitor` also uses to
 re-derive figures from the layer's weights.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
 
+from bn_keras._typing import Constraint
+from bn_keras._typing import Initializer
+from bn_keras._typing import Regularizer
 from bn_keras._validation import check_bool
 from bn_keras._validation import check_fraction
 from bn_keras._validation import check_positive_int
@@ -321,28 +328,28 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def __init__(
         self,
-        axis=-1,
-        momentum=0.99,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        moving_mean_initializer="zeros",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        renorm=False,
-        renorm_clipping=None,
-        renorm_momentum=0.99,
-        synchronized=False,
-        virtual_batch_size=None,
-        skip_nonfinite=True,
-        fused=None,
-        **kwargs,
-    ):
+        axis: int = -1,
+        momentum: float | None = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Initializer = "zeros",
+        gamma_initializer: Initializer = "ones",
+        moving_mean_initializer: Initializer = "zeros",
+        moving_variance_initializer: Initializer = "ones",
+        beta_regularizer: Regularizer = None,
+        gamma_regularizer: Regularizer = None,
+        beta_constraint: Constraint = None,
+        gamma_constraint: Constraint = None,
+        renorm: bool = False,
+        renorm_clipping: dict[str, float] | RenormClipping | None = None,
+        renorm_momentum: float | None = 0.99,
+        synchronized: bool = False,
+        virtual_batch_size: int | None = None,
+        skip_nonfinite: bool = True,
+        fused: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         _check_axis(axis)
         momentum = check_fraction("momentum", momentum, allow_none=True)
         renorm_momentum = check_fraction(
@@ -387,14 +394,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.num_batches_tracked = None
 
     @property
-    def renorm_schedule(self):
+    def renorm_schedule(self) -> RenormClipping | None:
         """The `RenormClipping` schedule, or `None` for fixed bounds."""
         if isinstance(self.renorm_clipping, RenormClipping):
             return self.renorm_clipping
         return None
 
     @property
-    def cumulative(self):
+    def cumulative(self) -> bool:
         """Whether some statistics are cumulative averages (a momentum of
         `None`), which the counter `num_batches_tracked` weighs."""
         return self.momentum is None or (
@@ -901,7 +908,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             step = 1 if training is True else ops.cast(training, "int32")
             self.renorm_step.assign(self.renorm_step + step)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         if self.renorm_schedule is not None:
             config["renorm_clipping"] = keras.saving.serialize_keras_object(

@@ -1,5 +1,9 @@
 """Batch renormalization with the paper's warm-up schedule."""
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 
 from bn_keras.layers.batch_normalization import BatchNormalization
@@ -50,7 +54,12 @@ class BatchRenormalization(BatchNormalization):
     1
     """
 
-    def __init__(self, renorm_clipping=None, renorm_momentum=0.99, **kwargs):
+    def __init__(
+        self,
+        renorm_clipping: dict[str, float] | RenormClipping | None = None,
+        renorm_momentum: float | None = 0.99,
+        **kwargs: Any,
+    ) -> None:
         renorm = kwargs.pop("renorm", True)
         if renorm is not True:
             raise ValueError(

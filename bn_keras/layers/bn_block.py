@@ -1,5 +1,10 @@
 """A layer with batch normalization and an activation at a chosen place."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import keras
 
 from bn_keras import registry
@@ -88,12 +93,12 @@ class BNBlock(keras.layers.Layer):
 
     def __init__(
         self,
-        layer,
-        activation=None,
-        placement="layer-bn-act",
-        normalization=None,
-        **kwargs,
-    ):
+        layer: keras.layers.Layer,
+        activation: str | Callable[..., Any] | None = None,
+        placement: str | None = "layer-bn-act",
+        normalization: str | dict[str, Any] | keras.layers.Layer | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.placement = registry.get_placement(placement)
         order = registry.placement_order(self.placement)
@@ -124,7 +129,7 @@ class BNBlock(keras.layers.Layer):
         self._order = order
 
     @property
-    def layers(self):
+    def layers(self) -> list[keras.layers.Layer]:
         """The sub-layers in forward order (the activation as a layer)."""
         steps = {
             "layer": self.layer,
@@ -177,7 +182,7 @@ class BNBlock(keras.layers.Layer):
                 x = self.activation_layer(x)
         return x
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
@@ -196,7 +201,7 @@ class BNBlock(keras.layers.Layer):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> BNBlock:
         config = dict(config)
         # Sub-layers are built by the block's `build` (inside its name
         # scope, so their weights keep paths like "block/dense/kernel"),

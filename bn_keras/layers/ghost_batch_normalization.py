@@ -1,5 +1,9 @@
 """Ghost batch normalization: `BatchNormalization` with ghost batches on."""
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 
 from bn_keras.layers.batch_normalization import BatchNormalization
@@ -38,7 +42,7 @@ class GhostBatchNormalization(BatchNormalization):
     >>> y = layer(np.ones((20, 4), "float32"), training=True)
     """
 
-    def __init__(self, virtual_batch_size=32, **kwargs):
+    def __init__(self, virtual_batch_size: int = 32, **kwargs: Any) -> None:
         if virtual_batch_size is None:
             raise ValueError(
                 "Argument `virtual_batch_size` of GhostBatchNormalization "

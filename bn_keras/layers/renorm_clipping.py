@@ -1,6 +1,9 @@
 """Warm-up schedule for batch renormalization's clipping bounds."""
 
+from __future__ import annotations
+
 import numbers
+from typing import Any
 
 import keras
 from keras import ops
@@ -68,12 +71,12 @@ class RenormClipping:
 
     def __init__(
         self,
-        rmax=3.0,
-        dmax=5.0,
-        warmup_steps=5000,
-        rmax_steps=40000,
-        dmax_steps=25000,
-    ):
+        rmax: float = 3.0,
+        dmax: float = 5.0,
+        warmup_steps: int = 5000,
+        rmax_steps: int = 40000,
+        dmax_steps: int = 25000,
+    ) -> None:
         check_number("rmax", rmax, 1.0)
         check_number("dmax", dmax, 0.0)
         for name, value in (
@@ -110,12 +113,12 @@ class RenormClipping:
             return ops.cast(ops.greater_equal(step, end_step), "float32")
         return ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
 
-    def __call__(self, step):
+    def __call__(self, step: Any) -> dict[str, Any]:
         rmax = 1.0 + (self.rmax - 1.0) * self._progress(step, self.rmax_steps)
         dmax = self.dmax * self._progress(step, self.dmax_steps)
         return {"rmin": 1.0 / rmax, "rmax": rmax, "dmax": dmax}
 
-    def scaled(self, total_steps):
+    def scaled(self, total_steps: int) -> RenormClipping:
         """This schedule compressed (or stretched) to a run of `total_steps`.
 
         The paper's step counts belong to its 40,000-step ramps on
@@ -156,7 +159,7 @@ class RenormClipping:
             dmax_steps=max(warmup, self.dmax_steps * total_steps // end),
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "rmax": self.rmax,
             "dmax": self.dmax,
@@ -166,7 +169,7 @@ class RenormClipping:
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> RenormClipping:
         return cls(**config)
 
     def __eq__(self, other):

@@ -1,12 +1,17 @@
 """Replace the batch normalization layers of a model by another kind."""
 
+from __future__ import annotations
+
 import logging
 import warnings
+from typing import Any
 
 import keras
 
 from bn_keras import registry
 from bn_keras._statistics import set_statistics
+from bn_keras._typing import LayerSelection
+from bn_keras._typing import Normalization
 from bn_keras.layers.batch_normalization import BatchNormalization
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.models._graph import Replacement
@@ -209,7 +214,12 @@ def _selected(model, layers):
     return {id(bn) for bn in found if bn.name in set(names)}
 
 
-def convert_batchnorm(model, normalization, layers=None, **overrides):
+def convert_batchnorm(
+    model: keras.Model,
+    normalization: Normalization,
+    layers: LayerSelection = None,
+    **overrides: Any,
+) -> keras.Model:
     """Returns a copy of `model` with its BN layers replaced by another kind.
 
     Each selected batch normalization layer (Keras's or bn-keras's, in the

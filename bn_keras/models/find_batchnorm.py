@@ -1,5 +1,7 @@
 """Find the batch normalization layers of a model."""
 
+from __future__ import annotations
+
 import keras
 
 
@@ -12,7 +14,9 @@ def _children(layer):
     return []
 
 
-def find_batchnorm(model):
+def find_batchnorm(
+    model: keras.layers.Layer,
+) -> list[keras.layers.BatchNormalization]:
     """Returns every batch normalization layer of `model`, in forward order.
 
     Finds `keras.layers.BatchNormalization` layers and bn-keras's (which

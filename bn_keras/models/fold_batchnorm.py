@@ -4,7 +4,10 @@ Which BN layers fold is decided by `models/_fold_plan.py` (`plan_fold`,
 which `bn-keras inspect` reports too); this module applies the plan.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import Any
 
 import keras
 import numpy as np
@@ -86,7 +89,9 @@ def _folded_block(block):
     return Replacement(layer, _folded_weights(block.layer, block.normalization))
 
 
-def fold_batchnorm(model, return_report=False):
+def fold_batchnorm(
+    model: keras.Model, return_report: bool = False
+) -> keras.Model | tuple[keras.Model, dict[str, Any]]:
     """Returns an inference copy of `model` with BN folded into its layers.
 
     In inference, batch normalization is the affine map

@@ -1,10 +1,19 @@
 """Put the batch normalization layers of a model in inference mode."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from bn_keras._validation import check_bool
 from bn_keras.models.find_batchnorm import find_batchnorm
 
+if TYPE_CHECKING:
+    import keras
 
-def freeze_batchnorm(model, frozen=True):
+
+def freeze_batchnorm(
+    model: keras.layers.Layer, frozen: bool = True
+) -> list[keras.layers.Layer]:
     """Puts every BN layer of `model` in inference mode, or back.
 
     Fine-tuning a pretrained model on a small dataset goes better when its

@@ -1,10 +1,15 @@
 """Add batch normalization to an existing Sequential or Functional model."""
 
+from __future__ import annotations
+
 import logging
 
 import keras
 
 from bn_keras import registry
+from bn_keras._typing import InputNormalization
+from bn_keras._typing import LayerSelection
+from bn_keras._typing import Normalization
 from bn_keras.layers._layer_kinds import ACTIVATION_LAYERS
 from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
 from bn_keras.layers._layer_kinds import channel_axis
@@ -188,12 +193,12 @@ class _Insertion:
 
 
 def insert_batchnorm(
-    model,
-    placement="layer-bn-act",
-    normalization=None,
-    layers=None,
-    input_batchnorm=False,
-):
+    model: keras.Model,
+    placement: str | None = "layer-bn-act",
+    normalization: Normalization = None,
+    layers: LayerSelection = None,
+    input_batchnorm: InputNormalization = False,
+) -> keras.Model:
     """Returns a copy of `model` with batch normalization added.
 
     Every Dense and convolution layer (`Dense`, `Conv1D`/`2D`/`3D`, their

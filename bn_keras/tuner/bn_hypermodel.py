@@ -1,7 +1,10 @@
 """A keras-tuner HyperModel that guards and logs batch normalization."""
 
+from __future__ import annotations
+
 import collections
 import os
+from typing import Any
 
 import keras
 import keras_tuner
@@ -163,12 +166,20 @@ class BNHyperModel(keras_tuner.HyperModel):
     ```
     """
 
-    def __init__(self, *, name=None, tunable=True):
+    def __init__(
+        self, *, name: str | None = None, tunable: bool = True
+    ) -> None:
         super().__init__(name=name, tunable=tunable)
         self._executions = collections.Counter()
         self._experiments = set()  # the log folders with a config
 
-    def fit(self, hp, model, *args, **kwargs):
+    def fit(
+        self,
+        hp: keras_tuner.HyperParameters,
+        model: keras.Model,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
         """Trains `model` with `model.fit(*args, **kwargs)`.
 
         Args:

@@ -1,7 +1,11 @@
 """Declare the batch normalization choices of one block in a search space."""
 
+from __future__ import annotations
+
 import contextlib
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 from bn_keras import registry
 from bn_keras.layers.renorm_clipping import RenormClipping
@@ -200,18 +204,18 @@ def scope(hp, parent, active, every):
 
 
 def bn_hyperparameters(
-    hp,
-    name,
-    placements=registry.PLACEMENTS,
-    normalizations=NORMALIZATIONS,
-    momentum=(0.9, 0.99),
-    virtual_batch_size=(16, 32),
-    rmax=3.0,
-    dmax=5.0,
-    warmup_steps=(100, 1000),
-    ramp_steps=1000,
-    normalization_kwargs=None,
-):
+    hp: Any,
+    name: str,
+    placements: Sequence[str | None] = registry.PLACEMENTS,
+    normalizations: Sequence[str] = NORMALIZATIONS,
+    momentum: float | Sequence[float] = (0.9, 0.99),
+    virtual_batch_size: int | Sequence[int] = (16, 32),
+    rmax: float | Sequence[float] = 3.0,
+    dmax: float | Sequence[float] = 5.0,
+    warmup_steps: int | Sequence[int] = (100, 1000),
+    ramp_steps: int | Sequence[int] = 1000,
+    normalization_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """Declares one block's batch normalization choices in a search space.
 
     For writing your own `keras_tuner.HyperModel`: call it once per block in

@@ -1,5 +1,11 @@
 """Search where batch normalization goes in the user's own model."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import keras_tuner
 
@@ -214,18 +220,20 @@ class BNPlacementHyperModel(BNHyperModel):
 
     def __init__(
         self,
-        model,
+        model: keras.Model | Callable[[], keras.Model],
         *,
-        placements=registry.PLACEMENTS,
-        normalizations=NORMALIZATIONS,
-        per_layer=True,
-        input_batchnorm=(False, True),
-        compile_kwargs=None,
-        layers=None,
-        name=None,
-        tunable=True,
-        **choices,
-    ):
+        placements: Sequence[str | None] = registry.PLACEMENTS,
+        normalizations: Sequence[str] = NORMALIZATIONS,
+        per_layer: bool = True,
+        input_batchnorm: Any = (False, True),
+        compile_kwargs: dict[str, Any]
+        | Callable[[Any], dict[str, Any]]
+        | None = None,
+        layers: list[str] | None = None,
+        name: str | None = None,
+        tunable: bool = True,
+        **choices: Any,
+    ) -> None:
         super().__init__(name=name, tunable=tunable)
         self.choices = check_choices(self, choices)
         template, self._model_fn = _resolve_model(model)
@@ -347,7 +355,7 @@ class BNPlacementHyperModel(BNHyperModel):
         )
         return choices, input_bn
 
-    def build(self, hp):
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         model = self._model_fn() if self._model_fn else self._template
         choices, input_bn = self.declare_choices(hp)
         if self.per_layer:

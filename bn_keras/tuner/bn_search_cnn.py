@@ -1,5 +1,10 @@
 """A ready-made hypermodel for images: a CNN searched block by block."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 
 from bn_keras.tuner._search_models import SearchModel
@@ -71,15 +76,15 @@ class BNSearchCNN(SearchModel):
 
     def __init__(
         self,
-        num_classes,
+        num_classes: int | None,
         *,
-        num_blocks=(1, 2, 3),
-        filters=(16, 32, 64),
-        kernel_size=3,
-        input_batchnorm=False,
-        input_shape=None,
-        **kwargs,
-    ):
+        num_blocks: int | Sequence[int] = (1, 2, 3),
+        filters: int | Sequence[int] = (16, 32, 64),
+        kernel_size: int = 3,
+        input_batchnorm: Any = False,
+        input_shape: tuple[int, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if input_shape is not None and (
             not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3
         ):

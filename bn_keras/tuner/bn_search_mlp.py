@@ -1,5 +1,10 @@
 """A ready-made hypermodel for tabular data: an MLP searched block by block."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 
 from bn_keras.tuner._search_models import SearchModel
@@ -70,13 +75,13 @@ class BNSearchMLP(SearchModel):
 
     def __init__(
         self,
-        num_classes,
+        num_classes: int | None,
         *,
-        num_layers=(1, 2, 3),
-        units=(32, 64, 128),
-        input_batchnorm=(False, True),
-        **kwargs,
-    ):
+        num_layers: int | Sequence[int] = (1, 2, 3),
+        units: int | Sequence[int] = (32, 64, 128),
+        input_batchnorm: Any = (False, True),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             num_classes,
             depth=num_layers,

@@ -1,10 +1,17 @@
 """The keras-tuner tuner class behind a short name."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from bn_keras._optional import require
 from bn_keras.registry import TUNERS
 
+if TYPE_CHECKING:
+    import keras_tuner
 
-def get_tuner(name):
+
+def get_tuner(name: str) -> type[keras_tuner.Tuner]:
     """Returns the tuner class for `name`.
 
     `"grid"` is `bn_keras.tuner.ResumableGridSearch` (keras-tuner's

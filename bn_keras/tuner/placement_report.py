@@ -1,5 +1,11 @@
 """A table of the completed trials of a search and their BN choices."""
 
+from __future__ import annotations
+
+from typing import Any
+
+import keras_tuner
+
 from bn_keras import registry
 from bn_keras.tuner._trial_runs import run_name
 from bn_keras.tuner._trial_runs import slot_names
@@ -67,7 +73,9 @@ def _slot_cell(info):
     return text
 
 
-def placement_report(tuner, print_table=True, console=None):
+def placement_report(
+    tuner: keras_tuner.Tuner, print_table: bool = True, console: Any = None
+) -> list[dict[str, Any]]:
     """Returns, and prints as a table, the completed trials of a search.
 
     For every completed trial of `tuner`, best first (by the tuner's
