@@ -26,15 +26,16 @@ included), in forward order, one line each, in at most 120 columns:
                before it
   warn         how many warnings it has
 
-A cell too long for the terminal is cut short with an ellipsis. Under the
-table, one line per reason a layer cannot be folded and per warning, shared
-by all the layers it applies to (e.g. "53 layers (#1-53): warning: ..."):
-non-finite statistics; collapsed channels (moving variance below epsilon:
-constant inputs); statistics still at their initial values (never
-trained). With --details, the table adds each layer's position relative to
-the activation, momentum and epsilon, and keeps every cell whole (wrapping
-them where it is wider than the terminal), and every note has a line per
-layer. The model is loaded without its optimizer.
+Neighbours, then layer paths, too long for the terminal are cut short with
+an ellipsis (numbers never are). Under the table, one line per reason a
+layer cannot be folded and per warning, shared by all the layers it applies
+to (e.g. "53 layers (#1-53): warning: ..."): non-finite statistics;
+collapsed channels (moving variance below epsilon: constant inputs);
+statistics still at their initial values (never trained). With --details,
+the table adds each layer's position relative to the activation, momentum
+and epsilon, and keeps every cell whole (it may then be wider than the
+terminal), and every note has a line per layer. The model is loaded
+without its optimizer.
 """
 
 
@@ -57,7 +58,7 @@ def add_parser(subparsers):
         "--details",
         action="store_true",
         help="more columns (position, momentum, epsilon), whole cells, "
-        "and each layer's notes on lines of their own",
+        "and a line per layer and note",
     )
     parser.set_defaults(run=run)
     return parser
