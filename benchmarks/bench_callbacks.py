@@ -21,6 +21,8 @@ issue #12 with PASS or MISS on the three figures.
 """
 
 import argparse
+import functools
+import itertools
 import os
 import statistics
 import tempfile
@@ -30,6 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import interleaved_timings  # noqa: E402
+from _timing import spread  # noqa: E402
 
 import bn_keras  # noqa: E402
 
@@ -104,7 +108,9 @@ def measure(rounds=7, epochs=2, steps=100, probe=False, names=None):
     Returns `{config: {"fit": [s per round], "cpu": [CPU s per round],
     "hooks": [share per round]}}` for the configurations of
     `configurations` (those in `names` only, when given); "hooks" is the
-    share of each `fit` spent in the monitor's hooks.
+    share of each `fit` spent in the monitor's hooks. A timed call makes
+    the monitor, then fits: making it takes microseconds and writes
+    nothing (its files open when `fit` starts).
     """
     rng = np.random.default_rng(0)
     x = rng.normal(size=(steps * BATCH_SIZE, IMAGE_SIZE, IMAGE_SIZE, 3))
@@ -115,18 +121,19 @@ def measure(rounds=7, epochs=2, steps=100, probe=False, names=None):
     configs = configurations(x[:BATCH_SIZE] if probe else None)
     if names is not None:
         configs = {name: configs[name] for name in names}
-    names = list(configs)
-    results = {name: {"fit": [], "cpu": [], "hooks": []} for name in names}
+    runs = itertools.count()
 
-    def timed_fit(name, run):
+    def timed_fit(name):
+        """`fit` with a new monitor of configuration `name` (writing to a
+        new folder), or with none; returns the seconds spent in its
+        hooks."""
         callbacks, spent = [], [0.0]
         if configs[name] is not None:
             monitor = bn_keras.callbacks.BatchNormMonitor(
-                os.path.join(log_root, run), **configs[name]
+                os.path.join(log_root, f"run_{next(runs)}"), **configs[name]
             )
             timed_hooks(monitor, spent)
             callbacks.append(monitor)
-        start, cpu = time.perf_counter(), time.process_time()
         model.fit(
             x,
             y,
@@ -135,37 +142,29 @@ def measure(rounds=7, epochs=2, steps=100, probe=False, names=None):
             verbose=0,
             callbacks=callbacks,
         )
-        total = time.perf_counter() - start
-        return total, time.process_time() - cpu, spent[0] / total
+        return spent[0]
 
-    for index, name in enumerate(names):  # warm-up: tracing, first files
-        timed_fit(name, f"warmup_{index}")
-    for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            total, cpu, share = timed_fit(
-                name, f"r{round_index}_{names.index(name)}"
-            )
-            results[name]["fit"].append(total)
-            results[name]["cpu"].append(cpu)
-            results[name]["hooks"].append(share)
-    return results
-
-
-def _spread(values, scale=1.0, digits=3):
-    values = [scale * v for v in values]
-    return (
-        f"{statistics.median(values):.{digits}f} "
-        f"[{min(values):.{digits}f}-{max(values):.{digits}f}]"
+    timings = interleaved_timings(
+        {name: functools.partial(timed_fit, name) for name in configs},
+        rounds,
+        rotate=True,
     )
+    return {
+        name: {
+            "fit": [timing.wall for timing in of_config],
+            "cpu": [timing.cpu for timing in of_config],
+            "hooks": [timing.value / timing.wall for timing in of_config],
+        }
+        for name, of_config in timings.items()
+    }
 
 
 def report(results):
     """Prints the figures and the targets; returns the lines printed."""
     base, base_cpu = results["no monitor"]["fit"], results["no monitor"]["cpu"]
     lines = [
-        f"{'no monitor':28s} fit {_spread(base, digits=2)} s, CPU "
-        f"{_spread(base_cpu, digits=2)} s"
+        f"{'no monitor':28s} fit {spread(base, digits=2)} s, CPU "
+        f"{spread(base_cpu, digits=2)} s"
     ]
     verdicts = []
     for name, result in list(results.items())[1:]:
@@ -173,9 +172,9 @@ def report(results):
         cpu = [t / b for t, b in zip(result["cpu"], base_cpu)]
         hooks = result["hooks"]
         lines.append(
-            f"{name:28s} fit {_spread(result['fit'], digits=2)} s, ratio "
-            f"{_spread(ratios)}; CPU ratio {_spread(cpu)}; in its hooks "
-            f"{_spread(hooks, 100, 2)}% of fit"
+            f"{name:28s} fit {spread(result['fit'], digits=2)} s, ratio "
+            f"{spread(ratios)}; CPU ratio {spread(cpu)}; in its hooks "
+            f"{spread(hooks, 100, 2)}% of fit"
         )
         if name in TARGETS:
             limit = TARGETS[name]

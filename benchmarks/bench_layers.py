@@ -38,7 +38,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -57,6 +56,8 @@ if __name__ == "__main__" and requested_backend(sys.argv[1:]):
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import interleaved  # noqa: E402
+from _timing import spread  # noqa: E402
 
 import bn_keras  # noqa: E402
 
@@ -130,23 +131,6 @@ def make_data(model_name, seed=0, extra=0):
     x = rng.normal(size=(n, *input_shape)).astype("float32")
     y = rng.integers(0, 10, size=(n,))
     return x, y
-
-
-def interleaved(tasks, rounds):
-    """Times each task (a callable) once per round, round-robin.
-
-    Each task runs once first, untimed (tracing, compiling). Returns
-    `{name: [seconds, one per round]}`.
-    """
-    for task in tasks.values():
-        task()
-    times = {name: [] for name in tasks}
-    for _ in range(rounds):
-        for name, task in tasks.items():
-            start = time.perf_counter()
-            task()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def ratios(times, name, base):
@@ -411,14 +395,6 @@ def monitor_overhead(rounds):
     }
 
 
-def _spread(values):
-    """'median [min-max]' of a list of ratios."""
-    return (
-        f"{statistics.median(values):.3f} "
-        f"[{min(values):.3f}-{max(values):.3f}]"
-    )
-
-
 def print_targets(targets):
     """Each target of the speed issue with its measured median, PASS/MISS."""
     print("\nTargets (CPU; medians over rounds [min-max])")
@@ -430,7 +406,7 @@ def print_targets(targets):
         sign = "<=" if upper else ">="
         print(
             f"{case:<46}{sign + ' ' + format(bound, '.2f'):>9}  "
-            f"{_spread(values):<22}{'PASS' if passed else 'MISS'}"
+            f"{spread(values):<22}{'PASS' if passed else 'MISS'}"
         )
 
 
@@ -543,7 +519,7 @@ def main(argv=None):
                     "fit, one epoch with a partial last batch (batch size "
                     "unknown when traced), over Keras BN: "
                     + ", ".join(
-                        f"{name} {_spread(values)}"
+                        f"{name} {spread(values)}"
                         for name, values in ratios.items()
                     )
                 )
@@ -567,7 +543,7 @@ def main(argv=None):
             "unfolded / folded"
         )
         for name, values in speedups.items():
-            print(f"{'model with ' + name:<28}{_spread(values)}")
+            print(f"{'model with ' + name:<28}{spread(values)}")
             targets.append(
                 (f"fold_batchnorm speed-up, with {name}", values, 1.3, False)
             )
@@ -576,7 +552,7 @@ def main(argv=None):
         print(
             f"fold_batchnorm, MobileNetV2 with keras BN ({size}x{size}, batch "
             f"{batch_size}), predict_on_batch: unfolded / folded "
-            f"{_spread(mobilenet)}"
+            f"{spread(mobilenet)}"
         )
         targets.append(
             ("fold_batchnorm speed-up, MobileNetV2, keras BN", mobilenet,
@@ -587,8 +563,8 @@ def main(argv=None):
         print(
             '\nBatchNormMonitor(update_freq="epoch"), fit of MobileNetV2 '
             "(alpha 0.35, 64x64, batch 32, 100 steps), 3 epochs: "
-            f"time in its hooks {_spread(overhead['hooks'])} of fit; "
-            f"fit time with / without it {_spread(overhead['fit'])}"
+            f"time in its hooks {spread(overhead['hooks'])} of fit; "
+            f"fit time with / without it {spread(overhead['fit'])}"
         )
         targets.append(
             ("monitor per epoch: share of fit in its hooks", overhead["hooks"],

@@ -37,14 +37,18 @@ class UsageError(ValueError):
     status 2 (argparse's convention for usage errors)."""
 
 
-def console(stderr=False):
-    """A rich console at most `MAX_WIDTH` columns wide.
+def console(stderr=False, max_width=MAX_WIDTH):
+    """A rich console as wide as the terminal, at most `max_width` columns
+    (`None`: no limit); `max_width` columns, or 160 for `None`, where the
+    output is not a terminal and `COLUMNS` is not set.
 
     Created per call so that it writes to the `sys.stdout` (or
     `sys.stderr`) of the moment, which tests capture. Text lines are not
     wrapped (paths and commands stay whole, to copy); tables fit the width.
     """
-    width = min(shutil.get_terminal_size((MAX_WIDTH, 24)).columns, MAX_WIDTH)
+    width = shutil.get_terminal_size((max_width or 160, 24)).columns
+    if max_width is not None:
+        width = min(width, max_width)
     return Console(
         stderr=stderr,
         width=width,
@@ -54,10 +58,12 @@ def console(stderr=False):
     )
 
 
-def table(columns, rows, title=None):
+def table(columns, rows, title=None, wrap=True):
     """A rich table; `columns` is a list of `(header, justify)` pairs.
 
-    Right-justified (numeric) columns never wrap; the others fold.
+    Right-justified (numeric) columns never wrap; the others fold, unless
+    `wrap=False`: then no cell wraps (one line per row), and a table wider
+    than the console cuts its cells short with an ellipsis.
     """
     result = Table(
         title=title,
@@ -70,8 +76,8 @@ def table(columns, rows, title=None):
         result.add_column(
             header,
             justify=justify,
-            overflow="fold",
-            no_wrap=justify == "right",
+            overflow="fold" if wrap else "ellipsis",
+            no_wrap=justify == "right" or not wrap,
         )
     for row in rows:
         result.add_row(*[str(cell) for cell in row])

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 
 import bn_keras
+from bn_keras.cli.inspect import Row
+from bn_keras.cli.inspect import grouped_notes
 from bn_keras.cli.inspect import inspect_model
 from tests.cli.helpers import run_cli
+from tests.cli.helpers import run_entry_point
 
 
 def mixed_model():
@@ -88,7 +91,8 @@ def test_inspect_rows(saved_model):
         ]
 
 
-def test_inspect_prints_one_row_per_layer(saved_model, capsys):
+def test_inspect_prints_one_row_per_layer(saved_model, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
     status, out, err = run_cli(capsys, "inspect", saved_model)
     assert status == 0, err
     assert f"{saved_model}: Functional 'mixed'" in out
@@ -105,17 +109,106 @@ def test_inspect_prints_one_row_per_layer(saved_model, capsys):
         ["3", "inner/renorm_bn", "renorm"],
     ]
     assert rows[1][3:] == [
-        "Dense(relu)", "->", "-1.5..2.5", "1e-05..3", "2/8", "no", "2"
+        "Dense(relu)", "->", "Sequential", "-1.5..2.5", "1e-05..3", "2/8",
+        "no", "2",
     ]
-    assert (
-        "  2  ghost_bn: not foldable: 'hidden' has a non-linear activation "
-        "before it" in lines
-    )
-    assert (
-        "  2  ghost_bn: warning: non-finite moving_variance in 1/8 channels"
-        in lines
-    )
+    assert lines[-5:] == [
+        "2 layers (#1, #3): warning: statistics at their initial values "
+        "(never trained?)",
+        "#2 ghost_bn: not foldable: 'hidden' has a non-linear activation "
+        "before it",
+        "#2 ghost_bn: warning: non-finite moving_variance in 1/8 channels",
+        "#2 ghost_bn: warning: collapsed: moving variance < epsilon in 1/8 "
+        "channels",
+        "(--details: one line per layer and note, and each layer's position, "
+        "momentum and epsilon)",
+    ]
+    assert all(len(line.rstrip()) <= 120 for line in lines[1:])
+
+
+def test_inspect_cuts_the_neighbours_to_fit(saved_model, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    status, out, err = run_cli(capsys, "inspect", saved_model)
+    assert status == 0, err
+    lines = out.splitlines()
     assert all(len(line.rstrip()) <= 100 for line in lines[1:])
+    rows = [line.split() for line in lines if line[:3].strip().isdigit()]
+    # The paths stay whole; the longest neighbours lose their end.
+    assert [row[1] for row in rows] == [
+        "block/batch_normalization", "ghost_bn", "inner/renorm_bn"
+    ]
+    assert rows[1][3:5] == ["Dense(relu)", "->…"]
+    assert rows[1][5:] == ["-1.5..2.5", "1e-05..3", "2/8", "no", "2"]
+
+
+def test_inspect_details(saved_model, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    status, out, err = run_cli(capsys, "inspect", saved_model, "--details")
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[2].split() == [
+        "#", "layer", "kind", "before", "after", "position", "momentum",
+        "epsilon", "moving", "mean", "moving", "var", "dead", "fold", "warn",
+    ]
+    rows = [line.split() for line in lines if line[:3].strip().isdigit()]
+    assert rows[1] == [
+        "2", "ghost_bn", "ghost(4)", "Dense(relu)", "Sequential", "after",
+        "act", "0.99", "0.001", "-1.5..2.5", "1e-05..3", "2/8", "no", "2",
+    ]
+    assert lines[-5:] == [
+        "  1  block/batch_normalization: warning: statistics at their "
+        "initial values (never trained?)",
+        "  2  ghost_bn: not foldable: 'hidden' has a non-linear activation "
+        "before it",
+        "  2  ghost_bn: warning: non-finite moving_variance in 1/8 channels",
+        "  2  ghost_bn: warning: collapsed: moving variance < epsilon in 1/8 "
+        "channels",
+        "  3  inner/renorm_bn: warning: statistics at their initial values "
+        "(never trained?)",
+    ]
+
+
+def _row(path, warnings=(), fold_note=""):
+    """A `Row` with the given notes and placeholder figures."""
+    return Row(
+        path=path, kind="plain", before="Dense", after="relu",
+        position="before act", channels=8, mean_range=(0.0, 0.0),
+        variance_range=(1.0, 1.0), dead=0, foldable=not fold_note,
+        fold_note=fold_note, warnings=list(warnings), momentum=0.99,
+        epsilon=1e-3,
+    )
+
+
+def test_notes_shared_by_layers_are_one_line():
+    collapsed = "collapsed: moving variance < epsilon in {}/{} channels"
+    rows = [
+        _row("a", [collapsed.format(1, 8)], "'d1' has an activation"),
+        _row("b", [collapsed.format(3, 64)], "'d2' has an activation"),
+        _row("c", ["not built (no statistics)"]),
+        _row("d", [collapsed.format(2, 16)]),
+    ]
+    # In the order of the rows, a layer's reason not to fold first.
+    assert grouped_notes(rows) == [
+        "2 layers (#1-2): not foldable: '…' has an activation",
+        "3 layers (#1-2, #4): warning: collapsed: moving variance < epsilon "
+        "in 6/88 channels",
+        "#3 c: warning: not built (no statistics)",
+    ]
+
+
+def test_long_lists_of_rows_end_with_an_ellipsis():
+    rows = [_row(f"bn{i}", ["not built (no statistics)"]) for i in range(20)]
+    del rows[1::2]  # rows 1, 3, 5, ..., 19 of the original numbering
+    lines = grouped_notes(rows)
+    assert lines == [
+        "10 layers (#1-10): warning: not built (no statistics)"
+    ]
+    rows = [_row(f"bn{i}", ["not built (no statistics)"] * (i % 2)) for i in
+            range(1, 21)]
+    assert grouped_notes(rows) == [
+        "10 layers (#1, #3, #5, #7, #9, #11, …): warning: not built (no "
+        "statistics)"
+    ]
 
 
 def test_inspect_fold_writes_an_equivalent_model(tmp_path, capsys):
@@ -241,7 +334,7 @@ def test_inspect_and_fold_a_saved_model_with_raw_ops(tmp_path, capsys):
     status, out, err = run_cli(capsys, "inspect", source, "--fold", out_path)
     assert status == 0, err
     assert "2 batch normalization layers" in out
-    note = "  1  bn: not foldable: the output of 'dense' is used elsewhere"
+    note = "#1 bn: not foldable: the output of 'dense' is used elsewhere"
     assert note in out
     assert f"folded 1 of 2 BN layers (1 kept); wrote {out_path}" in out
     folded = keras.saving.load_model(out_path)
@@ -260,3 +353,80 @@ def test_inspect_model_with_raw_ops_and_no_batchnorm(tmp_path, capsys):
     status, out, err = run_cli(capsys, "inspect", path)
     assert status == 0, err
     assert "0 batch normalization layers" in out
+
+
+@pytest.mark.slow
+def test_inspect_resnet50_fits_120_columns(tmp_path, capsys, monkeypatch):
+    model = keras.applications.ResNet50(
+        weights=None, input_shape=(64, 64, 3), classes=5
+    )  # 53 BN layers, untrained
+    path = tmp_path / "resnet50.keras"
+    model.save(path)
+    monkeypatch.setenv("COLUMNS", "120")
+    status, out, err = run_cli(capsys, "inspect", path)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert all(len(line.rstrip()) <= 120 for line in lines[1:])
+    # One line per layer: the title, the table's top margin, header and
+    # rule, 53 rows, its bottom margin, one note and the hint.
+    assert len(lines) == 1 + 3 + 53 + 1 + 2
+    rows = [line.split() for line in lines[4:57]]
+    assert [row[0] for row in rows] == [str(i) for i in range(1, 54)]
+    assert rows[0] == [
+        "1", "conv1_bn", "plain", "Conv2D", "->", "relu", "0..0", "1..1",
+        "0/64", "yes", "1",
+    ]
+    assert rows[-1] == [
+        "53", "conv5_block3_3_bn", "plain", "Conv2D", "->", "Add", "0..0",
+        "1..1", "0/2048", "yes", "1",
+    ]
+    assert lines[-2:] == [
+        "53 layers (#1-53): warning: statistics at their initial values "
+        "(never trained?)",
+        "(--details: one line per layer and note, and each layer's position, "
+        "momentum and epsilon)",
+    ]
+    assert out.count("statistics at their initial values") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only
+def test_fold_of_a_channels_first_model_where_tensorflow_cannot_run_it(
+    tmp_path, channels_first
+):
+    """Without oneDNN and a GPU, TensorFlow cannot run the folded
+    channels-first model: `--fold` writes it and says why it was not
+    checked, instead of failing with TensorFlow's error."""
+    model = keras.Sequential(
+        [
+            keras.Input((3, 6, 7)),
+            keras.layers.Conv2D(4, 3, data_format="channels_first", name="c"),
+            keras.layers.BatchNormalization(axis=1, name="bn"),
+        ],
+        name="nchw",
+    )
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.linspace(-1, 1, 4).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2, 4).astype("float32"))
+    source, out_path = tmp_path / "nchw.keras", tmp_path / "folded.keras"
+    model.save(source)
+    completed = run_entry_point(
+        "inspect", source, "--fold", out_path,
+        TF_ENABLE_ONEDNN_OPTS=0, CUDA_VISIBLE_DEVICES="",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.splitlines()[-2:] == [
+        f"folded 1 of 1 BN layers (0 kept); wrote {out_path}",
+        "the folded model was not checked: running it here fails: the model "
+        "has channels-first layers ('c'), and TensorFlow runs channels-first "
+        "convolutions on a GPU, or on the CPU only through oneDNN, which is "
+        "off in this process: set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow "
+        "starts, use a GPU, or use the JAX or PyTorch backend "
+        "(KERAS_BACKEND=jax)",
+    ]
+    folded = keras.saving.load_model(out_path)
+    assert [layer.name for layer in folded.layers] == ["c"]
+    x = np.random.default_rng(0).normal(size=(2, 3, 6, 7)).astype("float32")
+    np.testing.assert_allclose(
+        channels_first.run(folded, x), channels_first.run(model, x), atol=1e-5
+    )

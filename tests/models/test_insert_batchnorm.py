@@ -225,12 +225,26 @@ def test_layer_act_bn_goes_after_a_standalone_activation_layer():
     assert names.index("c1_bn") == names.index("c1") + 1  # activation inside
 
 
-def test_channels_first_convolutions_get_bn_on_axis_1():
+def test_channels_first_convolutions_get_bn_on_axis_1(channels_first):
     new = bn_keras.insert_batchnorm(_residual("channels_first"))
     axes = {bn.name: bn.axis for bn in bn_keras.find_batchnorm(new)}
     assert axes == {"c1_bn": 1, "c2_bn": 1, "c3_bn": 1}
-    y = new(sample_inputs((4, 3, 8, 8)), training=True)
-    assert tuple(y.shape) == (4, 3)
+    # Run by the model where this machine runs channels-first
+    # convolutions, else by its channels-last twin.
+    x = sample_inputs((4, 3, 8, 8))
+    y = channels_first.run(new, x, training=True)
+    assert y.shape == (4, 3)
+    assert np.all(np.isfinite(y))
+    # In training, BN on axis 1 standardizes each channel of the
+    # convolution's output over the batch and the image.
+    c1 = keras.Model(new.inputs[0], new.get_layer("c1_bn").output)
+    h = channels_first.run(c1, x, training=True)
+    np.testing.assert_allclose(h.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(h.var(axis=(0, 2, 3)), 1.0, atol=1e-2)
+    if channels_first.supported:  # the twin computes the same
+        np.testing.assert_allclose(
+            channels_first.run_twin(new, x, training=True), y, atol=1e-5
+        )
 
 
 # -- selection ----------------------------------------------------------------
