@@ -195,10 +195,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
       keeps a step counter, `renorm_step`, saved with its weights.
     - **A non-finite guard** (`skip_nonfinite=True`): a training batch whose
       mean or variance is not finite leaves every moving statistic unchanged.
-    - **Cumulative statistics** (`momentum=None`, as in PyTorch; and
-      `renorm_momentum=None`): the average over every batch seen instead of
-      an exponential moving average (see below). The layer then keeps a
-      counter, `num_batches_tracked`, saved with its weights.
+    - **Cumulative statistics** (`momentum=None`, and
+      `renorm_momentum=None`): the mean and variance of every value seen
+      instead of an exponential moving average (see below). The layer then
+      keeps a counter, `num_batches_tracked`, saved with its weights.
+      PyTorch's `momentum=None` gives the same mean, but its variance is
+      the average of the per-batch unbiased variances: it leaves out the
+      spread between the batch means, which this one pools in.
 
     **During training** (`fit()`, or `training=True`) each channel is
     normalized with the statistics of the batch (or of its ghost batch):
@@ -249,9 +252,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     Args:
         axis: Integer, the features axis to normalize. Defaults to `-1`.
-        momentum: Momentum of the moving averages, a float in `[0, 1)`, or
-            `None` for cumulative averages of the batch statistics (see
-            above). Defaults to `0.99`.
+        momentum: Momentum of the moving averages, a float in `[0, 1]`
+            (`1.0` freezes the moving statistics, as in Keras), or `None`
+            for cumulative averages of the batch statistics (see above).
+            Defaults to `0.99`.
         epsilon: Small positive float added to the variance. Defaults to
             `1e-3`.
         center: If `True`, add the offset `beta`. Defaults to `True`.
@@ -272,7 +276,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             bounds do not clip), or a `bn_keras.layers.RenormClipping`
             schedule. Defaults to `None` (no clipping).
         renorm_momentum: Momentum of the renorm statistics, a float in
-            `[0, 1)`, or `None` for cumulative averages (see above).
+            `[0, 1]`, or `None` for cumulative averages (see above).
             Defaults to `0.99`.
         synchronized: If `True`, under a `tf.distribute` strategy the batch
             statistics are computed over the global batch (all replicas).
@@ -344,9 +348,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         **kwargs,
     ):
         _check_axis(axis)
-        momentum = check_fraction("momentum", momentum, allow_none=True)
+        momentum = check_fraction(
+            "momentum", momentum, allow_none=True, allow_one=True
+        )
         renorm_momentum = check_fraction(
-            "renorm_momentum", renorm_momentum, allow_none=True
+            "renorm_momentum", renorm_momentum, allow_none=True, allow_one=True
         )
         _check_epsilon(epsilon)
         virtual_batch_size = _check_virtual_batch_size(virtual_batch_size, axis)
