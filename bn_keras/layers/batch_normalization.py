@@ -10,6 +10,8 @@ renorm and moving-average formulas, which `BatchNormMonitor` also uses to
 re-derive figures from the layer's weights.
 """
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -25,7 +27,6 @@ from bn_keras.layers._formulas import ghost_count
 from bn_keras.layers._formulas import ghost_ids
 from bn_keras.layers._formulas import moving_average
 from bn_keras.layers._formulas import renorm_ratios
-from bn_keras.layers._tf_fused import FUSED_MIN_EPSILON
 from bn_keras.layers._tf_fused import fusable
 from bn_keras.layers._tf_fused import fused_call
 from bn_keras.layers.renorm_clipping import RenormClipping
@@ -151,7 +152,7 @@ def _check_synchronized(synchronized):
         )
 
 
-def _check_fused(fused, epsilon):
+def _check_fused(fused):
     if fused not in (None, True, False):
         raise ValueError(
             "Argument `fused` must be None (use the fused kernel where it "
@@ -163,12 +164,6 @@ def _check_fused(fused, epsilon):
             "Argument `fused=True` needs the TensorFlow backend (its "
             "fused batch-norm kernel); the current backend is "
             f"'{keras.backend.backend()}'. Received: fused={fused}"
-        )
-    if fused and float(epsilon) < FUSED_MIN_EPSILON:
-        raise ValueError(
-            "Argument `fused=True` needs `epsilon` of at least "
-            f"{FUSED_MIN_EPSILON} (the fused kernel's minimum). "
-            f"Received: epsilon={epsilon}, fused={fused}"
         )
 
 
@@ -292,12 +287,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
             batch-norm kernel (FusedBatchNormV3), which is several times
             faster than the composite ops. `None` (the default) uses it
             wherever it gives the same result: a Python boolean `training`,
-            no mask, no `synchronized` training, `epsilon >= 1.001e-5`, the
-            features axis first after the batch axis or last; but not under
-            XLA (`jit_compile=True`), which compiles the general path to
-            faster code. `False` never uses it; `True` is the same as `None`
-            but raises an error at construction on a backend that has no
-            fused kernel.
+            no mask, no `synchronized` training, float32 inputs (after the
+            upcast of mixed precision), the features axis first after the
+            batch axis or last; any epsilon (PyTorch's 1e-5 included,
+            computed as it is: tf-keras raised epsilons below 1.001e-5 to
+            that value on its fused path); but not under XLA
+            (`jit_compile=True`), which compiles the general path to faster
+            code. `False` never uses it; `True` is the same as `None` but
+            raises an error at construction on a backend that has no fused
+            kernel.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -358,7 +356,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         virtual_batch_size = _check_virtual_batch_size(virtual_batch_size, axis)
         _check_synchronized(synchronized)
         skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
-        _check_fused(fused, epsilon)
+        _check_fused(fused)
         renorm_clipping = _standardize_clipping(renorm, renorm_clipping)
         super().__init__(
             axis=int(axis),
@@ -391,6 +389,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.fused = fused
         self.renorm_step = None
         self.num_batches_tracked = None
+        self._ghost_size_checked = False
 
     @property
     def renorm_schedule(self):
@@ -474,11 +473,36 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 compute_dtype,
             )
         training = self._training_flag(training)
+        if training is True:
+            self._warn_single_ghost(x.shape[0])
         if weights is None and fusable(self, x, training):
             outputs = fused_call(self, x, training)
         else:
             outputs = self._general_call(x, weights, training)
         return ops.cast(outputs, self.compute_dtype)
+
+    def _warn_single_ghost(self, batch):
+        """Warns when the first training batch of a known size makes a
+        single ghost batch: the layer then trains as plain batch
+        normalization. Later batches are not checked (a partial last batch
+        of an epoch may be small without harm)."""
+        size = self.virtual_batch_size
+        if size is None or self._ghost_size_checked or batch is None:
+            return
+        self._ghost_size_checked = True
+        if ghost_count(batch, size) > 1:
+            return
+        # The same message for every layer of these sizes: Python's default
+        # warning filter shows it once, not once per layer of the model.
+        warnings.warn(
+            f"A batch normalization layer with virtual_batch_size={size} "
+            f"received a training batch of {batch} samples: the batch forms "
+            "a single ghost batch, so the layer trains as plain batch "
+            "normalization. Use a virtual_batch_size of at most half the "
+            "batch size (the batch of each replica under a distribution "
+            "strategy), or larger training batches.",
+            stacklevel=2,
+        )
 
     # -- the keras.ops path -------------------------------------------------
 
