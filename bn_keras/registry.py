@@ -18,6 +18,11 @@ activation):
 | `"bn-act-layer"` | `"pre_activation"`      | BN, activation, layer    |
 | `"layer-act"`    | `"none"`, `None`        | layer, activation (no BN)|
 
+Each order is what stands between two Dense or convolution layers: with
+`"bn-act-layer"` the activation is the one of the layer before, moved
+after the BN (pre-activation). `bn_keras.insert_batchnorm` says what each
+builds at the edges (a model's first and last layers, residual adds).
+
 Normalizations:
 
 | name       | layer                                         |

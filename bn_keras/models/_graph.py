@@ -260,13 +260,15 @@ def check_layer_names(
             f"Argument `layers` must be None, a name or a list of names of "
             f"{what}s{callable_too}. Received: layers={layers!r}"
         )
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise ValueError(
-            f"Argument `layers` names no {what} of the model: {unknown}. "
-            f"Its {label or what + 's'} are {sorted(set(listed))}. "
-            f"Received: layers={list(names)!r}"
-        )
+    known = set(known)
+    for name in sorted(names):
+        if name not in known:
+            unknown = sorted(set(names) - known)
+            raise ValueError(
+                f"Argument `layers` names no {what} of the model: {unknown}. "
+                f"Its {label or what + 's'} are {sorted(set(listed))}. "
+                f"Received: layers={list(names)!r}"
+            )
     return set(names)
 
 

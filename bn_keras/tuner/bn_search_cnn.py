@@ -21,15 +21,9 @@ class BNSearchCNN(SearchModel):
     `SparseCategoricalCrossentropy(from_logits=True)` and `"accuracy"`
     (integer labels), for regression with `"mse"` and `"mae"`.
 
-    Each block's placement says where its BN goes, and between two
-    consecutive layers there is always one activation: a `"bn-act-layer"`
-    block (BN, activation, layer) applies the activation of the layer
-    before it, which then has none after it, and an `Activation` layer
-    `"block_{i}_act"` follows a `"bn-act-layer"` block whose next block
-    (or the head) puts BN after its own layer. The first block reads the
-    input, which has no activation to move: there `"bn-act-layer"` counts
-    as `"layer-act"` (the `"input_batchnorm"` choice standardizes the
-    input).
+    Placements as in `bn_keras.tuner.BNSearchMLP`: one activation between
+    two consecutive layers (a `"bn-act-layer"` block applies the one of the
+    block before it), and no BN before the first block.
 
     Hyperparameters: `"num_blocks"`; per block, `"block_{i}/filters"` and the
     choices of `bn_keras.tuner.bn_hyperparameters` under `"block_{i}"`, all
