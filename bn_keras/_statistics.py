@@ -16,9 +16,29 @@ import numpy as np
 DEAD_GAMMA = 1e-3
 
 
+def to_numpy(variable):
+    """A variable's (or tensor's) value as a NumPy array.
+
+    Without NumPy 2's `DeprecationWarning` ("`__array__` implementation
+    doesn't accept a copy keyword"): `keras.ops.convert_to_numpy` calls
+    `np.array()` on a Keras variable (and on TensorFlow on its tensor),
+    whose `__array__` takes no `copy` argument. The variable is read as a
+    tensor first, which TensorFlow converts with `.numpy()`.
+    """
+    value = keras.ops.convert_to_tensor(variable)
+    if hasattr(value, "numpy") and keras.backend.backend() == "tensorflow":
+        return value.numpy()
+    return keras.ops.convert_to_numpy(value)
+
+
+def weight_values(layer):
+    """`layer.get_weights()`, read with `to_numpy`."""
+    return [to_numpy(variable) for variable in layer.weights]
+
+
 def as_float64(variable):
     """A variable's (or tensor's) value as a float64 NumPy array."""
-    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
+    return np.asarray(to_numpy(variable), dtype=np.float64)
 
 
 def read_statistics(layer):

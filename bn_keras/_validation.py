@@ -82,22 +82,25 @@ def check_nonnegative_int(name, value, what="integer"):
     return int(value)
 
 
-def check_fraction(name, value, allow_none=False):
+def check_fraction(name, value, allow_none=False, allow_one=False):
     """Returns `value` as a `float` in `[0, 1)`, as momenta are (or `None`
-    where allowed).
+    where allowed; `[0, 1]` with `allow_one`).
 
     >>> bn_keras._validation.check_fraction("momentum", 0.9)
     0.9
     >>> bn_keras._validation.check_fraction("momentum", None, allow_none=True)
+    >>> bn_keras._validation.check_fraction("momentum", 1, allow_one=True)
+    1.0
     """
     if allow_none and value is None:
         return None
-    expected = "a float in [0, 1)" + (" or None" if allow_none else "")
+    interval = "[0, 1]" if allow_one else "[0, 1)"
+    expected = f"a float in {interval}" + (" or None" if allow_none else "")
     if not is_number(value):
         raise TypeError(
             f"Argument `{name}` must be {expected}. {_received(name, value)}"
         )
-    if not 0.0 <= value < 1.0:
+    if not (0.0 <= value <= 1.0 if allow_one else 0.0 <= value < 1.0):
         raise ValueError(
             f"Argument `{name}` must be {expected}. {_received(name, value)}"
         )

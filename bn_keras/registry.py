@@ -1,10 +1,12 @@
 """Names for batch normalization placements and variants.
 
 The one place where bn-keras turns a string into a choice, in the style of
-`keras.initializers.get()`: `bn_keras.layers.BNBlock`,
-`bn_keras.insert_batchnorm`, the tuner and the command line all resolve
-their `placement` and `normalization` arguments here, so every name means
-the same thing everywhere.
+`keras.initializers.get()`: `bn_keras.insert_batchnorm`, the tuner and the
+command line resolve their `placement` and `normalization` arguments here,
+so every name means the same thing everywhere. The tables themselves live
+in `bn_keras._names`, which imports nothing: `bn_keras.layers.BNBlock`
+resolves its arguments with them there, below this module, which builds
+layers.
 
 Placements (the order of the wrapped layer, batch normalization and the
 activation):
@@ -15,6 +17,11 @@ activation):
 | `"layer-act-bn"` | `"after_activation"`    | layer, activation, BN    |
 | `"bn-act-layer"` | `"pre_activation"`      | BN, activation, layer    |
 | `"layer-act"`    | `"none"`, `None`        | layer, activation (no BN)|
+
+Each order is what stands between two Dense or convolution layers: with
+`"bn-act-layer"` the activation is the one of the layer before, moved
+after the BN (pre-activation). `bn_keras.insert_batchnorm` says what each
+builds at the edges (a model's first and last layers, residual adds).
 
 Normalizations:
 
@@ -69,219 +76,52 @@ if TYPE_CHECKING:
 
     from bn_keras._typing import Normalization
 
-# Keras and the layers are imported by the functions that build layers, on
-# first use: the names cost nothing to import, so that `bn-keras --help`
-# lists them without starting Keras and TensorFlow.
+# The names live in `bn_keras._names`, which imports nothing, so that the
+# layers can resolve them too; this module re-exports them. Keras and the
+# layers are imported by the functions below, which build layers, on first
+# use: `bn-keras --help` lists the names without starting TensorFlow.
+from bn_keras._names import CONVERSIONS
+from bn_keras._names import INPUT_NORMALIZATIONS
+from bn_keras._names import NORMALIZATIONS
+from bn_keras._names import PLACEMENT_ALIASES
+from bn_keras._names import PLACEMENTS
+from bn_keras._names import TUNERS
+from bn_keras._names import get_conversion_name
+from bn_keras._names import get_input_normalization_name
+from bn_keras._names import get_normalization_name
+from bn_keras._names import get_placement
+from bn_keras._names import has_batchnorm
+from bn_keras._names import input_normalization_names
+from bn_keras._names import normalization_names
+from bn_keras._names import placement_aliases
+from bn_keras._names import placement_order
+from bn_keras._names import placement_table
+from bn_keras._names import valid_placement_names
 
-#: Canonical placement names; each spells its order of operations.
-PLACEMENTS = ("layer-bn-act", "layer-act-bn", "bn-act-layer", "layer-act")
-
-#: Every accepted placement name (lowercase), canonical names included.
-PLACEMENT_ALIASES = {
-    "layer-bn-act": "layer-bn-act",
-    "before_activation": "layer-bn-act",
-    "layer-act-bn": "layer-act-bn",
-    "after_activation": "layer-act-bn",
-    "bn-act-layer": "bn-act-layer",
-    "pre_activation": "bn-act-layer",
-    "layer-act": "layer-act",
-    "none": "layer-act",
-}
-
-#: Tuner names that `bn_keras.tuner.get_tuner` knows.
-TUNERS = ("random", "grid", "hyperband", "bayesian")
-
-#: Input normalization names and the arguments of the
-#: `BatchNormalization` each one puts on an input (`None`: no layer).
-INPUT_NORMALIZATIONS = {
-    "none": None,
-    "batch": {},
-    "renorm": {"renorm": True, "momentum": None, "renorm_momentum": None},
-}
-
-#: Normalization names and the `bn_keras.layers` class each one builds.
-NORMALIZATIONS = {
-    "batch": "BatchNormalization",
-    "ghost": "GhostBatchNormalization",
-    "renorm": "BatchRenormalization",
-}
-
-
-#: What `bn_keras.convert_batchnorm` converts BN layers to: the
-#: normalizations above, and `"keras"`, Keras's own layer.
-CONVERSIONS = {**NORMALIZATIONS, "keras": "keras.layers.BatchNormalization"}
-
-
-def _layer_class(name):
-    """The `bn_keras.layers` class of a registered normalization name."""
-    from bn_keras import layers
-
-    return getattr(layers, NORMALIZATIONS[name])
-
-
-def get_placement(placement: str | None) -> str:
-    """Returns the canonical name of a placement.
-
-    Args:
-        placement: A placement name or alias (case-insensitive), or `None`
-            for no batch normalization. See the module docstring for the
-            table of names.
-
-    Returns:
-        One of `"layer-bn-act"`, `"layer-act-bn"`, `"bn-act-layer"` and
-        `"layer-act"`.
-
-    Raises:
-        ValueError: for an unknown name; the message lists the valid ones.
-
-    Example:
-
-    >>> bn_keras.registry.get_placement(None)
-    'layer-act'
-    """
-    if placement is None:
-        return "layer-act"
-    if isinstance(placement, str):
-        name = PLACEMENT_ALIASES.get(placement.strip().lower())
-        if name is not None:
-            return name
-    raise ValueError(
-        f"Unknown placement. Valid placements: {valid_placement_names()}. "
-        f"Received: placement={placement!r}"
-    )
-
-
-def placement_order(placement: str | None) -> tuple[str, ...]:
-    """The order of operations of a placement, as a tuple of steps.
-
-    Args:
-        placement: A placement name or alias, or `None`.
-
-    Returns:
-        A tuple of `"layer"`, `"bn"` and `"act"`, in forward order, e.g.
-        `("layer", "bn", "act")` for `"layer-bn-act"`; `"bn"` is absent for
-        `"layer-act"`.
-    """
-    return tuple(get_placement(placement).split("-"))
-
-
-def has_batchnorm(placement: str | None) -> bool:
-    """Whether a placement includes batch normalization."""
-    return "bn" in placement_order(placement)
-
-
-#: How each step of a placement's order reads in `placement_table`.
-_STEP_WORDS = {"layer": "layer", "bn": "BN", "act": "activation"}
-
-
-def placement_aliases(placement: str) -> list[str]:
-    """The other names of a placement, in the order of `PLACEMENT_ALIASES`.
-
-    Example:
-
-    >>> bn_keras.registry.placement_aliases("layer-act")
-    ['none']
-    """
-    name = get_placement(placement)
-    return [
-        alias
-        for alias, canonical in PLACEMENT_ALIASES.items()
-        if canonical == name and alias != name
-    ]
-
-
-def valid_placement_names(quoted: bool = True) -> str:
-    """The placement names with their aliases, as one line for messages.
-
-    Args:
-        quoted: `True` for Python callers: names as `repr`s, and `None`
-            among the aliases of `"layer-act"`; `False` for the command
-            line: bare names, as they are typed.
-
-    Example:
-
-    >>> bn_keras.registry.valid_placement_names().split(", ")[-1]
-    "'layer-act' (or 'none' or None)"
-    >>> bn_keras.registry.valid_placement_names(quoted=False).split(", ")[0]
-    'layer-bn-act (or before_activation)'
-    """
-    entries = []
-    for name in PLACEMENTS:
-        aliases = placement_aliases(name)
-        if quoted:
-            aliases = [repr(a) for a in aliases]
-            if not has_batchnorm(name):
-                aliases.append("None")
-            name = repr(name)
-        entries.append(f"{name} (or {' or '.join(aliases)})")
-    return ", ".join(entries)
-
-
-def placement_table(indent: int = 2, width: int = 34) -> str:
-    """The placements as lines of text for a `--help`: names and order.
-
-    Args:
-        indent: Spaces before each line. Defaults to `2`.
-        width: Width of the names column (name and aliases). Defaults to
-            `34`.
-
-    Example:
-
-    >>> print(bn_keras.registry.placement_table())
-      layer-bn-act (before_activation)   layer, BN, activation
-      layer-act-bn (after_activation)    layer, activation, BN
-      bn-act-layer (pre_activation)      BN, activation, layer
-      layer-act (none)                   layer, activation (no BN)
-    """
-    lines = []
-    for name in PLACEMENTS:
-        label = f"{name} ({', '.join(placement_aliases(name))})"
-        order = ", ".join(_STEP_WORDS[step] for step in placement_order(name))
-        if not has_batchnorm(name):
-            order += " (no BN)"
-        lines.append(f"{' ' * indent}{label:<{width}} {order}")
-    return "\n".join(lines)
-
-
-def normalization_names() -> list[str]:
-    """The registered normalization names, sorted."""
-    return sorted(NORMALIZATIONS)
-
-
-def get_normalization_name(normalization: str) -> str:
-    """Returns the registered name of a normalization.
-
-    The one check of normalization names: every module that takes one
-    (`get_normalization`, the tuner, the command line) validates it here.
-
-    Args:
-        normalization: A registered name, `"batch"`, `"ghost"` or
-            `"renorm"` (case-insensitive, surrounding spaces ignored).
-
-    Returns:
-        The name in lowercase.
-
-    Raises:
-        ValueError: for anything else; the message lists the valid names.
-
-    Example:
-
-    >>> bn_keras.registry.get_normalization_name(" Ghost")
-    'ghost'
-    """
-    return _lookup(normalization, sorted(NORMALIZATIONS))
-
-
-def get_conversion_name(normalization: str) -> str:
-    """The name of `CONVERSIONS` that `normalization` spells, in lowercase
-    (checked without importing Keras); a `ValueError` lists the valid ones.
-
-    Example:
-
-    >>> bn_keras.registry.get_conversion_name(" Keras")
-    'keras'
-    """
-    return _lookup(normalization, sorted(CONVERSIONS))
+__all__ = [
+    "CONVERSIONS",
+    "INPUT_NORMALIZATIONS",
+    "NORMALIZATIONS",
+    "PLACEMENTS",
+    "PLACEMENT_ALIASES",
+    "TUNERS",
+    "get_conversion_class",
+    "get_conversion_name",
+    "get_input_normalization",
+    "get_input_normalization_name",
+    "get_normalization",
+    "get_normalization_name",
+    "get_placement",
+    "has_batchnorm",
+    "input_normalization_names",
+    "normalization_for_run",
+    "normalization_names",
+    "placement_aliases",
+    "placement_order",
+    "placement_table",
+    "serialize_normalization",
+    "valid_placement_names",
+]
 
 
 def get_conversion_class(
@@ -313,21 +153,9 @@ def get_conversion_class(
         import keras
 
         return keras.layers.BatchNormalization
-    return _layer_class(name)
+    from bn_keras.layers._normalization_spec import normalization_class
 
-
-def _lookup(value, names, kind="normalization", argument="normalization"):
-    """The lowercase name if it is one of `names`, else a `ValueError` that
-    lists them, in their order."""
-    if isinstance(value, str):
-        name = value.strip().lower()
-        if name in names:
-            return name
-    raise ValueError(
-        f"Unknown {kind}. Valid names: "
-        f"{', '.join(repr(n) for n in names)}. "
-        f"Received: {argument}={value!r}"
-    )
+    return normalization_class(name)
 
 
 def normalization_for_run(
@@ -373,6 +201,7 @@ def normalization_for_run(
     (0.9, 800)
     """
     from bn_keras import layers
+    from bn_keras.layers._normalization_spec import normalization_class
 
     name = get_normalization_name(normalization)
     if name == "ghost" and ghost_batch_size is not None:
@@ -388,7 +217,7 @@ def normalization_for_run(
             momentum=momentum,
             renorm_momentum=momentum,
         )
-    return _layer_class(name)(momentum=momentum)
+    return normalization_class(name)(momentum=momentum)
 
 
 def get_normalization(
@@ -429,67 +258,18 @@ def get_normalization(
     >>> layer.momentum, layer.axis
     (0.9, 1)
     """
-    import keras
+    from bn_keras.layers._normalization_spec import normalization_layer
 
-    from bn_keras.layers import BatchNormalization
-
-    if normalization is None:
-        return BatchNormalization(**defaults)
-    if isinstance(normalization, str):
-        return _layer_class(get_normalization_name(normalization))(**defaults)
-    if isinstance(normalization, dict):
-        if "class_name" in normalization:
-            layer = keras.saving.deserialize_keras_object(normalization)
-            if not isinstance(layer, keras.layers.Layer):
-                raise TypeError(
-                    "A serialized `normalization` must describe a layer. "
-                    f"Received: normalization={normalization!r}"
-                )
-            return layer
-        return BatchNormalization(**{**defaults, **normalization})
-    if isinstance(normalization, keras.layers.Layer):
-        config = normalization.get_config()
-        config.pop("name", None)  # a fresh layer gets a fresh name
-        return type(normalization).from_config({**defaults, **config})
-    raise TypeError(
-        "Argument `normalization` must be None, one of "
-        f"{normalization_names()}, a dict of BatchNormalization arguments, "
-        f"or a layer instance. Received: normalization={normalization!r}"
-    )
+    return normalization_layer(normalization, **defaults)
 
 
 def serialize_normalization(
     layer: keras.layers.Layer | None,
 ) -> dict[str, Any] | None:
     """The JSON-serializable form of a normalization layer (or `None`)."""
-    import keras
+    from bn_keras.layers import _normalization_spec
 
-    if layer is None:
-        return None
-    return keras.saving.serialize_keras_object(layer)
-
-
-def input_normalization_names() -> list[str]:
-    """The input normalization names, in the order of the table."""
-    return list(INPUT_NORMALIZATIONS)
-
-
-def get_input_normalization_name(name: str | bool | None) -> str:
-    """Returns the registered name of an input normalization, lowercase.
-
-    `name` is `"none"`, `"batch"` or `"renorm"`, case-insensitive, with
-    surrounding spaces ignored; anything else raises a `ValueError` that
-    lists the valid names (as `get_normalization_name` does).
-
-    >>> bn_keras.registry.get_input_normalization_name("ReNorm")
-    'renorm'
-    """
-    return _lookup(
-        name,
-        input_normalization_names(),
-        "input normalization",
-        "input_batchnorm",
-    )
+    return _normalization_spec.serialize_normalization(layer)
 
 
 def get_input_normalization(

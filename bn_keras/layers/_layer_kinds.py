@@ -8,8 +8,8 @@ holds a layer's features. `BNBlock`, the graph rewrites in `models/`
 
 This module lives in `layers/`, not beside the layer graph in `models/`,
 because of the package's import stack (cli -> tuner -> callbacks -> models
--> layers -> registry): `BNBlock` needs `is_linear_activation` and
-`channel_axis`, and `models/fold_batchnorm.py` imports `BNBlock`, so a
+-> registry -> layers -> _names): `BNBlock` needs `is_linear_activation`
+and `channel_axis`, and `models/fold_batchnorm.py` imports `BNBlock`, so a
 module in `layers/` that imported `models/` would make a cycle. It imports
 nothing from bn_keras.
 """

@@ -19,8 +19,6 @@ import math
 import keras
 from keras import ops
 
-# TensorFlow's fused batch-norm kernel refuses smaller epsilons (cuDNN's).
-FUSED_MIN_EPSILON = 1.001e-5
 # Equal ghost batches of at least this many values, of a batch size known
 # when tracing, get a fused-kernel call each; smaller ones take the general
 # path (measured on CPU: at 32x32x32x32 values per ghost, one call each took
@@ -60,7 +58,7 @@ def fusable(layer, x, training):
         return False  # a tensor flag: the general path selects per call
     if training and layer.synchronized:
         return False
-    if layer.epsilon < FUSED_MIN_EPSILON or x.dtype != "float32":
+    if x.dtype != "float32":
         return False
     rank = len(x.shape)
     if rank < 2 or layer._channel_axis not in (1, rank - 1):
@@ -121,6 +119,12 @@ def batch_norm(
     Normalizes with `mean` and `variance` when given, else (training) with
     the batch's. Returns `(y, mean, variance)`; in training, the batch mean
     and the biased batch variance (the kernel's own is Bessel-corrected).
+
+    The op is called as it is (`tf.raw_ops`), with the layer's epsilon,
+    whatever its size: TensorFlow's Python wrapper once raised epsilons
+    below 1.001e-5 to that value (cuDNN's minimum before cuDNN 7.5, which
+    lowered it to 0), as tf-keras's fused path did. The kernel computes
+    with any positive epsilon, on CPU and with cuDNN alike.
     """
     import tensorflow as tf  # only reachable on the TensorFlow backend
 
@@ -135,13 +139,15 @@ def batch_norm(
     else:
         x4 = tf.reshape(x, [shape[0], channels, -1, 1])
     training = mean is None
-    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-        x4,
-        scale,
-        offset,
-        mean=mean,
-        variance=variance,
+    empty = tf.constant([], x.dtype)
+    y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x4,
+        scale=scale,
+        offset=offset,
+        mean=empty if training else mean,
+        variance=empty if training else variance,
         epsilon=epsilon,
+        exponential_avg_factor=1.0,
         data_format="NHWC" if channels_last else "NCHW",
         is_training=training,
     )

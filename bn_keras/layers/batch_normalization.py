@@ -12,6 +12,7 @@ re-derive figures from the layer's weights.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -32,7 +33,6 @@ from bn_keras.layers._formulas import ghost_count
 from bn_keras.layers._formulas import ghost_ids
 from bn_keras.layers._formulas import moving_average
 from bn_keras.layers._formulas import renorm_ratios
-from bn_keras.layers._tf_fused import FUSED_MIN_EPSILON
 from bn_keras.layers._tf_fused import fusable
 from bn_keras.layers._tf_fused import fused_call
 from bn_keras.layers.renorm_clipping import RenormClipping
@@ -158,7 +158,7 @@ def _check_synchronized(synchronized):
         )
 
 
-def _check_fused(fused, epsilon):
+def _check_fused(fused):
     if fused not in (None, True, False):
         raise ValueError(
             "Argument `fused` must be None (use the fused kernel where it "
@@ -170,12 +170,6 @@ def _check_fused(fused, epsilon):
             "Argument `fused=True` needs the TensorFlow backend (its "
             "fused batch-norm kernel); the current backend is "
             f"'{keras.backend.backend()}'. Received: fused={fused}"
-        )
-    if fused and float(epsilon) < FUSED_MIN_EPSILON:
-        raise ValueError(
-            "Argument `fused=True` needs `epsilon` of at least "
-            f"{FUSED_MIN_EPSILON} (the fused kernel's minimum). "
-            f"Received: epsilon={epsilon}, fused={fused}"
         )
 
 
@@ -202,10 +196,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
       keeps a step counter, `renorm_step`, saved with its weights.
     - **A non-finite guard** (`skip_nonfinite=True`): a training batch whose
       mean or variance is not finite leaves every moving statistic unchanged.
-    - **Cumulative statistics** (`momentum=None`, as in PyTorch; and
-      `renorm_momentum=None`): the average over every batch seen instead of
-      an exponential moving average (see below). The layer then keeps a
-      counter, `num_batches_tracked`, saved with its weights.
+    - **Cumulative statistics** (`momentum=None`, and
+      `renorm_momentum=None`): the mean and variance of every value seen
+      instead of an exponential moving average (see below). The layer then
+      keeps a counter, `num_batches_tracked`, saved with its weights.
+      PyTorch's `momentum=None` gives the same mean, but its variance is
+      the average of the per-batch unbiased variances: it leaves out the
+      spread between the batch means, which this one pools in.
 
     **During training** (`fit()`, or `training=True`) each channel is
     normalized with the statistics of the batch (or of its ghost batch):
@@ -256,9 +253,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     Args:
         axis: Integer, the features axis to normalize. Defaults to `-1`.
-        momentum: Momentum of the moving averages, a float in `[0, 1)`, or
-            `None` for cumulative averages of the batch statistics (see
-            above). Defaults to `0.99`.
+        momentum: Momentum of the moving averages, a float in `[0, 1]`
+            (`1.0` freezes the moving statistics, as in Keras), or `None`
+            for cumulative averages of the batch statistics (see above).
+            Defaults to `0.99`.
         epsilon: Small positive float added to the variance. Defaults to
             `1e-3`.
         center: If `True`, add the offset `beta`. Defaults to `True`.
@@ -279,7 +277,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             bounds do not clip), or a `bn_keras.layers.RenormClipping`
             schedule. Defaults to `None` (no clipping).
         renorm_momentum: Momentum of the renorm statistics, a float in
-            `[0, 1)`, or `None` for cumulative averages (see above).
+            `[0, 1]`, or `None` for cumulative averages (see above).
             Defaults to `0.99`.
         synchronized: If `True`, under a `tf.distribute` strategy the batch
             statistics are computed over the global batch (all replicas).
@@ -295,12 +293,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
             batch-norm kernel (FusedBatchNormV3), which is several times
             faster than the composite ops. `None` (the default) uses it
             wherever it gives the same result: a Python boolean `training`,
-            no mask, no `synchronized` training, `epsilon >= 1.001e-5`, the
-            features axis first after the batch axis or last; but not under
-            XLA (`jit_compile=True`), which compiles the general path to
-            faster code. `False` never uses it; `True` is the same as `None`
-            but raises an error at construction on a backend that has no
-            fused kernel.
+            no mask, no `synchronized` training, float32 inputs (after the
+            upcast of mixed precision), the features axis first after the
+            batch axis or last; any epsilon (PyTorch's 1e-5 included,
+            computed as it is: tf-keras raised epsilons below 1.001e-5 to
+            that value on its fused path); but not under XLA
+            (`jit_compile=True`), which compiles the general path to faster
+            code. `False` never uses it; `True` is the same as `None` but
+            raises an error at construction on a backend that has no fused
+            kernel.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -351,15 +352,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
         **kwargs: Any,
     ) -> None:
         _check_axis(axis)
-        momentum = check_fraction("momentum", momentum, allow_none=True)
+        momentum = check_fraction(
+            "momentum", momentum, allow_none=True, allow_one=True
+        )
         renorm_momentum = check_fraction(
-            "renorm_momentum", renorm_momentum, allow_none=True
+            "renorm_momentum", renorm_momentum, allow_none=True, allow_one=True
         )
         _check_epsilon(epsilon)
         virtual_batch_size = _check_virtual_batch_size(virtual_batch_size, axis)
         _check_synchronized(synchronized)
         skip_nonfinite = check_bool("skip_nonfinite", skip_nonfinite)
-        _check_fused(fused, epsilon)
+        _check_fused(fused)
         renorm_clipping = _standardize_clipping(renorm, renorm_clipping)
         super().__init__(
             axis=int(axis),
@@ -392,6 +395,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.fused = fused
         self.renorm_step = None
         self.num_batches_tracked = None
+        self._ghost_size_checked = False
 
     @property
     def renorm_schedule(self) -> RenormClipping | None:
@@ -475,11 +479,36 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 compute_dtype,
             )
         training = self._training_flag(training)
+        if training is True:
+            self._warn_single_ghost(x.shape[0])
         if weights is None and fusable(self, x, training):
             outputs = fused_call(self, x, training)
         else:
             outputs = self._general_call(x, weights, training)
         return ops.cast(outputs, self.compute_dtype)
+
+    def _warn_single_ghost(self, batch):
+        """Warns when the first training batch of a known size makes a
+        single ghost batch: the layer then trains as plain batch
+        normalization. Later batches are not checked (a partial last batch
+        of an epoch may be small without harm)."""
+        size = self.virtual_batch_size
+        if size is None or self._ghost_size_checked or batch is None:
+            return
+        self._ghost_size_checked = True
+        if ghost_count(batch, size) > 1:
+            return
+        # The same message for every layer of these sizes: Python's default
+        # warning filter shows it once, not once per layer of the model.
+        warnings.warn(
+            f"A batch normalization layer with virtual_batch_size={size} "
+            f"received a training batch of {batch} samples: the batch forms "
+            "a single ghost batch, so the layer trains as plain batch "
+            "normalization. Use a virtual_batch_size of at most half the "
+            "batch size (the batch of each replica under a distribution "
+            "strategy), or larger training batches.",
+            stacklevel=2,
+        )
 
     # -- the keras.ops path -------------------------------------------------
 

@@ -7,9 +7,12 @@ from typing import Any
 
 import keras
 
-from bn_keras import registry
+from bn_keras._names import get_placement
+from bn_keras._names import placement_order
 from bn_keras.layers._layer_kinds import channel_axis
 from bn_keras.layers._layer_kinds import is_linear_activation
+from bn_keras.layers._normalization_spec import normalization_layer
+from bn_keras.layers._normalization_spec import serialize_normalization
 
 
 def _describe(layer):
@@ -100,8 +103,8 @@ class BNBlock(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.placement = registry.get_placement(placement)
-        order = registry.placement_order(self.placement)
+        self.placement = get_placement(placement)
+        order = placement_order(self.placement)
         layer = _check_layer(layer)
         normalization = _resolve_normalization(normalization, order, layer)
         layer_config = layer.get_config()
@@ -193,7 +196,7 @@ class BNBlock(keras.layers.Layer):
                     else keras.activations.serialize(self.activation)
                 ),
                 "placement": self.placement,
-                "normalization": registry.serialize_normalization(
+                "normalization": serialize_normalization(
                     self.normalization
                 ),
             }
@@ -237,7 +240,7 @@ def _check_layer(layer):
 def _resolve_normalization(normalization, order, layer):
     """The BN layer of a placement with BN; `None` for `"layer-act"`."""
     if "bn" in order:
-        return registry.get_normalization(
+        return normalization_layer(
             normalization, axis=channel_axis(layer)
         )
     if normalization is not None:

@@ -1,15 +1,19 @@
-"""The graph of layers of a Sequential or Functional model, and rebuilding it.
+"""The graph of layers of a Sequential or Functional model, and rewriting it.
 
-Shared by `insert_batchnorm`, `fold_batchnorm`, the placement hypermodel
-and `bn-keras inspect`: which kind of model it is, which layer feeds which,
-which layers compute its outputs, and a rebuild that swaps each layer for
-a replacement while keeping weights. The kinds of layers (Dense and
-convolution, activation) come from `bn_keras.layers._layer_kinds`, which
-`BNBlock` shares.
-"""
+The one skeleton of the graph rewrites (`insert_batchnorm`,
+`convert_batchnorm`, `fold_batchnorm`, and the placement hypermodel
+through `insert_batchnorm`): `check_layer_names` checks a `layers=`
+argument, and `rewrite` rebuilds a model of either kind with a per-layer
+replacement function, recursing into nested models. Around it: which kind
+of model it is, which layer feeds which (`LayerGraph`, which `bn-keras
+inspect` and the fold plan read too), which layers compute its outputs and
+which read its inputs. The kinds of layers (Dense and convolution,
+activation) come from `bn_keras.layers._layer_kinds`, which `BNBlock`
+shares."""
 
 import keras
 
+from bn_keras._statistics import weight_values
 from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
 
 
@@ -63,11 +67,6 @@ def copy_layer(layer, **changes):
             "layer a `get_config()` that lists its constructor arguments. "
             f"Received: layer={layer.name}"
         ) from error
-
-
-def _set_weights(layer, weights):
-    if weights is not None and layer.built:
-        layer.set_weights(weights)
 
 
 def _history_refs(value):
@@ -134,10 +133,12 @@ class LayerGraph:
     - `consumers[name]`: names of the nodes that consume its outputs, one
       entry per use;
     - `outputs`: names of the nodes that produce a model output, once per
-      output.
+      output;
+    - `kind`: `"sequential"` or `"functional"`.
     """
 
     def __init__(self, model, kind):
+        self.kind = kind
         self.layers = [
             layer
             for layer in model.layers
@@ -221,6 +222,56 @@ def unique_name(base, taken):
     return name
 
 
+def check_layer_names(
+    layers, known, listed, what="layer", label=None, allow_callable=False
+):
+    """The one check of a `layers=` argument of the graph rewrites.
+
+    Args:
+        layers: `None`, a layer name, a list (tuple, set) of names, or,
+            with `allow_callable`, a callable `layer -> bool`.
+        known: The names `layers` may name (the model's layers, nested
+            ones included, or only its BN layers).
+        listed: The names the error for an unknown name lists.
+        what: What a name names, for the messages. Defaults to `"layer"`.
+        label: What `listed` are, for the message. Defaults to
+            `"{what}s"`.
+        allow_callable: Whether a callable is accepted. Defaults to
+            `False`.
+
+    Returns:
+        `None`, the callable, or the set of names.
+
+    Raises:
+        TypeError: for anything else; ValueError: for a name not in
+            `known`, with `listed` in the message.
+
+    >>> bn_keras.models._graph.check_layer_names("a", {"a", "b"}, ["a"])
+    {'a'}
+    """
+    if layers is None or (allow_callable and callable(layers)):
+        return layers
+    names = [layers] if isinstance(layers, str) else layers
+    if not isinstance(names, (list, tuple, set)) or not all(
+        isinstance(name, str) for name in names
+    ):
+        callable_too = ", or a callable `layer -> bool`" * allow_callable
+        raise TypeError(
+            f"Argument `layers` must be None, a name or a list of names of "
+            f"{what}s{callable_too}. Received: layers={layers!r}"
+        )
+    known = set(known)
+    for name in sorted(names):
+        if name not in known:
+            unknown = sorted(set(names) - known)
+            raise ValueError(
+                f"Argument `layers` names no {what} of the model: {unknown}. "
+                f"Its {label or what + 's'} are {sorted(set(listed))}. "
+                f"Received: layers={list(names)!r}"
+            )
+    return set(names)
+
+
 class Replacement:
     """What one layer becomes in the rebuilt model.
 
@@ -228,13 +279,33 @@ class Replacement:
     the original layer (or is `None` to drop it: its first input passes
     through), `after` layers apply to its output. `weights`, if not `None`,
     are set on `main` once it is built. `make_extra` builds fresh `before`
-    and `after` layers, once per call of a shared layer.
+    and `after` layers, once per call of a shared layer: it returns
+    `(before, after)` or `(before, after, routes)`, where `routes` maps the
+    name of a consumer of the output to the layers that the output goes
+    through for that consumer instead of `after` (the activation moved out
+    of a layer to the edge towards the next, with BN before it). With
+    routes, `after` is `None` when every consumer is routed and the output
+    is no model output.
     """
 
-    def __init__(self, main, weights=None, make_extra=None):
+    def __init__(self, main, weights=None, make_extra=None, copies=()):
         self.main = main
         self.weights = weights
         self.make_extra = make_extra or (lambda: ((), ()))
+        # (layer, weights) of copied layers among the extra ones (a
+        # stand-alone activation with weights, `PReLU`, moved by a route).
+        self.copies = list(copies)
+
+    def extras(self):
+        """`(before, after, routes)`, fresh."""
+        before, after, *routes = self.make_extra()
+        return before, after, (routes[0] if routes else {})
+
+    def set_weights(self):
+        """Sets the weights kept for `main` and the copies, once built."""
+        for layer, weights in [(self.main, self.weights), *self.copies]:
+            if layer is not None and weights is not None and layer.built:
+                layer.set_weights(weights)
 
 
 def copied(layer, make_extra=None):
@@ -246,10 +317,55 @@ def copied(layer, make_extra=None):
     """
     if isinstance(layer, keras.layers.Lambda):
         return Replacement(layer, None, make_extra)
-    return Replacement(copy_layer(layer), layer.get_weights(), make_extra)
+    return Replacement(copy_layer(layer), weight_values(layer), make_extra)
 
 
-def rebuild(model, kind, replace, input_layers=None):
+def rewrite(
+    model, function_name, make_replace, input_layers=None, compiled=True
+):
+    """A new model of the same kind, each layer swapped for its replacement.
+
+    The skeleton of every graph rewrite: checks the kind of model, reads
+    its `LayerGraph`, asks `make_replace(model, graph, path)` for the
+    function `replace(layer) -> Replacement or None` of this model (or
+    nested model), and rebuilds. `None` is the default: a nested model is
+    rewritten the same way (its `path` is the names of the models around
+    it, `"inner/"`), any other layer copied with its weights.
+
+    Args:
+        model: A Sequential or Functional model (any other raises the
+            `GraphError` of `model_kind`, naming `function_name`).
+        function_name: The public function, for the errors.
+        make_replace: Function `(model, graph, path) -> replace`.
+        input_layers: Optional function `(input name, dtype) -> layer or
+            None`, the layer (e.g. BN) applied to that model input (of the
+            outer model only).
+        compiled: Whether the new model is compiled as the old one, if it
+            was. Defaults to `True`.
+
+    Returns:
+        The new model.
+    """
+
+    def rewritten(current, path, inputs):
+        kind = model_kind(current, function_name)
+        replace = make_replace(current, LayerGraph(current, kind), path)
+
+        def each(layer):
+            step = replace(layer)
+            if step is not None:
+                return step
+            if isinstance(layer, keras.Model):
+                inner = rewritten(layer, f"{path}{layer.name}/", None)
+                return Replacement(inner)
+            return copied(layer)
+
+        return rebuild(current, kind, each, inputs, compiled)
+
+    return rewritten(model, "", input_layers)
+
+
+def rebuild(model, kind, replace, input_layers=None, compiled=True):
     """A new model in which each layer is swapped for `replace(layer)`.
 
     Args:
@@ -259,9 +375,11 @@ def rebuild(model, kind, replace, input_layers=None):
             called once per layer, however many times the layer is called.
         input_layers: Optional function `(input name, dtype) -> layer or
             None`, the layer (e.g. BN) applied to that model input.
+        compiled: Whether the new model is compiled as the old one, if it
+            was. Defaults to `True`.
 
     Returns:
-        The new model, of the same kind, compiled as the old one if it was.
+        The new model, of the same kind.
     """
     replacements = {}
 
@@ -274,8 +392,19 @@ def rebuild(model, kind, replace, input_layers=None):
         new_model = _rebuild_sequential(model, replacement, input_layers)
     else:
         new_model = _rebuild_functional(model, replacement, input_layers)
-    if model.compiled and not new_model.compiled:
+    for step in replacements.values():
+        step.set_weights()
+    if compiled and model.compiled and not new_model.compiled:
         new_model.compile_from_config(model.get_compile_config())
+    if not compiled and new_model.compiled:
+        # `clone_model` compiles the copy of a compiled model (and so
+        # builds its optimizer's state): the same graph, uncompiled.
+        new_model = keras.Model(
+            new_model.input,
+            new_model.output,
+            name=model.name,
+            trainable=model.trainable,
+        )
     return new_model
 
 
@@ -295,21 +424,21 @@ def _sequential_inputs(model, input_layers):
 
 def _rebuild_sequential(model, replacement, input_layers):
     inputs = _sequential_inputs(model, input_layers)
-    new_layers, steps = [], {}
-    for i, layer in enumerate(model.layers):
-        step = steps[id(layer)] = replacement(layer)
-        before, after = step.make_extra()
+    new_layers = []
+    layers = model.layers
+    for i, layer in enumerate(layers):
+        step = replacement(layer)
+        before, after, routes = step.extras()
+        following = layers[i + 1].name if i + 1 < len(layers) else None
+        if following in routes:
+            after = routes[following]
         if i == 0 and len(inputs) == 2:
             before = ()  # the input is normalized already
         main = [] if step.main is None else [step.main]
-        new_layers += [*before, *main, *after]
-    new_model = keras.Sequential(
+        new_layers += [*before, *main, *(after or ())]
+    return keras.Sequential(
         inputs + new_layers, name=model.name, trainable=model.trainable
     )
-    for step in steps.values():
-        if step.main is not None:
-            _set_weights(step.main, step.weights)
-    return new_model
 
 
 def _rebuild_functional(model, replacement, input_layers):
@@ -331,47 +460,64 @@ def _rebuild_functional(model, replacement, input_layers):
         model,
         input_tensors=new_inputs,
         clone_function=lambda layer: layer,
-        call_function=_functional_call(replacement, normalized),
+        call_function=_FunctionalCall(replacement, normalized),
     )
 
 
-def _functional_call(replacement, normalized):
+def _apply(layers, tensor):
+    for layer in layers:
+        tensor = layer(tensor)
+    return tensor
+
+
+class _FunctionalCall:
     """The `call_function` of `clone_model` that applies the replacements.
 
     Every call of a layer or raw tensor operation in the original graph
     goes through it, with the new model's tensors: inputs that have an
-    input layer are swapped for its output; a raw operation (`h * 2.0`,
-    see `is_raw_op`) is called as it is, and a layer's replacement is
-    called in the layer's place.
+    input layer are swapped for its output, and an output that a
+    replacement routes to this consumer for the layers of its route; a raw
+    operation (`h * 2.0`, see `is_raw_op`) is then called as it is, and a
+    layer's replacement is called in the layer's place.
     """
-    weights_set = set()
 
-    def call_function(layer, *args, **kwargs):
-        if normalized:
-            args, kwargs = keras.tree.map_structure(
-                lambda t: normalized.get(id(t), t), (args, kwargs)
-            )
+    def __init__(self, replacement, normalized):
+        self.replacement = replacement
+        self.normalized = normalized
+        # id of an output tensor -> (the main output, routes, their outputs)
+        self.routed = {}
+
+    def inputs_of(self, consumer, args, kwargs):
+        def swap(tensor):
+            tensor = self.normalized.get(id(tensor), tensor)
+            entry = self.routed.get(id(tensor))
+            if entry is None or consumer not in entry[1]:
+                return tensor
+            main_output, routes, done = entry
+            if consumer not in done:
+                done[consumer] = _apply(routes[consumer], main_output)
+            return done[consumer]
+
+        return keras.tree.map_structure(swap, (args, kwargs))
+
+    def __call__(self, layer, *args, **kwargs):
+        args, kwargs = self.inputs_of(layer.name, args, kwargs)
         if is_raw_op(layer):
             return layer(*args, **kwargs)  # stateless: nothing to copy
-        step = replacement(layer)
-        before, after = step.make_extra()
+        step = self.replacement(layer)
+        before, after, routes = step.extras()
         args = list(args)
-        if any(args[0] is t for t in normalized.values()):
+        if any(args[0] is t for t in self.normalized.values()):
             before = ()  # the input is normalized already
-        for extra in before:
-            args[0] = extra(args[0])
+        args[0] = _apply(before, args[0])
         if step.main is None:
             outputs = args[0]
         else:
             outputs = step.main(*args, **kwargs)
-            if id(step.main) not in weights_set:
-                _set_weights(step.main, step.weights)
-                weights_set.add(id(step.main))
-        for extra in after:
-            outputs = extra(outputs)
-        return outputs
-
-    return call_function
+        default = outputs if after is None else _apply(after, outputs)
+        if routes:
+            self.routed[id(default)] = (outputs, routes, {})
+        return default
 
 
 def all_layers(model):
@@ -423,23 +569,51 @@ def output_layers(model, function_name="output_layers"):
     >>> [layer.name for layer in found]
     ['out', 'prob']
     """
-    graph = LayerGraph(model, model_kind(model, function_name))
-    feeds_dense_conv = {}
+    return _ends(model, function_name, "consumers")
 
-    def dense_conv_downstream(name):
-        if name not in feeds_dense_conv:
-            feeds_dense_conv[name] = False  # cycles cannot occur; guards anyway
-            feeds_dense_conv[name] = any(
-                contains_dense_conv(graph.by_name[consumer])
-                or dense_conv_downstream(consumer)
-                for consumer in graph.consumers[name]
+
+def input_layers(model, function_name="input_layers"):
+    """The layers before which no Dense or convolution layer comes.
+
+    These read a model input, directly or through layers without weights
+    (`Flatten`, pooling), or are such layers: by default the pre-activation
+    placement `"bn-act-layer"` puts no BN before them (a model input has
+    no activation to move, and standardizing it is `input_batchnorm`'s
+    business). Nested models count as for `output_layers`.
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((2, 2)),
+    ...     keras.layers.Flatten(name="flat"),
+    ...     keras.layers.Dense(8, name="hidden"),
+    ...     keras.layers.Dense(1, name="out"),
+    ... ])
+    >>> [layer.name for layer in bn_keras.models._graph.input_layers(model)]
+    ['flat', 'hidden']
+    """
+    return _ends(model, function_name, "producers")
+
+
+def _ends(model, function_name, direction):
+    """The layers with no Dense or convolution layer among the nodes that
+    `direction` (`"consumers"` or `"producers"`) reaches from them."""
+    graph = LayerGraph(model, model_kind(model, function_name))
+    neighbours = getattr(graph, direction)
+    reaches = {}
+
+    def reaches_dense_conv(name):
+        if name not in reaches:
+            reaches[name] = False  # cycles cannot occur; guards anyway
+            reaches[name] = any(
+                contains_dense_conv(graph.by_name[other])
+                or reaches_dense_conv(other)
+                for other in neighbours[name]
             )
-        return feeds_dense_conv[name]
+        return reaches[name]
 
     found = []
     for layer in graph.layers:
-        if not dense_conv_downstream(layer.name):
+        if not reaches_dense_conv(layer.name):
             found.append(layer)
             if isinstance(layer, keras.Model):
-                found.extend(output_layers(layer, function_name))
+                found.extend(_ends(layer, function_name, direction))
     return found

@@ -10,15 +10,18 @@ import keras
 
 from bn_keras import registry
 from bn_keras._statistics import set_statistics
+from bn_keras._statistics import to_numpy
+from bn_keras._statistics import weight_values
 from bn_keras._typing import LayerSelection
 from bn_keras._typing import Normalization
 from bn_keras.layers.batch_normalization import BatchNormalization
 from bn_keras.layers.bn_block import BNBlock
 from bn_keras.models._graph import Replacement
+from bn_keras.models._graph import check_layer_names
 from bn_keras.models._graph import copied
 from bn_keras.models._graph import copy_layer
 from bn_keras.models._graph import model_kind
-from bn_keras.models._graph import rebuild
+from bn_keras.models._graph import rewrite
 from bn_keras.models.find_batchnorm import find_batchnorm
 
 logger = logging.getLogger("bn_keras")
@@ -124,7 +127,7 @@ def _carry_weights(old, new):
     `new` that `old` has no value for (a renorm step counter) keep their
     initial values.
     """
-    values = {v.name: keras.ops.convert_to_numpy(v) for v in old.weights}
+    values = {v.name: to_numpy(v) for v in old.weights}
     if new.renorm and "renorm_mean" not in values:
         set_statistics(new, values["moving_mean"], values["moving_variance"])
     for variable in new.weights:
@@ -140,23 +143,23 @@ class _Conversion:
         self.selected = selected  # ids of the BN layers to convert
         self.converted = []  # (path, old layer, new layer)
 
-    def rewrite(self, model, prefix=""):
-        kind = model_kind(model, "convert_batchnorm")
+    def make_replace(self, model, graph, path):
+        """`replace(layer)` for one model of the rewrite (see `rewrite`)."""
 
         def replace(layer):
-            path = prefix + layer.name
+            name = path + layer.name
             if id(layer) in self.selected:
-                return Replacement(self._convert(layer, path))
+                return Replacement(self._convert(layer, name))
             if isinstance(layer, keras.Model):
-                return Replacement(self.rewrite(layer, path + "/"))
+                return None  # rewritten the same way
             if isinstance(layer, BNBlock) and (
                 id(layer.normalization) in self.selected
             ):
-                return Replacement(self._block(layer, path + "/"))
-            self._check_unreached(layer, path)
+                return Replacement(self._block(layer, name + "/"))
+            self._check_unreached(layer, name)
             return copied(layer)
 
-        return rebuild(model, kind, replace)
+        return replace
 
     def _convert(self, bn, path):
         new = self.target.convert(bn)
@@ -171,7 +174,7 @@ class _Conversion:
         new = copy_layer(block, normalization=config)
         if block.built:
             new.build_from_config(block.get_build_config())
-            new.layer.set_weights(block.layer.get_weights())
+            new.layer.set_weights(weight_values(block.layer))
             _carry_weights(bn, new.normalization)
         return new
 
@@ -193,25 +196,15 @@ class _Conversion:
 def _selected(model, layers):
     """The ids of the BN layers that `layers` selects."""
     found = find_batchnorm(model)
-    if layers is None:
-        return {id(bn) for bn in found}
-    names = [layers] if isinstance(layers, str) else layers
-    if not isinstance(names, (list, tuple, set)) or not all(
-        isinstance(name, str) for name in names
-    ):
-        raise TypeError(
-            "Argument `layers` must be None or a list of names of batch "
-            f"normalization layers. Received: layers={layers!r}"
-        )
-    known = {bn.name for bn in found}
-    unknown = sorted(set(names) - known)
-    if unknown:
-        raise ValueError(
-            f"Argument `layers` names no batch normalization layer of the "
-            f"model: {unknown}. Its BN layers are {sorted(known)}. "
-            f"Received: layers={list(names)!r}"
-        )
-    return {id(bn) for bn in found if bn.name in set(names)}
+    known = [bn.name for bn in found]
+    names = check_layer_names(
+        layers,
+        known=known,
+        listed=known,
+        what="batch normalization layer",
+        label="BN layers",
+    )
+    return {id(bn) for bn in found if names is None or bn.name in names}
 
 
 def convert_batchnorm(
@@ -285,7 +278,7 @@ def convert_batchnorm(
     model_kind(model, "convert_batchnorm")  # the model is checked first
     target = _Target(normalization, overrides)
     conversion = _Conversion(target, _selected(model, layers))
-    new_model = conversion.rewrite(model)
+    new_model = rewrite(model, "convert_batchnorm", conversion.make_replace)
     for path, old, new in conversion.converted:
         logger.info(
             "convert_batchnorm: '%s' %s -> %s.",

@@ -12,13 +12,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from bn_keras._statistics import weight_values
 from bn_keras._validation import check_bool
 from bn_keras.models._fold_plan import fold_spec
 from bn_keras.models._fold_plan import plan_fold
 from bn_keras.models._graph import Replacement
-from bn_keras.models._graph import copied
 from bn_keras.models._graph import copy_layer
-from bn_keras.models._graph import rebuild
+from bn_keras.models._graph import rewrite
 
 logger = logging.getLogger("bn_keras")
 
@@ -26,7 +26,7 @@ logger = logging.getLogger("bn_keras")
 def _folded_weights(layer, bn):
     """The kernels and bias of `layer` with `bn`'s inference transform."""
     num_kernels, index, axis = fold_spec(layer)
-    weights = [np.asarray(w, dtype="float64") for w in layer.get_weights()]
+    weights = [np.asarray(w, dtype="float64") for w in weight_values(layer)]
     kernels = weights[:num_kernels]
     mean = np.asarray(bn.moving_mean, dtype="float64")
     variance = np.asarray(bn.moving_variance, dtype="float64")
@@ -57,23 +57,35 @@ def _folded_weights(layer, bn):
 
 
 def _apply(model, plan):
-    """The folded copy of `model`, as `plan` (its `FoldPlan`) says."""
+    """The folded copy of `model`, as `plan` (its `FoldPlan`) says:
+    uncompiled, as a model for inference has no use for an optimizer."""
+    plans = {}
 
-    def replace(layer):
-        if layer.name in plan.removed:
-            return Replacement(None)
-        if layer.name in plan.into:
-            bn = plan.into[layer.name]
-            return Replacement(
-                copy_layer(layer, use_bias=True), _folded_weights(layer, bn)
-            )
-        if layer.name in plan.nested:
-            return Replacement(_apply(layer, plan.nested[layer.name]))
-        if layer.name in plan.blocks:
-            return _folded_block(layer)
-        return copied(layer)
+    def index(current, path):
+        plans[path] = current
+        for name, nested in current.nested.items():
+            index(nested, f"{path}{name}/")
 
-    return rebuild(model, plan.kind, replace)
+    index(plan, "")
+
+    def make_replace(current_model, graph, path):
+        current = plans[path]
+
+        def replace(layer):
+            if layer.name in current.removed:
+                return Replacement(None)
+            if layer.name in current.into:
+                bn = current.into[layer.name]
+                return Replacement(
+                    copy_layer(layer, use_bias=True), _folded_weights(layer, bn)
+                )
+            if layer.name in current.blocks:
+                return _folded_block(layer)
+            return None  # nested models folded the same way; others copied
+
+        return replace
+
+    return rewrite(model, "fold_batchnorm", make_replace, compiled=False)
 
 
 def _folded_block(block):
@@ -109,8 +121,10 @@ def fold_batchnorm(
 
     The folded model's predictions equal the original model's in
     inference, up to float rounding. It is meant for inference only:
-    training it would no longer normalize. The original model is left
-    unchanged. Sub-models are folded too.
+    training it would no longer normalize. So it is returned uncompiled,
+    without optimizer state: saved, it is the size of its weights (call
+    `compile()` to evaluate it with `evaluate()`). The original model is
+    left unchanged. Sub-models are folded too.
 
     Which BN layers were folded is logged (logger `"bn_keras"`, level
     INFO) and, with `return_report=True`, returned.
@@ -122,7 +136,8 @@ def fold_batchnorm(
             Defaults to `False`.
 
     Returns:
-        The folded model or, with `return_report=True`, a tuple
+        The folded model (of the same kind, not compiled) or, with
+        `return_report=True`, a tuple
         `(folded_model, report)`, where `report` is a dict with two lists:
         `"folded"`, of `{"layer": ..., "batchnorm": ...}` (the layer that
         absorbed each folded BN), and `"kept"`, of

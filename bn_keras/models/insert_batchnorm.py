@@ -7,6 +7,7 @@ import logging
 import keras
 
 from bn_keras import registry
+from bn_keras._statistics import weight_values
 from bn_keras._typing import InputNormalization
 from bn_keras._typing import LayerSelection
 from bn_keras._typing import Normalization
@@ -14,16 +15,18 @@ from bn_keras.layers._layer_kinds import ACTIVATION_LAYERS
 from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
 from bn_keras.layers._layer_kinds import channel_axis
 from bn_keras.layers._layer_kinds import is_linear
-from bn_keras.models._graph import LayerGraph
 from bn_keras.models._graph import Replacement
 from bn_keras.models._graph import all_layer_names
 from bn_keras.models._graph import all_layers
+from bn_keras.models._graph import check_layer_names
 from bn_keras.models._graph import copied
 from bn_keras.models._graph import copy_layer
+from bn_keras.models._graph import input_layers
 from bn_keras.models._graph import input_names
+from bn_keras.models._graph import is_raw_op
 from bn_keras.models._graph import model_kind
 from bn_keras.models._graph import output_layers
-from bn_keras.models._graph import rebuild
+from bn_keras.models._graph import rewrite
 from bn_keras.models._graph import unique_name
 
 logger = logging.getLogger("bn_keras")
@@ -33,35 +36,17 @@ logger = logging.getLogger("bn_keras")
 
 def _select(model, layers):
     """Returns a predicate `layer -> bool` for the `layers` argument."""
-    if layers is None:
-        return None
-    if callable(layers):
-        return layers
-    if isinstance(layers, str):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple, set)) or not all(
-        isinstance(name, str) for name in layers
-    ):
-        raise TypeError(
-            "Argument `layers` must be None, a list of layer names or a "
-            f"callable `layer -> bool`. Received: layers={layers!r}"
-        )
-    names = set(layers)
-    known = all_layer_names(model)
-    unknown = sorted(names - known)
-    if unknown:
-        candidates = sorted(
-            {
-                layer.name
-                for layer in all_layers(model)
-                if isinstance(layer, DENSE_CONV_LAYERS)
-            }
-        )
-        raise ValueError(
-            f"Argument `layers` names layers that the model does not have: "
-            f"{unknown}. Its Dense and convolution layers are {candidates}. "
-            f"Received: layers={list(layers)!r}"
-        )
+    every = all_layers(model)
+    dense_conv = [x.name for x in every if isinstance(x, DENSE_CONV_LAYERS)]
+    names = check_layer_names(
+        layers,
+        known={layer.name for layer in every},
+        listed=dense_conv,
+        label="Dense and convolution layers",
+        allow_callable=True,
+    )
+    if names is None or callable(names):
+        return names
     return lambda layer: layer.name in names
 
 
@@ -95,6 +80,55 @@ def _input_layer_factory(input_batchnorm, normalization):
 
 #: The placement that puts BN after a stand-alone activation layer.
 _LAYER_ACT_BN = ("layer", "act", "bn")
+#: The pre-activation placement, which moves activations.
+_BN_ACT_LAYER = ("bn", "act", "layer")
+
+
+def _passes_through(graph, layer):
+    """Whether the pre-activation search walks up through `layer`: a layer
+    without weights and with one input (`Flatten`, pooling, `Dropout`),
+    called once, whose output feeds one node and no model output."""
+    name = layer.name
+    return (
+        not isinstance(layer, (keras.Model, *ACTIVATION_LAYERS))
+        and not is_raw_op(layer)
+        and not layer.weights
+        and graph.calls[name] == 1
+        and len(graph.producers[name]) == 1
+        and len(graph.consumers[name]) == 1
+        and name not in graph.outputs
+    )
+
+
+def activation_before(graph, name):
+    """The activation that the input of layer `name` went through last.
+
+    Walks up from the layer through layers that pass through (see
+    `_passes_through`) to the first one that is an activation: a Dense or
+    convolution layer with an activation of its own, or a stand-alone
+    activation layer, called once.
+
+    Returns:
+        `(source, edge)`: the name of that layer, and the name of the node
+        on the path that consumes its output (the layer itself, or the
+        first layer passed through); `None` when the walk reaches anything
+        else first (a model input, a linear layer, a merge such as a
+        residual add, a layer called several times).
+    """
+    node = name
+    while graph.calls[node] == 1 and len(graph.producers[node]) == 1:
+        (source,) = graph.producers[node]
+        layer = graph.by_name[source]
+        if graph.calls[source] != 1 or is_raw_op(layer):
+            return None
+        if isinstance(layer, ACTIVATION_LAYERS):
+            return source, node
+        if isinstance(layer, DENSE_CONV_LAYERS):
+            return None if is_linear(layer) else (source, node)
+        if not _passes_through(graph, layer):
+            return None
+        node = source
+    return None
 
 
 class _Insertion:
@@ -102,52 +136,55 @@ class _Insertion:
 
     `order` is the placement's order of steps, `make_bn(axis, name)` makes
     a BN layer, `select` is the predicate of the `layers` argument (None
-    for every Dense and convolution layer), and `outputs` holds the ids of
-    the model's `output_layers`, which by default get no BN after them (it
-    would normalize the logits or the target).
+    for every Dense and convolution layer), and `edges` holds the ids of
+    the layers that by default get no BN: after the model's
+    `output_layers` (it would normalize the logits or the target), or,
+    for `"bn-act-layer"`, before its `input_layers`.
     """
 
-    def __init__(self, order, make_bn, select, outputs):
+    def __init__(self, order, make_bn, select, edges):
         self.order = order
         self.make_bn = make_bn
         self.select = select
-        self.outputs = outputs
+        self.edges = edges
 
     def selected(self, layer):
         """Whether `layer` gets a BN of its own."""
-        if isinstance(layer, keras.Model):
+        if isinstance(layer, keras.Model) or "bn" not in self.order:
             return False
         if self.select is not None:
             return bool(self.select(layer))
-        if not isinstance(layer, DENSE_CONV_LAYERS):
-            return False
-        return self.order[0] == "bn" or id(layer) not in self.outputs
+        return isinstance(layer, DENSE_CONV_LAYERS) and (
+            id(layer) not in self.edges
+        )
 
-    def rewrite(self, model, input_bn=None):
-        """A copy of `model` (or of a sub-model) with BN added."""
-        kind = model_kind(model, "insert_batchnorm")
-        graph = LayerGraph(model, kind)
+    def make_replace(self, model, graph, path):
+        """`replace(layer)` for one model of the rewrite (see `rewrite`)."""
         taken = all_layer_names(model)
         if model.built:
-            taken |= set(input_names(model, kind))
-        bn_after = self._bn_after_activation(graph)
+            taken |= set(input_names(model, graph.kind))
 
-        def bn_for(layer):
+        def bn_for(layer, axis=None):
             name = unique_name(f"{layer.name}_bn", taken)
-            return self.make_bn(channel_axis(layer), name)
+            axis = channel_axis(layer) if axis is None else axis
+            return self.make_bn(axis, name)
+
+        if self.order == _BN_ACT_LAYER:
+            return self._pre_activation(graph, bn_for, taken)
+        bn_after = self._bn_after_activation(graph)
+        moved = {b.name for b in bn_after.values()}
 
         def replace(layer):
             if isinstance(layer, keras.Model):
-                return Replacement(self.rewrite(layer))
+                return None  # rewritten the same way
             if layer.name in bn_after:
                 normalized = bn_after[layer.name]
                 return copied(layer, lambda: ((), (bn_for(normalized),)))
-            moved = layer.name in {b.name for b in bn_after.values()}
-            if moved or not self.selected(layer) or "bn" not in self.order:
+            if layer.name in moved or not self.selected(layer):
                 return copied(layer)
             return self._with_bn(layer, bn_for, taken)
 
-        return rebuild(model, kind, replace, input_bn)
+        return replace
 
     def _bn_after_activation(self, graph):
         """With "layer-act-bn", a linear layer followed only by a stand-alone
@@ -173,9 +210,8 @@ class _Insertion:
         return bn_after
 
     def _with_bn(self, layer, bn_for, taken):
-        """The replacement of a selected layer: BN at the placement."""
-        if self.order[0] == "bn":
-            return copied(layer, lambda: ((bn_for(layer),), ()))
+        """The replacement of a selected layer: BN after it ("layer-bn-act"
+        or "layer-act-bn")."""
         if self.order == _LAYER_ACT_BN or is_linear(layer):
             return copied(layer, lambda: ((), (bn_for(layer),)))
         # "layer-bn-act": split the layer's own activation out.
@@ -188,8 +224,100 @@ class _Insertion:
             return (), (bn_for(layer), act)
 
         return Replacement(
-            copy_layer(layer, activation="linear"), layer.get_weights(), extra
+            copy_layer(layer, activation="linear"), weight_values(layer), extra
         )
+
+    def _pre_activation(self, graph, bn_for, taken):
+        """`replace` for "bn-act-layer": BN, then the activation, before each
+        selected layer.
+
+        The activation its input went through last (`activation_before`)
+        moves from the layer that applied it to the edge towards the
+        selected layer, with the BN before it; the other consumers of that
+        layer, and a model output, get the activation alone, as before. A
+        selected layer whose input went through no activation gets BN on
+        its input.
+        """
+        targets, direct = {}, set()
+        for layer in graph.layers:
+            if not self.selected(layer):
+                continue
+            found = activation_before(graph, layer.name)
+            if found is None:
+                direct.add(layer.name)
+            else:
+                targets.setdefault(found[0], {})[found[1]] = layer
+
+        def replace(layer):
+            if isinstance(layer, keras.Model):
+                return None  # rewritten the same way
+            own = layer.name in direct
+            if layer.name in targets:
+                moved = targets[layer.name]
+                return self._moved(graph, layer, moved, own, bn_for, taken)
+            if own:
+                return copied(layer, lambda: ((bn_for(layer),), ()))
+            return copied(layer)
+
+        return replace
+
+    def _moved(self, graph, layer, targets, own_bn, bn_for, taken):
+        """The replacement of a layer whose activation moves.
+
+        `targets` maps the consumer on each path to the selected layer
+        there, which gets `(BN, activation)` on that path; the other
+        consumers and a model output get the activation alone. A
+        stand-alone activation layer stays as it is (BN goes before it,
+        its copy is shared by every path); a Dense or convolution layer
+        becomes linear, and each path gets an `Activation` layer of its
+        activation, named after the layer it now precedes. `own_bn`: the
+        layer also gets BN on its own input.
+        """
+        name = layer.name
+        keeps = name in graph.outputs or bool(
+            set(graph.consumers[name]) - set(targets)
+        )
+        if isinstance(layer, ACTIVATION_LAYERS):
+            shared = copy_layer(layer)
+            step = Replacement(None, copies=[(shared, weight_values(layer))])
+            axis = _axis_before(graph, name)
+
+            def activation(base):
+                return shared
+
+        else:
+            main = copy_layer(layer, activation="linear")
+            step = Replacement(main, weight_values(layer))
+            axis = channel_axis(layer)
+            config = layer.get_config()["activation"]
+
+            def activation(base):
+                return keras.layers.Activation(
+                    config, name=unique_name(base, taken)
+                )
+
+        def extra():
+            routes = {
+                edge: (bn_for(target, axis), activation(f"{target.name}_act"))
+                for edge, target in targets.items()
+            }
+            after = (activation(f"{name}_act"),) if keeps else None
+            return ((bn_for(layer),) if own_bn else ()), after, routes
+
+        step.make_extra = extra
+        return step
+
+
+def _axis_before(graph, name):
+    """The features axis of a stand-alone activation layer's input: that of
+    the nearest Dense or convolution layer before it, else -1."""
+    node = name
+    while len(graph.producers[node]) >= 1:
+        node = graph.producers[node][0]
+        layer = graph.by_name[node]
+        if isinstance(layer, DENSE_CONV_LAYERS):
+            return channel_axis(layer)
+    return -1
 
 
 def insert_batchnorm(
@@ -203,27 +331,64 @@ def insert_batchnorm(
 
     Every Dense and convolution layer (`Dense`, `Conv1D`/`2D`/`3D`, their
     `Transpose` forms, `SeparableConv` and `DepthwiseConv`), or the layers
-    chosen with `layers`, gets a new BN layer at `placement`:
+    chosen with `layers`, gets a new BN layer at `placement`. On a model
+    built as `Dense(relu) -> Dense(relu) -> Dense` (`h1`, `h2`, `out`),
+    each name builds:
 
-    - `"layer-bn-act"` (alias `"before_activation"`): layer, BN,
-      activation. An activation set inside the layer
-      (`Dense(64, activation="relu")`) is split out into an `Activation`
-      layer so that BN can go between.
-    - `"layer-act-bn"` (alias `"after_activation"`): BN after the layer's
-      activation, whether it is set inside the layer or is a stand-alone
-      activation layer (`Activation`, `ReLU`, ...) that directly follows
-      it.
-    - `"bn-act-layer"` (alias `"pre_activation"`): BN on the layer's input.
-      Activations are never moved from one layer to another, so a model
-      built as layer, activation, layer becomes layer, activation, BN,
-      layer.
-    - `"layer-act"` (aliases `"none"`, `None`): no BN in the layers (use it
-      with `input_batchnorm=True` to normalize the inputs only).
+    | placement (aliases)           | the layers of the new model        |
+    | ----------------------------- | ---------------------------------- |
+    | `"layer-bn-act"`              | `h1 h1_bn h1_act h2 h2_bn h2_act`  |
+    | (`"before_activation"`)       | `out`                              |
+    | `"layer-act-bn"`              | `h1(relu) h1_bn h2(relu) h2_bn out`|
+    | (`"after_activation"`)        |                                    |
+    | `"bn-act-layer"`              | `h1 h2_bn h2_act h2 out_bn out_act`|
+    | (`"pre_activation"`)          | `out`                              |
+    | `"layer-act"` (`"none"`,      | `h1(relu) h2(relu) out`            |
+    | `None`)                       |                                    |
 
-    With `layers=None`, the last Dense or convolution layer of each path to
-    an output (the one that computes logits or the regression target) gets
-    no BN after it; name it in `layers` if you want one. New layers are
-    named after the layer they serve (`"dense_bn"`, `"dense_act"`).
+    - `"layer-bn-act"`: layer, BN, activation. An activation set inside the
+      layer (`Dense(64, activation="relu")`) is split out into an
+      `Activation` layer (`"h1_act"`) so that BN can go between.
+    - `"layer-act-bn"`: BN after the layer's activation, whether it is set
+      inside the layer or is a stand-alone activation layer (`Activation`,
+      `ReLU`, ...) that directly follows it.
+    - `"bn-act-layer"`: pre-activation, as in pre-activation ResNets (He et
+      al., 2016): BN, activation, layer. The activation before the layer
+      is moved out of the layer that applied it, to the path towards this
+      one, after its BN (`"h2_bn"`, `"h2_act"`: BN and activation before
+      `h2`); before a stand-alone activation layer, BN goes on its input.
+      The activation is found walking up from the layer through layers
+      without weights (`Flatten`, pooling, `Dropout`), which keep their
+      place after it. Between two Dense or convolution layers in a chain
+      this is the order of `"layer-bn-act"`; the two differ where an
+      output feeds several layers (below), at the edges and in which layer
+      a BN is named after.
+    - `"layer-act"`: no BN in the layers (use it with `input_batchnorm` to
+      normalize the inputs only).
+
+    At the edges, with `layers=None`:
+
+    - the first Dense or convolution layer of each path from an input
+      gets no BN before it (`"bn-act-layer"`): a model input has no
+      activation to move, and standardizing it is `input_batchnorm`'s
+      business;
+    - the last Dense or convolution layer of each path to an output (the
+      one that computes logits or the regression target) gets no BN after
+      it (`"layer-bn-act"`, `"layer-act-bn"`); `"bn-act-layer"` puts BN
+      and the activation before it, as pre-activation ResNets do before
+      their classifier.
+
+    Name a layer in `layers` to give it BN at an edge (with
+    `"bn-act-layer"`, BN on its input). A layer whose output feeds several
+    others (a residual add and the next layer) with `"bn-act-layer"`: its
+    activation moves to the path of each selected layer, with a BN of that
+    layer's; the other consumers (the add) and a model output get the
+    activation alone, as before. A layer whose input comes from a merge
+    (an add), from a layer called several times, from a linear layer or
+    from outside its nested model has no activation to move: it gets BN on
+    its input. A stand-alone activation layer with weights (`PReLU`) is
+    shared by every path it is moved to. New layers are named after the
+    layer they serve (`"dense_bn"`, `"dense_act"`).
 
     Every other layer is copied with its weights: before training, the new
     model computes the same function as the old one in inference, up to
@@ -303,34 +468,42 @@ def insert_batchnorm(
     order = registry.placement_order(placement)
     registry.get_normalization(normalization)  # a bad value fails here
     kind = model_kind(model, "insert_batchnorm")
-    make_input_bn = _input_layer_factory(input_batchnorm, normalization)
+    input_bn = _input_normalizer(model, kind, input_batchnorm, normalization)
     select = _select(model, layers)
 
     def make_bn(axis, name):
         return registry.get_normalization(normalization, axis=axis, name=name)
 
-    input_bn = None
-    if make_input_bn is not None:
-        taken = all_layer_names(model)
+    ends = input_layers if order == _BN_ACT_LAYER else output_layers
+    edges = {id(layer) for layer in ends(model, "insert_batchnorm")}
+    insertion = _Insertion(order, make_bn, select, edges)
+    return rewrite(model, "insert_batchnorm", insertion.make_replace, input_bn)
 
-        def input_bn(input_name, dtype):
-            if not keras.backend.is_float_dtype(dtype):
-                logger.info(
-                    "insert_batchnorm: input '%s' is %s, not normalized.",
-                    input_name,
-                    dtype,
-                )
-                return None
-            return make_input_bn(
-                axis=-1, name=unique_name(f"{input_name}_bn", taken)
-            )
 
-    if kind == "sequential" and make_input_bn is not None and not model.built:
+def _input_normalizer(model, kind, input_batchnorm, normalization):
+    """`input_layers` of `rewrite` for `input_batchnorm`: the BN of each
+    floating-point model input (named `"<input>_bn"`), or `None`."""
+    make_input_bn = _input_layer_factory(input_batchnorm, normalization)
+    if make_input_bn is None:
+        return None
+    if kind == "sequential" and not model.built:
         raise ValueError(
             "Argument `input_batchnorm` needs to know the model's inputs: "
             "build the Sequential model first (start it with "
             "`keras.Input`). Received: model built=False"
         )
-    outputs = {id(layer) for layer in output_layers(model, "insert_batchnorm")}
-    insertion = _Insertion(order, make_bn, select, outputs)
-    return insertion.rewrite(model, input_bn)
+    taken = all_layer_names(model)
+
+    def input_bn(input_name, dtype):
+        if not keras.backend.is_float_dtype(dtype):
+            logger.info(
+                "insert_batchnorm: input '%s' is %s, not normalized.",
+                input_name,
+                dtype,
+            )
+            return None
+        return make_input_bn(
+            axis=-1, name=unique_name(f"{input_name}_bn", taken)
+        )
+
+    return input_bn

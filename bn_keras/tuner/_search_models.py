@@ -20,6 +20,17 @@ from bn_keras.tuner.bn_hyperparameters import number_candidates
 from bn_keras.tuner.bn_hyperparameters import scope
 
 LEARNING_RATE = "learning_rate"
+#: The pre-activation placement: BN and the activation before the layer.
+_PRE = "bn-act-layer"
+
+
+def _input_placements(placements):
+    """The placements of the first block, which reads the input: there
+    `"bn-act-layer"` counts as `"layer-act"` (the input has no activation
+    to put after a BN), as for `bn_keras.insert_batchnorm`."""
+    return tuple(
+        dict.fromkeys("layer-act" if p == _PRE else p for p in placements)
+    )
 
 
 def _check_num_classes(num_classes):
@@ -118,6 +129,59 @@ class SearchModel(BNHyperModel):
         """Layers between the last block and the head."""
         return []
 
+    def _declare_blocks(self, hp, depth):
+        """Declares every block's choices; returns `(width, BNBlock
+        arguments)` of the `depth` blocks built."""
+        blocks = []
+        for i in range(max(self.depth)):
+            # Block i exists only for depths above i: its choices are
+            # conditional on the depth, so a grid does not go over them
+            # when the block is absent.
+            deeper = [d for d in self.depth if d > i]
+            placements = self.placements
+            if i == 0:  # it reads the input: no BN before it
+                placements = _input_placements(placements)
+            with scope(hp, self.depth_name, deeper, self.depth):
+                width = declare_choice(
+                    hp, f"block_{i}/{self.width_name}", self.width
+                )
+                bn = bn_hyperparameters(
+                    hp,
+                    f"block_{i}",
+                    placements=placements,
+                    normalizations=self.normalizations,
+                    **self.choices,
+                )
+            if i < depth:
+                if bn["placement"] not in placements:  # set in `hp`
+                    bn = {"placement": "layer-act", "normalization": None}
+                blocks.append((width, bn))
+        return blocks
+
+    def _block_layers(self, i, blocks):
+        """Block `i` and the layers after it: one activation between two
+        consecutive layers (see the class docstrings)."""
+
+        def pre(j):
+            return j < len(blocks) and blocks[j][1]["placement"] == _PRE
+
+        width, bn = blocks[i]
+        before_next = pre(i + 1)  # the next block applies this activation
+        activation = None if before_next and not pre(i) else self.activation
+        layers = [
+            BNBlock(
+                self.make_layer(i, width),
+                activation=activation,
+                name=f"block_{i}",
+                **bn,
+            )
+        ]
+        if pre(i) and not before_next:
+            layers.append(
+                keras.layers.Activation(self.activation, name=f"block_{i}_act")
+            )
+        return layers + self.after_block(i)
+
     def build(self, hp):
         layers = []
         if self.input_shape is not None:
@@ -131,33 +195,9 @@ class SearchModel(BNHyperModel):
         if normalizer is not None:
             layers.append(normalizer)
         depth = declare_choice(hp, self.depth_name, self.depth)
-        for i in range(max(self.depth)):
-            # Block i exists only for depths above i: its choices are
-            # conditional on the depth, so a grid does not go over them
-            # when the block is absent.
-            deeper = [d for d in self.depth if d > i]
-            with scope(hp, self.depth_name, deeper, self.depth):
-                width = declare_choice(
-                    hp, f"block_{i}/{self.width_name}", self.width
-                )
-                bn = bn_hyperparameters(
-                    hp,
-                    f"block_{i}",
-                    placements=self.placements,
-                    normalizations=self.normalizations,
-                    **self.choices,
-                )
-            if i >= depth:
-                continue
-            layers.append(
-                BNBlock(
-                    self.make_layer(i, width),
-                    activation=self.activation,
-                    name=f"block_{i}",
-                    **bn,
-                )
-            )
-            layers.extend(self.after_block(i))
+        blocks = self._declare_blocks(hp, depth)
+        for i in range(len(blocks)):
+            layers.extend(self._block_layers(i, blocks))
         layers.extend(self.before_head())
         learning_rate = declare_choice(hp, LEARNING_RATE, self.learning_rate)
         model = keras.Sequential(layers, name=self.name or None)

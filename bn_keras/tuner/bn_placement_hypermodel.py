@@ -13,6 +13,8 @@ from bn_keras import registry
 from bn_keras._validation import check_bool
 from bn_keras.layers._layer_kinds import DENSE_CONV_LAYERS
 from bn_keras.models._graph import all_layers
+from bn_keras.models._graph import check_layer_names
+from bn_keras.models._graph import input_layers
 from bn_keras.models._graph import output_layers
 from bn_keras.models.insert_batchnorm import insert_batchnorm
 from bn_keras.tuner.bn_hypermodel import BNHyperModel
@@ -94,6 +96,16 @@ def _output_effective(placement):
     return "layer-act"
 
 
+def _input_effective(placement):
+    """What a placement means for a layer that reads a model input: the
+    pre-activation placement puts BN and an activation before the layer,
+    and the input has no activation to move, so none goes there (as
+    `bn_keras.insert_batchnorm` does by default)."""
+    if registry.placement_order(placement)[0] == "bn":
+        return "layer-act"
+    return placement
+
+
 def _freeze(value):
     """A hashable key for a normalization dict (values are numbers, strings,
     booleans or a `RenormClipping`)."""
@@ -140,10 +152,17 @@ class BNPlacementHyperModel(BNHyperModel):
 
     A slot that computes a model output (the last `Dense` or convolution
     layer of a path to an output, which produces the logits or the target)
-    never gets BN after it: its choices are only `"bn-act-layer"` (BN on its
-    input) and `"layer-act"`, among those of `placements` (a placement that
-    puts BN after the layer counts as `"layer-act"`), and it gets no
-    hyperparameter when that leaves one choice.
+    never gets BN after it: its choices are only `"bn-act-layer"` (BN and
+    the activation before it) and `"layer-act"`, among those of
+    `placements` (a placement that puts BN after the layer counts as
+    `"layer-act"`). Likewise a slot that reads a model input (the first
+    `Dense` or convolution layer of a path from an input) never gets BN
+    before it, as `bn_keras.insert_batchnorm` does: `"bn-act-layer"` counts
+    as `"layer-act"` there (the input has no activation to move; the
+    `input_batchnorm` choice standardizes it). A slot gets no
+    hyperparameter when that leaves one choice. Neighbouring slots that
+    both put BN between them (`"layer-bn-act"` then `"bn-act-layer"`) get
+    both, each next to the one activation between the two layers.
 
     Your model is never modified, and no layer or weight of it is shared
     with the models built: each starts from a copy of your model's weights
@@ -244,7 +263,7 @@ class BNPlacementHyperModel(BNHyperModel):
             input_batchnorm, template
         )
         self.compile_kwargs = _check_compile_kwargs(compile_kwargs)
-        self.slots, self._outputs = self._find_slots(template, layers)
+        self.slots, self._ends = self._find_slots(template, layers)
         self._explicit_layers = layers is not None
         self.normalizations = canonical_normalizations(normalizations)
         # Validates every choice now rather than in the first trial.
@@ -258,31 +277,25 @@ class BNPlacementHyperModel(BNHyperModel):
 
     @staticmethod
     def _find_slots(model, layers):
-        """The slot names in forward order, and those that are outputs."""
+        """The slot names in forward order, and those that compute an
+        output and those that read an input."""
         every = all_layers(model)
         names = [layer.name for layer in every]
-        if layers is None:
-            slots = [
-                layer.name
-                for layer in every
-                if isinstance(layer, DENSE_CONV_LAYERS)
-            ]
+        dense_conv = [
+            layer.name
+            for layer in every
+            if isinstance(layer, DENSE_CONV_LAYERS)
+        ]
+        chosen = check_layer_names(
+            layers,
+            known=names,
+            listed=dense_conv,
+            label="Dense and convolution layers",
+        )
+        if chosen is None:
+            slots = dense_conv
         else:
-            if isinstance(layers, str) or not (
-                isinstance(layers, (list, tuple))
-                and all(isinstance(n, str) for n in layers)
-            ):
-                raise TypeError(
-                    "Argument `layers` must be None or a list of layer names. "
-                    f"Received: layers={layers!r}"
-                )
-            missing = sorted(set(layers) - set(names))
-            if missing:
-                raise ValueError(
-                    f"Argument `layers` names layers the model does not have: "
-                    f"{missing}. Received: layers={list(layers)!r}"
-                )
-            slots = [n for n in dict.fromkeys(names) if n in set(layers)]
+            slots = [n for n in dict.fromkeys(names) if n in chosen]
         duplicated = sorted({n for n in slots if names.count(n) > 1})
         if duplicated:
             raise ValueError(
@@ -298,21 +311,33 @@ class BNPlacementHyperModel(BNHyperModel):
                 f"`layers`. Received: model=<{type(model).__name__} "
                 f"name={model.name}>"
             )
-        # The slots that `insert_batchnorm` leaves without BN after them.
-        outputs = {
-            layer.name
-            for layer in output_layers(model, "insert_batchnorm")
-            if isinstance(layer, DENSE_CONV_LAYERS)
-        }.intersection(slots)
-        return slots, outputs
+        # The slots that `insert_batchnorm` leaves without BN after them,
+        # and (with "bn-act-layer") before them.
+        ends = [
+            {
+                layer.name
+                for layer in find(model, "insert_batchnorm")
+                if isinstance(layer, DENSE_CONV_LAYERS)
+            }.intersection(slots)
+            for find in (output_layers, input_layers)
+        ]
+        return slots, ends
 
     def slot_placements(self, slot):
         """The placements searched for one slot (see the class docstring)."""
-        if slot in self._outputs:
-            return tuple(
-                dict.fromkeys(_output_effective(p) for p in self.placements)
-            )
-        return self.placements
+        return tuple(
+            dict.fromkeys(self._effective(slot, p) for p in self.placements)
+        )
+
+    def _effective(self, slot, placement):
+        """What `placement` means for `slot`: `"layer-act"` for a placement
+        that would put BN after an output slot or before an input slot."""
+        outputs, inputs = self._ends
+        if slot in outputs:
+            placement = _output_effective(placement)
+        if slot in inputs:
+            placement = _input_effective(placement)
+        return placement
 
     def declare_choices(self, hp):
         """Declares the hyperparameters in `hp`; returns the choices.
@@ -333,13 +358,18 @@ class BNPlacementHyperModel(BNHyperModel):
                         "normalization": None,
                     }
                     continue
-                choices[slot] = bn_hyperparameters(
+                choice = bn_hyperparameters(
                     hp,
                     slot,
                     placements=placements,
                     normalizations=self.normalizations,
                     **self.choices,
                 )
+                if choice is not None and (
+                    self._effective(slot, choice["placement"]) == "layer-act"
+                ):  # e.g. "bn-act-layer" set in `hp` for an input slot
+                    choice = {"placement": "layer-act", "normalization": None}
+                choices[slot] = choice
         else:
             shared = bn_hyperparameters(
                 hp,

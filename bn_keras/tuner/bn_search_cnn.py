@@ -26,6 +26,10 @@ class BNSearchCNN(SearchModel):
     `SparseCategoricalCrossentropy(from_logits=True)` and `"accuracy"`
     (integer labels), for regression with `"mse"` and `"mae"`.
 
+    Placements as in `bn_keras.tuner.BNSearchMLP`: one activation between
+    two consecutive layers (a `"bn-act-layer"` block applies the one of the
+    block before it), and no BN before the first block.
+
     Hyperparameters: `"num_blocks"`; per block, `"block_{i}/filters"` and the
     choices of `bn_keras.tuner.bn_hyperparameters` under `"block_{i}"`, all
     conditional on `"num_blocks"` being above `i`; `"learning_rate"`;

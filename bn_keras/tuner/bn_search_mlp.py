@@ -21,6 +21,16 @@ class BNSearchMLP(SearchModel):
     `SparseCategoricalCrossentropy(from_logits=True)` and `"accuracy"`
     (integer labels, logits out), for regression with `"mse"` and `"mae"`.
 
+    Each block's placement says where its BN goes, and between two
+    consecutive layers there is always one activation: a `"bn-act-layer"`
+    block (BN, activation, layer) applies the activation of the layer
+    before it, which then has none after it, and an `Activation` layer
+    `"block_{i}_act"` follows a `"bn-act-layer"` block whose next block
+    (or the head) puts BN after its own layer. The first block reads the
+    input, which has no activation to move: there `"bn-act-layer"` counts
+    as `"layer-act"` (the `"input_batchnorm"` choice standardizes the
+    input).
+
     Hyperparameters: `"num_layers"`; per block, `"block_{i}/units"` and the
     choices of `bn_keras.tuner.bn_hyperparameters` under `"block_{i}"`
     (`"block_{i}/placement"`, `"block_{i}/normalization"`, ...), all

@@ -216,6 +216,58 @@ def test_gradients_match_keras_layer(layout, mode, masked, fused):
         assert np.abs(dx).max() > 1e-3  # the gradients are not all zero
 
 
+@pytest.mark.parametrize("fused", FUSED)
+@pytest.mark.parametrize("mode", ["plain", "renorm"])
+def test_momentum_one_freezes_the_statistics_as_keras(mode, fused):
+    """`momentum=1.0` (and `renorm_momentum=1.0`) is Keras's: training
+    normalizes with the batch statistics and leaves the moving (and renorm)
+    statistics as they were."""
+    frozen = {"momentum": 1.0, "renorm_momentum": 1.0, "fused": fused}
+    theirs, ours, shape = make_pair(
+        "4d_channels_last", {**MODES[mode], **frozen}
+    )
+    assert ours.momentum == 1.0 and ours.get_config()["momentum"] == 1.0
+    start = weights_by_name(ours)
+    for step in range(2):
+        x = sample_inputs(shape, seed=step, scale=1.0 + step, shift=step)
+        np.testing.assert_allclose(
+            to_numpy(ours(x, training=True)),
+            to_numpy(theirs(x, training=True)),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        assert_weights_equal(ours, theirs, context=f"step {step}")
+    now = weights_by_name(ours)
+    if ours.renorm:  # Keras keeps the variance as `moving_stddev**2 - eps`
+        start["moving_variance"] = np.maximum(
+            start["moving_stddev"] ** 2 - ours.epsilon, 0.0
+        )
+    for name, value in now.items():
+        np.testing.assert_allclose(
+            value, start[name], rtol=1e-6, atol=0, err_msg=name
+        )
+    # Not the identity: the batch statistics normalize in training.
+    y = to_numpy(ours(x, training=True))
+    assert not np.allclose(y, to_numpy(ours(x, training=False)), atol=1e-2)
+
+
+@pytest.mark.parametrize("size", [None, 2])
+def test_momentum_one_in_fit_keeps_the_statistics(size):
+    layer = BN(momentum=1.0, virtual_batch_size=size)
+    model = keras.Sequential([keras.Input((3,)), layer])
+    model.compile("sgd", "mse")
+    x = sample_inputs((16, 3))
+    model.fit(x, x, batch_size=8, epochs=1, verbose=0)
+    np.testing.assert_array_equal(to_numpy(layer.moving_mean), np.zeros(3))
+    np.testing.assert_array_equal(to_numpy(layer.moving_variance), np.ones(3))
+    # The same fit with momentum 0.5 moves them: the test can fail.
+    moving = BN(momentum=0.5, virtual_batch_size=size)
+    model = keras.Sequential([keras.Input((3,)), moving])
+    model.compile("sgd", "mse")
+    model.fit(x, x, batch_size=8, epochs=1, verbose=0)
+    assert np.abs(to_numpy(moving.moving_mean)).min() > 0.1
+
+
 def make_model(bn_layer, shape):
     inputs = keras.Input(shape[1:])
     x = keras.layers.Dense(shape[-1], name="pre")(inputs)
@@ -411,7 +463,7 @@ CONSTRUCTOR_ERRORS = [
         ValueError,
         "axis=0, virtual_batch_size=4",
     ),
-    ({"momentum": 1.0}, ValueError, "momentum=1.0"),
+    ({"momentum": 1.5}, ValueError, "momentum=1.5"),
     ({"momentum": -0.1}, ValueError, "momentum=-0.1"),
     ({"momentum": "0.9"}, TypeError, "momentum='0.9'"),
     (

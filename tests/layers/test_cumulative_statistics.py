@@ -415,14 +415,14 @@ def test_preset_classes_accept_none():
     "kwargs, error, text",
     [
         ({"momentum": "none"}, TypeError, "momentum='none'"),
-        ({"momentum": 1.0}, ValueError, "momentum=1.0"),
+        ({"momentum": 1.5}, ValueError, "momentum=1.5"),
         ({"renorm_momentum": False}, TypeError, "renorm_momentum=False"),
     ],
 )
 def test_errors_say_none_is_allowed(kwargs, error, text):
     name = next(iter(kwargs))
     pattern = re.escape(
-        f"Argument `{name}` must be a float in [0, 1) or None. "
+        f"Argument `{name}` must be a float in [0, 1] or None. "
         f"Received: {text}"
     )
     with pytest.raises(error, match=pattern + "$"):

@@ -280,6 +280,59 @@ def test_fit_with_a_last_partial_batch(renorm):
     assert_state_equal(layer, expected)
 
 
+def _single_ghost_warnings(record):
+    return [w for w in record if "single ghost batch" in str(w.message)]
+
+
+@pytest.mark.parametrize("batch_size", [8, 32, 33])
+def test_fit_warns_once_when_a_batch_is_a_single_ghost(batch_size):
+    """Ghost size 32 with batches of 8, 32 or 33 (whose last sample joins
+    the ghost batch) trains plain batch normalization: one warning, from
+    the layer itself, over every step and epoch."""
+    layer = GhostBN(virtual_batch_size=32, name="ghost")
+    model = keras.Sequential([keras.Input((3,)), layer, keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = sample_inputs((2 * batch_size, 3))
+    with pytest.warns(UserWarning, match="single ghost batch") as record:
+        model.fit(x, x[:, :1], batch_size=batch_size, epochs=2, verbose=0)
+    found = _single_ghost_warnings(record)
+    assert len(found) == 1
+    assert str(found[0].message).startswith(
+        "A batch normalization layer with virtual_batch_size=32 received a "
+        f"training batch of {batch_size} samples: the batch forms a single "
+        "ghost batch, so the layer trains as plain batch normalization."
+    )
+
+
+def test_many_layers_warn_with_one_message():
+    """Three ghost layers warn once each, with the same message and place:
+    Python's default filter (not pytest's) shows it once."""
+    layers = [GhostBN(virtual_batch_size=32) for _ in range(3)]
+    model = keras.Sequential([keras.Input((3,)), *layers])
+    model.compile(optimizer="sgd", loss="mse")
+    x = sample_inputs((16, 3))
+    with pytest.warns(UserWarning, match="single ghost batch") as record:
+        model.fit(x, x, batch_size=8, epochs=1, verbose=0)
+    found = _single_ghost_warnings(record)
+    assert len(found) == 3
+    assert len({(str(w.message), w.filename, w.lineno) for w in found}) == 1
+
+
+def test_no_warning_when_ghost_batches_form_or_in_inference(recwarn):
+    """Batches of 40 make ghost batches 32 + 8; the partial last batch of 6
+    samples is one ghost batch but comes after the first: no warning. Nor
+    in inference, nor without ghost batches."""
+    layer = GhostBN(virtual_batch_size=32)
+    model = keras.Sequential([keras.Input((3,)), layer, keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = sample_inputs((46, 3))
+    model.fit(x, x[:, :1], batch_size=40, epochs=2, verbose=0)
+    model.predict(x[:8], verbose=0)
+    BN()(x[:8], training=True)
+    GhostBN(virtual_batch_size=32)(x[:8], training=False)
+    assert _single_ghost_warnings(recwarn.list) == []
+
+
 # -- against plain batch normalization ----------------------------------------
 
 

@@ -439,3 +439,16 @@ def test_cumulative_statistics_to_keras(tmp_path):
     assert bn.momentum is None and not bn.renorm
     assert int(to_numpy(bn.num_batches_tracked)) == 2
     _assert_same_predictions(kept, model, x)
+
+
+@pytest.mark.parametrize("target", ["renorm", "keras"])
+def test_no_deprecation_warning_per_weight(target):
+    """NumPy 2 warns when `np.array()` reads a Keras variable; reading the
+    weights of a compiled model's BN layers must not."""
+    model = _conv_model()
+    model.compile(keras.optimizers.Adam(), "mse")
+    _random_bn(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        new = bn_keras.convert_batchnorm(model, target)
+    _assert_same_predictions(new, model, X)

@@ -1,6 +1,7 @@
 """Tests of `bn_keras.fold_batchnorm`."""
 
 import logging
+import os
 import re
 
 import keras
@@ -346,3 +347,41 @@ def test_return_report_must_be_a_boolean():
         bn_keras.fold_batchnorm(
             keras.Sequential([keras.Input((2,))]), return_report=1
         )
+
+
+def _saved_size(model, path):
+    model.save(path)
+    return os.path.getsize(path)
+
+
+def test_folded_model_has_no_optimizer_state(tmp_path):
+    """A model trained with Adam folds into an uncompiled model: no
+    optimizer variables, and saved, the size of the unfolded model saved
+    without its optimizer (within 5%), where the trained model with Adam's
+    two slots per weight is about three times as large."""
+    inputs = keras.Input((4, 4, 96))
+    h = inputs
+    for _ in range(3):
+        h = keras.layers.Conv2D(96, 3, padding="same", use_bias=False)(h)
+        h = keras.layers.ReLU()(keras.layers.BatchNormalization()(h))
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(4)(h))
+    model.compile(keras.optimizers.Adam(), "mse")
+    x = sample_inputs((8, 4, 4, 96))
+    model.fit(x, np.zeros((8, 4)), epochs=1, verbose=0)
+    assert len(model.optimizer.variables) > 10  # Adam's slots are built
+    folded = bn_keras.fold_batchnorm(model)
+    assert not folded.compiled
+    assert getattr(folded, "optimizer", None) is None
+    _assert_same_predictions(folded, model, x)
+    bare = keras.Model(model.input, model.output)  # same layers, uncompiled
+    assert getattr(bare, "optimizer", None) is None
+    sizes = {
+        name: _saved_size(m, str(tmp_path / f"{name}.keras"))
+        for name, m in [("folded", folded), ("bare", bare), ("adam", model)]
+    }
+    assert abs(sizes["folded"] / sizes["bare"] - 1) < 0.05, sizes
+    assert sizes["adam"] > 2.5 * sizes["bare"], sizes
+    # Compiled again, it evaluates.
+    folded.compile(loss="mse")
+    assert np.isfinite(folded.evaluate(x, np.zeros((8, 4)), verbose=0))

@@ -59,7 +59,15 @@ def _randomize_bn(model, seed=0):
 MLP_LAYERS = {
     "layer-bn-act": ["h1", "h1_bn", "h1_act", "h2", "h2_bn", "h2_act", "out"],
     "layer-act-bn": ["h1", "h1_bn", "h2", "h2_bn", "out"],
-    "bn-act-layer": ["h1_bn", "h1", "h2_bn", "h2", "out_bn", "out"],
+    "bn-act-layer": [
+        "h1",
+        "h2_bn",
+        "h2_act",
+        "h2",
+        "out_bn",
+        "out_act",
+        "out",
+    ],
     "layer-act": ["h1", "h2", "out"],
 }
 
@@ -75,10 +83,11 @@ def _mlp_by_hand(placement, model, x, training):
         h = _bn(get("h2_bn"), _relu(_dense(get("h2"), h)), training)
         return _dense(get("out"), h)
     if placement == "bn-act-layer":
-        # BN on each layer's input; the activations stay where they were.
-        h = _relu(_dense(get("h1"), _bn(get("h1_bn"), x, training)))
-        h = _relu(_dense(get("h2"), _bn(get("h2_bn"), h, training)))
-        return _dense(get("out"), _bn(get("out_bn"), h, training))
+        # BN, then the activation moved out of the layer before, before
+        # each layer but the first (the model input has no activation).
+        h = _dense(get("h1"), x)
+        h = _dense(get("h2"), _relu(_bn(get("h2_bn"), h, training)))
+        return _dense(get("out"), _relu(_bn(get("out_bn"), h, training)))
     h = _relu(_dense(get("h1"), x))
     return _dense(get("out"), _relu(_dense(get("h2"), h)))
 
@@ -170,10 +179,14 @@ def _residual_by_hand(placement):
         a = bn("c1_bn")(conv(4, 3, "c1", "relu")(x))  # activation kept inside
         b = bn("c2_bn")(keras.layers.ReLU(name="r2")(conv(4, 3, "c2")(a)))
         b = bn("c3_bn")(conv(4, 1, "c3")(b))
-    else:  # "bn-act-layer": no second BN on the normalized input
-        a = conv(4, 3, "c1", "relu")(x)
-        b = keras.layers.ReLU(name="r2")(conv(4, 3, "c2")(bn("c2_bn")(a)))
-        b = conv(4, 1, "c3")(bn("c3_bn")(b))
+    else:  # "bn-act-layer": c1's ReLU moves to the edge towards c2 (the
+        # add keeps a ReLU of its own), BN goes before the stand-alone r2,
+        # and the logits' input, an add's average, has no activation.
+        c1 = conv(4, 3, "c1")(x)
+        a = keras.layers.Activation("relu", name="c1_act")(c1)
+        b = keras.layers.Activation("relu", name="c2_act")(bn("c2_bn")(c1))
+        b = keras.layers.ReLU(name="r2")(bn("c3_bn")(conv(4, 3, "c2")(b)))
+        b = conv(4, 1, "c3")(b)
     c = keras.layers.Add()([a, b])
     d = keras.layers.GlobalAveragePooling2D()(c)
     if placement == "bn-act-layer":

@@ -39,7 +39,13 @@ def test_slots_and_the_output_slot_choices():
     hypermodel = BNPlacementHyperModel(user_model())
     assert hypermodel.slots == SLOTS
     placements = bn_keras.registry.PLACEMENTS
-    assert hypermodel.slot_placements("hidden_1") == placements
+    assert hypermodel.slot_placements("hidden_2") == placements
+    # No BN before the first layer: its input has no activation to move.
+    assert hypermodel.slot_placements("hidden_1") == (
+        "layer-bn-act",
+        "layer-act-bn",
+        "layer-act",
+    )
     # BN never goes after the logits: only on their input, or none.
     assert hypermodel.slot_placements("out") == ("layer-act", "bn-act-layer")
     hp = keras_tuner.HyperParameters()
@@ -79,10 +85,12 @@ def test_slots_and_the_output_slot_choices():
             "relu",
         ),
         (
+            # Pinned on the second slot (the first has no activation before
+            # it): hidden_1's ReLU moves after hidden_2's BN.
             "bn-act-layer",
             "renorm",
-            ["hidden_1_bn", "hidden_1", "hidden_2", "out"],
-            "relu",
+            ["hidden_1", "hidden_2_bn", "hidden_2_act", "hidden_2", "out"],
+            "linear",
         ),
         ("layer-act", "batch", ["hidden_1", "hidden_2", "out"], "relu"),
     ],
@@ -91,13 +99,18 @@ def test_pinned_slot_gives_that_structure(
     placement, normalization, names, hidden_activation
 ):
     hypermodel = BNPlacementHyperModel(user_model())
+    slot, other = ("hidden_1", "hidden_2")
+    if placement == "bn-act-layer":
+        slot, other = other, slot
     hp = pinned(
-        hidden_1__placement=placement,
-        hidden_1__normalization=normalization,
-        hidden_1__momentum=0.99,
-        hidden_1__virtual_batch_size=32,
-        hidden_1__warmup_steps=1000,
-        hidden_2__placement="layer-act",
+        **{
+            f"{slot}__placement": placement,
+            f"{slot}__normalization": normalization,
+            f"{slot}__momentum": 0.99,
+            f"{slot}__virtual_batch_size": 32,
+            f"{slot}__warmup_steps": 1000,
+            f"{other}__placement": "layer-act",
+        },
         out__placement="layer-act",
         input_batchnorm=False,
     )
@@ -124,8 +137,9 @@ def test_pinned_slot_gives_that_structure(
             rmax_steps=2000,
             dmax_steps=2000,
         )
-    if placement == "layer-bn-act":
-        assert model.get_layer("hidden_1_act").activation.__name__ == "relu"
+    if placement in ("layer-bn-act", "bn-act-layer"):
+        act = model.get_layer(f"{slot}_act")
+        assert act.activation.__name__ == "relu"
     assert model.compiled
     assert model.loss.__class__.__name__ == "SparseCategoricalCrossentropy"
 
@@ -198,11 +212,11 @@ def test_input_batchnorm(first, names):
     )
     assert layer_names(model) == names
     input_bn = model.get_layer("x_bn")
-    # It standardizes: no gamma, no beta. With BN on the first layer's
-    # input the two would be one too many, so the input BN takes its place
-    # (and its normalization), as in `insert_batchnorm`.
+    # It standardizes: no gamma, no beta. The first slot gets no BN on its
+    # input ("bn-act-layer" counts as "layer-act" there): plain BN. With BN
+    # after the first layer the input BN takes its normalization.
     assert not input_bn.center and not input_bn.scale
-    expected = "batch" if first == "layer-act" else "ghost16"
+    expected = "ghost16" if first == "layer-bn-act" else "batch"
     assert kind(input_bn) == expected
 
 
@@ -237,9 +251,8 @@ def test_input_batchnorm_names(first, value, expected):
     hp.Fixed("input_batchnorm", value)
     model = hypermodel.build(hp)
     if expected is None:
-        assert "x_bn" not in layer_names(model)
-        before = ["hidden_1_bn"] if first == "bn-act-layer" else []
-        assert layer_names(model) == before + ["hidden_1", "hidden_2", "out"]
+        # No BN before the first layer, "bn-act-layer" or not.
+        assert layer_names(model) == ["hidden_1", "hidden_2", "out"]
         return
     assert layer_names(model) == ["x_bn", "hidden_1", "hidden_2", "out"]
     input_bn = model.get_layer("x_bn")
@@ -273,12 +286,15 @@ def test_shared_choice_when_per_layer_is_false():
         "batchnorm",
         "input_batchnorm",
     }
+    # Pre-activation: BN and the activation of the layer before (moved out
+    # of it), before each layer but the first.
     assert layer_names(model) == [
-        "hidden_1_bn",
         "hidden_1",
         "hidden_2_bn",
+        "hidden_2_act",
         "hidden_2",
         "out_bn",
+        "out_act",
         "out",
     ]
     model = hypermodel.build(pinned(batchnorm__placement="layer-act-bn"))
@@ -338,7 +354,13 @@ def test_functional_model_with_raw_tensor_ops():
         keras.Model(inputs, outputs), input_batchnorm=False
     )
     assert hypermodel.slots == ["hidden", "out"]
-    assert hypermodel.slot_placements("hidden") == bn_keras.registry.PLACEMENTS
+    # Not an output slot: BN may go after it (it reads the input: not
+    # before it).
+    assert hypermodel.slot_placements("hidden") == (
+        "layer-bn-act",
+        "layer-act-bn",
+        "layer-act",
+    )
     model = hypermodel.build(
         pinned(
             hidden__placement="layer-bn-act",
@@ -496,7 +518,8 @@ def slot_options(slot, placements, normalizations, sizes):
             (False, True),
             32,
         ),
-        # 2 per hidden slot, 2 for the output (on its input or none).
+        # 2 per slot: the first (after it or none), the second (after or
+        # before it), the output (before it or none).
         (["layer-bn-act", "bn-act-layer"], ["batch"], True, False, 8),
         # One shared choice: 4, twice for the input BN.
         (
@@ -529,9 +552,11 @@ def test_search_space_size(
     if per_layer:
         out_placements = [p for p in placements if p == "bn-act-layer"]
         out_placements = ["layer-act", *out_placements]
+        # The first slot: no BN before it ("bn-act-layer" is "layer-act").
+        first = ["layer-act" if p == "bn-act-layer" else p for p in placements]
         per_slot = [
-            slot_options(s, placements, normalizations, [8, 16])
-            for s in ["hidden_1", "hidden_2"]
+            slot_options(s, list(dict.fromkeys(p)), normalizations, [8, 16])
+            for s, p in [("hidden_1", first), ("hidden_2", placements)]
         ]
         if len(out_placements) > 1:
             per_slot.append(

@@ -62,23 +62,23 @@ def test_mlp_pinned_structure():
         input_batchnorm=True,
     )
     model = hypermodel.build(hp)
+    # One activation between two layers: block_1 (pre-activation) applies
+    # block_0's, and block_1's own follows it, before the head.
     assert [layer.name for layer in model.layers] == [
         "input_bn",
         "block_0",
         "block_1",
+        "block_1_act",
         "head",
     ]
     first, second = model.get_layer("block_0"), model.get_layer("block_1")
-    assert sublayer_types(first) == [
-        "Dense",
-        "BatchNormalization",
-        "Activation",
-    ]
+    assert sublayer_types(first) == ["Dense", "BatchNormalization"]
     assert sublayer_types(second) == [
         "BatchNormalization",
         "Activation",
         "Dense",
     ]
+    assert model.get_layer("block_1_act").activation.__name__ == "relu"
     assert (first.layer.name, first.layer.units) == ("block_0_dense", 16)
     assert second.layer.units == 8
     # BN right after the layer takes the place of its bias.
@@ -169,37 +169,85 @@ def test_mlp_without_input_shape_builds_on_first_batch():
     ],
 )
 def test_cnn_pinned_structure(placement, types, bias):
+    """The placement pinned on the second block (the first reads the
+    input, where "bn-act-layer" counts as "layer-act"): its layers, and one
+    activation between two layers."""
     hypermodel = BNSearchCNN(10, input_shape=(8, 8, 1), kernel_size=2)
     hp = pinned(
         num_blocks=2,
         block_0__filters=4,
-        block_0__placement=placement,
-        block_0__normalization="batch",
+        block_0__placement="layer-act",
         block_1__filters=8,
-        block_1__placement="layer-act",
+        block_1__placement=placement,
+        block_1__normalization="batch",
     )
     model = hypermodel.build(hp)
+    pre = placement == "bn-act-layer"
     assert [layer.name for layer in model.layers] == [
         "block_0",
         "block_0_pool",
         "block_1",
+        *(["block_1_act"] if pre else []),
         "block_1_pool",
         "pool",
         "head",
     ]
-    block = model.get_layer("block_0")
+    # block_1 applies block_0's activation before its layer.
+    first = ["Conv2D"] if pre else ["Conv2D", "Activation"]
+    assert sublayer_types(model.get_layer("block_0")) == first
+    block = model.get_layer("block_1")
     assert sublayer_types(block) == types
-    assert block.layer.filters == 4 and block.layer.kernel_size == (2, 2)
+    assert block.layer.filters == 8 and block.layer.kernel_size == (2, 2)
     assert block.layer.use_bias is bias
     layers = bn_keras.find_batchnorm(model)
     if placement == "layer-act":
         assert layers == []
     else:
         (bn,) = layers
-        channels = 1 if placement == "bn-act-layer" else 4
+        channels = 4 if pre else 8
         assert bn.axis in (-1, 3) and bn.moving_mean.shape == (channels,)
     assert model.output_shape == (None, 10)
     assert model(np.ones((2, 8, 8, 1), "float32")).shape == (2, 10)
+
+
+def test_first_block_gets_no_bn_before_it():
+    """"bn-act-layer" is not searched for the first block (the input has no
+    activation to move) and counts as "layer-act" when set in `hp`."""
+    hypermodel = BNSearchMLP(3, input_shape=(8,), num_layers=1, units=4)
+    hp = keras_tuner.HyperParameters()
+    hypermodel.build(hp)
+    (choice,) = [p for p in hp.space if p.name == "block_0/placement"]
+    assert choice.values == ["layer-bn-act", "layer-act-bn", "layer-act"]
+    model = hypermodel.build(pinned(block_0__placement="bn-act-layer"))
+    assert sublayer_types(model.get_layer("block_0")) == ["Dense", "Activation"]
+    assert bn_keras.find_batchnorm(model) == []
+
+
+@pytest.mark.parametrize(
+    "placements, activations",
+    [
+        # One activation between consecutive layers whatever the mix.
+        (["bn-act-layer", "bn-act-layer", "bn-act-layer"], 3),
+        (["layer-bn-act", "bn-act-layer", "layer-bn-act"], 3),
+        (["layer-act-bn", "layer-act", "bn-act-layer"], 3),
+    ],
+)
+def test_one_activation_between_two_layers(placements, activations):
+    hypermodel = BNSearchMLP(3, input_shape=(8,), num_layers=3, units=4)
+    hp = pinned(
+        **{f"block_{i}__placement": p for i, p in enumerate(placements)},
+        **{f"block_{i}__normalization": "batch" for i in range(3)},
+    )
+    model = hypermodel.build(hp)
+    steps = []
+    for layer in model.layers:
+        for sub in getattr(layer, "layers", [layer]):
+            if isinstance(sub, keras.layers.Dense):
+                steps.append("layer")
+            elif isinstance(sub, keras.layers.Activation):
+                steps.append("act")
+    # layer act layer act layer act head
+    assert steps == ["layer", "act"] * activations + ["layer"]
 
 
 def test_cnn_deep_on_small_images():
