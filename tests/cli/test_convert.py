@@ -259,7 +259,7 @@ def test_convert_to_keras_with_another_epsilon(saved, tmp_path, capsys):
         ),
         (
             ["--to", "ghost", "--momentum", "1.5"],
-            "--momentum 1.5: Argument `momentum` must be a float in [0, 1) "
+            "--momentum 1.5: Argument `momentum` must be a float in [0, 1] "
             "or None. Received: momentum=1.5",
         ),
         (
