@@ -115,6 +115,7 @@ def drift_figures(now, previous, start, epsilon, constant):
         ),
         "moving_variance/drift_in_std": np.mean(np.abs(log_change)),
         "moving_variance/mean": np.mean(variance),
+        "moving_variance/max": np.max(variance),
         "moving_variance/constant_channels": np.sum(constant),
     }
     if not np.all(constant):
