@@ -2,7 +2,7 @@
 what to do about it.
 
 An alert is a finding with a stable `code` (what the alert scalar
-`alerts/<code>` and the Overview's chart are named after), a `severity`
+`alerts/<code>` and its chart in the Overview are named after), a `severity`
 (`"error"`, `"warning"` or `"info"`), the `layers` it concerns (their tag
 prefixes), a `message` naming them with the evidence, and a `remedy`. The
 monitor collects them at every epoch end by running each detector of
@@ -10,9 +10,13 @@ monitor collects them at every epoch end by running each detector of
 function from that list to a list of `Alert`s, so a new one (such as the
 `bn_keras.diagnosis` detectors, fed from the probe gap, the drift and the
 renorm clipping the monitor measures) is one more entry. The monitor then
-writes, for every code that has fired in the run, `alerts/<code>` (how
-many layers it concerns, 0 once it clears), a chart of it at the top of
-the Overview, and the text summary's alert table (`alert_table`).
+writes `alerts/unhealthy_layers` (how many layers have an error or a
+warning: 0 for a healthy run), charted first in the Overview of every
+run; for every code that has fired in the run, `alerts/<code>` (how many
+layers it concerns, 0 once it clears) and a chart of it at the end of the
+Overview (where TensorBoard puts the charts that only some runs have when
+it merges their layouts); and the text summary's alert table
+(`alert_table`).
 """
 
 import collections
@@ -26,6 +30,9 @@ from bn_keras._statistics import nonfinite
 
 #: Tag prefix of the alert scalars: `alerts/<code>`.
 ALERTS = "alerts"
+
+#: How many BN layers have an error or a warning: 0 for a healthy run.
+UNHEALTHY = f"{ALERTS}/unhealthy_layers"
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -204,6 +211,18 @@ def collect(layers, detectors=DETECTORS):
     first, then warnings, then notes, each kind in detector order."""
     alerts = [alert for detector in detectors for alert in detector(layers)]
     return sorted(alerts, key=lambda alert: SEVERITIES.index(alert.severity))
+
+
+def unhealthy_layers(alerts):
+    """How many layers an error or a warning of `alerts` concerns."""
+    return len(
+        {
+            tag
+            for alert in alerts
+            if alert.severity in ("error", "warning")
+            for tag in alert.layers
+        }
+    )
 
 
 def counts(alerts):

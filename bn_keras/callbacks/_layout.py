@@ -1,8 +1,9 @@
 """The Custom Scalars layout of `BatchNormMonitor`'s run.
 
 An "Overview" category first, the only one open when the dashboard
-opens: a chart per alert that has fired, the figure the runs are ranked
-by, the epoch metrics and the model-wide BN figures, across runs. Then
+opens: how many layers have an error or a warning (0: healthy), the
+figure the runs are ranked by, the epoch metrics and the model-wide BN
+figures, then a chart per alert that has fired, across runs. Then
 one closed category per BN layer in forward order, titled with its tag
 prefix, opened on a click (each chart loads its data only then). Every
 line chart draws one tag, so that each run is one line of its own colour;
@@ -24,6 +25,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 
 from bn_keras.callbacks._alerts import ALERTS
+from bn_keras.callbacks._alerts import UNHEALTHY
 from bn_keras.callbacks._alerts import chart_title
 from bn_keras.callbacks._figures import MEAN_DRIFT_IN_STD
 from bn_keras.callbacks._figures import PROBE_GAP
@@ -111,7 +113,7 @@ def overview_category(
 
     Args:
         alert_codes: Codes of the alerts that have fired in this run, a
-            chart each, first.
+            chart each, last.
         accuracy_names: The model's accuracy metrics, as Keras logs them.
         probe: Whether the monitor has `probe_data` (the gap's chart).
         objective: Optional Keras log name whose best value so far
@@ -121,7 +123,11 @@ def overview_category(
             metrics beside the monitor.
     """
     charts = [
-        _line(chart_title(code), f"{ALERTS}/{code}") for code in alert_codes
+        _line(
+            "BN layers with an error or a warning alert (0: healthy; the "
+            "Text dashboard says which, and what to do)",
+            UNHEALTHY,
+        )
     ]
     if objective is not None:
         charts.append(
@@ -148,6 +154,9 @@ def overview_category(
             MIN_VARIANCE,
         )
     )
+    charts += [
+        _line(chart_title(code), f"{ALERTS}/{code}") for code in alert_codes
+    ]
     return layout_pb2.Category(title=OVERVIEW, chart=charts)
 
 

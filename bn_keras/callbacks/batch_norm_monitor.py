@@ -183,19 +183,24 @@ class BatchNormMonitor(keras.callbacks.Callback):
     non-finite statistics (an error), a moving variance below epsilon in
     channels that are not constant (a warning), dead channels
     (`|gamma| < 1e-3`) and constant channels (notes). Each finding has a
-    stable code; from the first epoch it fires, `alerts/<code>` holds how
-    many layers it concerns (0 once it clears), and a chart of it opens
-    the Overview. A statistic that is not finite (checked at every write
+    stable code, the layers it concerns, the evidence and a remedy.
+    `alerts/unhealthy_layers`, how many layers have an error or a warning
+    (0 for a healthy run), opens the Overview; from the first epoch an
+    alert fires, `alerts/<code>` holds how many layers it concerns (0 once
+    it clears), charted at the end of the Overview (where TensorBoard puts
+    the charts only some runs have when it merges their layouts), and the
+    text summary lists it with its remedy. A statistic that is not finite (checked at every write
     and epoch end) is also reported once per layer with a `RuntimeWarning`
     naming the layer; with `stop_on_nonfinite=True` training then stops.
 
     **Dashboards.** A custom-scalars layout (TensorBoard's "Custom
     Scalars"): an "Overview" category, the only one open at first, with
-    the alerts' charts, the objective's best value so far, the epoch
-    metrics (Keras's `train` and `validation` runs side by side in one
-    chart when Keras's `TensorBoard` writes them; else validation, then
-    training, curves, a chart each; the training curves alone when `fit`
-    has no validation data) and the model-wide figures; then one closed
+    `alerts/unhealthy_layers`, the objective's best value so far, the
+    epoch metrics (Keras's `train` and `validation` runs side by side in
+    one chart when Keras's `TensorBoard` writes them; else validation,
+    then training, curves, a chart each; the training curves alone when
+    `fit` has no validation data), the model-wide figures and the alerts
+    that have fired; then one closed
     category per layer, in forward order, titled with its tag prefix. A
     line chart draws one figure, so that every run is one line of its own
     colour; the moving variance, gamma and beta are margin charts (the
@@ -643,7 +648,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
         if new:
             self._fired += new
             self._write_layout()
-        return [
+        unhealthy = _alerts.unhealthy_layers(self._alerts)
+        return [scalar(_alerts.UNHEALTHY, unhealthy)] + [
             scalar(f"{_alerts.ALERTS}/{code}", counts.get(code, 0))
             for code in self._fired
         ]

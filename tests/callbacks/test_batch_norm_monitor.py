@@ -209,6 +209,7 @@ def test_layout_opens_on_an_overview_then_one_category_per_layer(tmp_path, rng):
     # training data since `fit` has no validation data, then the
     # model-wide figures.
     assert [list(c.multiline.tag) for c in overview.chart] == [
+        ["^alerts/unhealthy_layers$"],
         ["^epoch/loss$"],
         ["^batchnorm/max_probe_gap$"],
         ["^batchnorm/max_drift_in_std$"],
@@ -285,7 +286,7 @@ def test_overview_charts_the_accuracy_the_model_is_compiled_with(tmp_path, rng):
         callbacks=[bn_keras.callbacks.BatchNormMonitor(tmp_path)],
     )
     overview = read_layout(run_dir(tmp_path)).category[0]
-    patterns = [list(c.multiline.tag) for c in overview.chart]
+    patterns = [list(c.multiline.tag) for c in overview.chart][1:]
     assert patterns[:6] == [
         ["^epoch/val_accuracy$"],
         ["^epoch/val_sparse_top_k_categorical_accuracy$"],
@@ -329,7 +330,8 @@ def test_beside_keras_tensorboard_nothing_is_written_twice(tmp_path, rng):
     )
     overview = read_layout(run_dir(tmp_path)).category[0]
     patterns = [list(c.multiline.tag) for c in overview.chart]
-    assert patterns[:4] == [
+    assert patterns[:5] == [
+        ["^alerts/unhealthy_layers$"],
         ["^epoch/best_val_accuracy$"],
         ["^epoch_accuracy$"],
         ["^epoch_sparse_top_k_categorical_accuracy$"],
@@ -372,7 +374,7 @@ def test_overview_follows_validation_freq(tmp_path, rng, epochs, expected):
         callbacks=[bn_keras.callbacks.BatchNormMonitor(tmp_path)],
     )
     overview = read_layout(run_dir(tmp_path)).category[0]
-    assert list(overview.chart[0].multiline.tag) == [expected]
+    assert list(overview.chart[1].multiline.tag) == [expected]
 
 
 def test_update_freq_in_batches(tmp_path, rng):

@@ -9,6 +9,7 @@ import pytest
 import bn_keras
 from bn_keras.callbacks._figures import constant_batches
 from bn_keras.callbacks._tags import batchnorm_tags
+from bn_keras.callbacks._tags import to_snake_case
 from tests.callbacks.helpers import Snapshots
 from tests.callbacks.helpers import read_events
 from tests.callbacks.helpers import read_layout
@@ -197,12 +198,18 @@ def test_constant_channels_are_counted_not_infinite(tmp_path, rng):
         "statistics (bn_keras.recalibrate) on training data. |"
     ]
     assert f"| info | constant-channels | {constant} | Nothing to do" in table
-    # The layout charts both alerts first, the warning before the note.
+    # How many layers have an error or a warning, then both alerts at the
+    # end of the Overview, the warning before the note.
     overview = read_layout(run_dir(tmp_path)).category[0]
-    assert [list(c.multiline.tag) for c in overview.chart[:2]] == [
+    charts = [list(c.multiline.tag) for c in overview.chart]
+    assert charts[0] == ["^alerts/unhealthy_layers$"]
+    assert charts[-2:] == [
         ["^alerts/collapsed\\-variance$"],
         ["^alerts/constant\\-channels$"],
     ]
+    assert scalars["alerts/unhealthy_layers"] == {
+        epoch: float(expected.get(epoch, 0)) for epoch in range(1, 6)
+    }
 
 
 def test_a_channel_constant_in_each_ghost_batch_only(tmp_path, rng):
@@ -360,6 +367,59 @@ def test_tags_keep_the_names_the_user_gave():
         ("bn", "bn03-block_a.dense"),  # inside the user's block_a
         (tagged[4][0], "bn03b-block_a.dense"),  # a second BN of that Dense
     ]
+
+
+def base_model(kind):
+    """A small CNN or MLP without BN, as `bn-keras compare` builds them."""
+    if kind == "cnn":
+        body = [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+        ]
+    else:
+        body = [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(8, activation="relu"),
+        ]
+    return keras.Sequential([*body, keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_the_bn_of_one_base_layer_has_one_tag_in_every_placement(kind):
+    """`insert_batchnorm` names a BN after the layer it serves: after it
+    (`layer-bn-act`, `layer-act-bn`), so that it normalizes that layer's
+    output, or before it (`bn-act-layer`), so that it normalizes the
+    output of the weight layer before (the input's, for the first). The
+    tag names the layer whose output a BN normalizes: the same in every
+    placement."""
+    base = base_model(kind)
+    weighted = [layer.name for layer in base.layers if layer.weights]
+    classes = {
+        layer.name: to_snake_case(type(layer).__name__) for layer in base.layers
+    }
+
+    def tag_of(index):
+        if index < 0:
+            return "bn00-input"
+        return f"bn{index + 1:02d}-{classes[weighted[index]]}"
+
+    seen = {}
+    for placement in ("layer-bn-act", "layer-act-bn", "bn-act-layer"):
+        model = bn_keras.insert_batchnorm(base, placement=placement)
+        tagged = batchnorm_tags(model)
+        assert tagged
+        for layer, tag in tagged:
+            served = weighted.index(layer.name.removesuffix("_bn"))
+            before = placement == "bn-act-layer"
+            assert tag == tag_of(served - 1 if before else served)
+            seen.setdefault(tag, set()).add(placement)
+    # The hidden layers' BN in every placement; the input's in one.
+    assert seen.pop("bn00-input") == {"bn-act-layer"}
+    assert all(len(placements) == 3 for placements in seen.values())
 
 
 # -- the text summary ----------------------------------------------------------
