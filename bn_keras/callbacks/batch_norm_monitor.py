@@ -17,14 +17,10 @@ from bn_keras._validation import is_integer
 from bn_keras.callbacks import _alerts
 from bn_keras.callbacks._event_writer import SummaryWriter
 from bn_keras.callbacks._figures import affine_figures
-from bn_keras.callbacks._figures import clipped_fraction
-from bn_keras.callbacks._figures import clipping
 from bn_keras.callbacks._figures import constant_channels
-from bn_keras.callbacks._figures import constant_in_batches
 from bn_keras.callbacks._figures import drift_figures
-from bn_keras.callbacks._figures import ghost_moments
-from bn_keras.callbacks._figures import ghost_of_rows
-from bn_keras.callbacks._figures import probe_gap
+from bn_keras.callbacks._figures import probe_layer_figures
+from bn_keras.callbacks._figures import renorm_figures
 from bn_keras.callbacks._hparams import check_values
 from bn_keras.callbacks._hparams import experiment_summary
 from bn_keras.callbacks._hparams import session_summary
@@ -53,8 +49,6 @@ from bn_keras.callbacks._tags import batchnorm_tags
 from bn_keras.callbacks._text_summary import placements
 from bn_keras.callbacks._text_summary import summary_markdown
 from bn_keras.callbacks._text_summary import text_summary
-from bn_keras.layers._formulas import renorm_update_input
-from bn_keras.models._tracing import channels_last_2d
 from bn_keras.models._tracing import is_array_like
 from bn_keras.models._tracing import model_inputs
 from bn_keras.models._tracing import record_inputs
@@ -189,9 +183,10 @@ class BatchNormMonitor(keras.callbacks.Callback):
     alert fires, `alerts/<code>` holds how many layers it concerns (0 once
     it clears), charted at the end of the Overview (where TensorBoard puts
     the charts only some runs have when it merges their layouts), and the
-    text summary lists it with its remedy. A statistic that is not finite (checked at every write
-    and epoch end) is also reported once per layer with a `RuntimeWarning`
-    naming the layer; with `stop_on_nonfinite=True` training then stops.
+    text summary lists it with its remedy. A statistic that is not finite
+    (checked at every write and epoch end) is also reported once per layer
+    with a `RuntimeWarning` naming the layer; with
+    `stop_on_nonfinite=True` training then stops.
 
     **Dashboards.** A custom-scalars layout (TensorBoard's "Custom
     Scalars"): an "Overview" category, the only one open at first, with
@@ -754,48 +749,11 @@ class BatchNormMonitor(keras.callbacks.Callback):
             layer_figures.update(affine_figures(now))
             if layer.renorm:
                 layer_figures.update(
-                    self._renorm_figures(name, layer, now, snapshot)
+                    renorm_figures(layer, now, (snapshot or {}).get(name))
                 )
             layer_figures.update(probe.get(name, {}))
             figures[name] = layer_figures
             self._latest[name] = (constant, probe.get(name, {}), layer_figures)
-        return figures
-
-    def _renorm_figures(self, name, layer, now, snapshot):
-        bounds = clipping(layer)
-        figures = {
-            f"renorm/{k}": bounds[k] for k in ("rmax", "dmax") if k in bounds
-        }
-        if snapshot is not None and name in snapshot and layer.trainable:
-            old_mean, old_stddev = snapshot[name]
-            # The batch's statistics, from the update they made.
-            count = None
-            if layer.renorm_momentum is None:  # cumulative statistics
-                count = as_float64(layer.num_batches_tracked)
-            batch_mean, batch_stddev = renorm_update_input(
-                old_mean,
-                old_stddev,
-                now["renorm_mean"],
-                now["renorm_stddev"],
-                layer.epsilon,
-                layer.renorm_momentum,
-                count,
-            )
-            # The bounds of the last batch: the step before the current one.
-            step = None
-            if getattr(layer, "renorm_schedule", None) is not None:
-                step = int(as_float64(layer.renorm_step)) - 1
-            figures["renorm/clipped_fraction"] = clipped_fraction(
-                batch_mean,
-                batch_stddev,
-                old_mean,
-                old_stddev,
-                layer.epsilon,
-                clipping(layer, step),
-            )
-            if count is not None and count == 1:
-                # The first cumulative step uses r = 1, d = 0: no clipping.
-                figures["renorm/clipped_fraction"] = 0.0
         return figures
 
     def _probe(self):
@@ -807,43 +765,10 @@ class BatchNormMonitor(keras.callbacks.Callback):
         for layer, inputs, mask in calls:
             first.setdefault(id(layer), (inputs, mask))
         return {
-            name: self._probe_layer(layer, *first[id(layer)])
+            name: probe_layer_figures(layer, *first[id(layer)])
             for name, layer in zip(self._names, self._layers)
             if id(layer) in first
         }
-
-    def _probe_layer(self, layer, inputs, mask):
-        # The training transform without its state update: the updated
-        # statistics that `stateless_call` returns are dropped.
-        y_batch, _ = layer.stateless_call(
-            [v.value for v in layer.trainable_variables],
-            [v.value for v in layer.non_trainable_variables],
-            inputs,
-            training=True,
-            mask=mask,
-        )
-        y_moving = layer(inputs, training=False, mask=mask)
-        rows, weights = channels_last_2d(layer, inputs, mask)
-        ghosts = ghost_of_rows(layer, int(inputs.shape[0]), len(rows))
-        batch_rows, _ = channels_last_2d(layer, y_batch, mask)
-        moving_rows, _ = channels_last_2d(layer, y_moving, mask)
-        figures = probe_gap(
-            batch_rows,
-            moving_rows,
-            weights,
-            constant_in_batches(rows, weights, ghosts),
-        )
-        if layer.renorm:
-            mean, variance = ghost_moments(rows, weights, ghosts)
-            figures["probe/clipped_fraction"] = clipped_fraction(
-                mean,
-                np.sqrt(variance + layer.epsilon),
-                as_float64(layer.renorm_mean),
-                as_float64(layer.renorm_stddev),
-                layer.epsilon,
-                clipping(layer),
-            )
-        return figures
 
     # -- writing ---------------------------------------------------------
 
