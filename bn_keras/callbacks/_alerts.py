@@ -93,7 +93,7 @@ CODES = {
     ),
     "collapsed-variance": (
         "warning",
-        "layers whose moving variance fell below epsilon in channels that vary",
+        "layers with a moving variance below epsilon",
         "Inference divides these channels by about sqrt(epsilon): check "
         "the input's scale (standardize it, or use input_batchnorm) and "
         "recalibrate the statistics (bn_keras.recalibrate) on training "
@@ -101,14 +101,14 @@ CODES = {
     ),
     "dead-channels": (
         "info",
-        "layers with dead channels (|gamma| < 1e-3)",
+        "layers with dead channels (gamma near 0)",
         "Dead channels output beta whatever their input; a few cost "
         "nothing. Many of them point at too strong a weight decay on gamma "
         "or too high a learning rate.",
     ),
     "constant-channels": (
         "info",
-        "layers with channels constant on their data",
+        "layers with constant channels",
         "Nothing to do when the data holds them (a pixel that is 0 in "
         "every image); they are left out of the gap and of the smallest "
         "moving variance. Dead ReLU units upstream show here too.",
@@ -234,25 +234,35 @@ def counts(alerts):
 
 
 def chart_title(code):
-    """The title of an alert's chart in the Overview: what it counts and
-    the remedy's first sentence."""
-    severity, title, remedy = CODES.get(code, ("warning", code, ""))
-    first = remedy.split(". ")[0].rstrip(".")
-    return f"{severity.upper()} {code}: {title}. {first}."
+    """The title of an alert's chart in the Overview: its severity, what
+    it counts, its code, and where the remedy is."""
+    severity, title, _ = CODES.get(code, ("warning", code, ""))
+    return f"{severity.upper()}: {title} ({code}; what to do: Text)"
+
+
+#: How many layers the alert table names before it counts the rest.
+_LAYERS_NAMED = 3
+
+
+def _layers_cell(layers):
+    named = ", ".join(layers[:_LAYERS_NAMED])
+    rest = len(layers) - _LAYERS_NAMED
+    return f"{named} and {rest} more" if rest > 0 else named
 
 
 def alert_table(alerts):
-    """Markdown lines: a table of `alerts` (severity, code, layers and
-    evidence, remedy), or `"No alerts."`."""
+    """Markdown lines: `"No alerts."`, or a table of `alerts` (severity,
+    code, layers: short cells, so that TensorBoard's narrowest text card
+    breaks no word), then a list with each alert's evidence and remedy."""
     if not alerts:
         return ["No alerts."]
-    lines = [
-        "| severity | alert | layers | what to do |",
-        "|---|---|---|---|",
+    lines = ["| severity | alert | layers |", "|---|---|---|"]
+    lines += [
+        f"| {a.severity} | {a.code} | {_layers_cell(a.layers)} |"
+        for a in alerts
     ]
-    for alert in alerts:
-        lines.append(
-            f"| {alert.severity} | {alert.code} | {alert.message} | "
-            f"{alert.remedy} |"
-        )
+    lines.append("")
+    lines += [
+        f"- **{a.code}**: {a.message}. *What to do:* {a.remedy}" for a in alerts
+    ]
     return lines

@@ -247,6 +247,12 @@ def _bands(tag, layer):
     return weights, bands
 
 
+def _channels(layer):
+    """How many channels the layer normalizes (`None` before it is
+    built)."""
+    return int(layer.moving_mean.shape[0]) if layer.built else None
+
+
 def layer_category(tag, layer, probe):
     """One layer's category, closed at first: the probe gap and the drift
     first, then renorm, the spread of gamma and beta, and the bands."""
@@ -254,9 +260,11 @@ def layer_category(tag, layer, probe):
     if layer.renorm:
         titled += _renorm_charts(layer, probe)
     weights, bands = _bands(tag, layer)
-    titled += [
-        (f"{weight} std over channels", f"{weight}/std") for weight in weights
-    ]
+    if _channels(layer) != 1:  # one channel: a spread of 0 throughout
+        titled += [
+            (f"{weight} std over channels", f"{weight}/std")
+            for weight in weights
+        ]
     charts = [
         _line(f"{tag}: {title}", f"{tag}/{suffix}") for title, suffix in titled
     ]

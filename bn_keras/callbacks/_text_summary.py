@@ -47,15 +47,14 @@ def _momentum(layer):
 
 
 def normalization_text(layer):
-    """The kind of BN and its settings: `"renorm (rmax 3, dmax 5),
-    momentum 0.99"`, `"ghost(16), momentum 0.9"`, `"plain, momentum
-    0.99"`."""
+    """The kind of BN and its momentum: `"renorm (rmax 3, dmax 5), 0.99"`,
+    `"ghost(16), 0.9"`, `"plain, 0.99"`."""
     text = kind_of(layer)
     if layer.renorm:
         bounds = ", ".join(f"{k} {v:.3g}" for k, v in clipping(layer).items())
         if bounds:
             text += f" ({bounds})"
-    return f"{text}, momentum {_momentum(layer)}"
+    return f"{text}, {_momentum(layer)}"
 
 
 def _value(value):
@@ -77,7 +76,10 @@ def summary_markdown(rows, alerts, notes=(), hparams=None):
         lines += [f"| {name} | {_value(v)} |" for name, v in hparams.items()]
         lines.append("")
     if rows:
-        lines += ["| tag | layer | placement | BN |", "|---|---|---|---|"]
+        lines += [
+            "| tag | layer | placement | BN, momentum |",
+            "|---|---|---|---|",
+        ]
         for tag, layer, placement in rows:
             path, where = placement or (layer.name, "?")
             lines.append(

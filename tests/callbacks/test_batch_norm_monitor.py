@@ -746,9 +746,11 @@ def test_nonfinite_statistic_is_reported_once(tmp_path, rng):
     # An alert, with the layer and what to do, from the first epoch end.
     assert scalars["alerts/nonfinite-statistics"] == {1: 1.0, 2: 1.0, 3: 1.0}
     text = read_events(run_dir(tmp_path))["batchnorm/layers"][3].item()
+    assert "| error | nonfinite-statistics | bn00-input |" in text.decode()
     assert (
-        "| error | nonfinite-statistics | bn00-input (keras_bn): non-finite "
-        "moving_variance | The inference output of these layers is wrong."
+        "- **nonfinite-statistics**: bn00-input (keras_bn): non-finite "
+        "moving_variance. *What to do:* The inference output of these "
+        "layers is wrong."
     ) in text.decode()
     # Non-finite values are left out of the histograms, not mis-binned.
     events = read_events(run_dir(tmp_path))

@@ -190,14 +190,20 @@ def test_constant_channels_are_counted_not_infinite(tmp_path, rng):
         "variance below epsilon (0.001)"
         for tag, name in zip(tags, ("plain", "ghost", "renorm"))
     )
+    # A table of short cells, the warning first, then each alert's
+    # evidence and what to do.
     rows = [r for r in table.splitlines() if r.startswith("| warning")]
-    assert rows == [
-        f"| warning | collapsed-variance | {small} | Inference divides these "
-        "channels by about sqrt(epsilon): check the input's scale "
-        "(standardize it, or use input_batchnorm) and recalibrate the "
-        "statistics (bn_keras.recalibrate) on training data. |"
-    ]
-    assert f"| info | constant-channels | {constant} | Nothing to do" in table
+    assert rows == [f"| warning | collapsed-variance | {', '.join(tags)} |"]
+    assert f"| info | constant-channels | {', '.join(tags)} |" in table
+    assert (
+        f"- **collapsed-variance**: {small}. *What to do:* Inference "
+        "divides these channels by about sqrt(epsilon): check the input's "
+        "scale (standardize it, or use input_batchnorm) and recalibrate the "
+        "statistics (bn_keras.recalibrate) on training data."
+    ) in table
+    assert (
+        f"- **constant-channels**: {constant}. *What to do:* Nothing to do"
+    ) in table
     # How many layers have an error or a warning, then both alerts at the
     # end of the Overview, the warning before the note.
     overview = read_layout(run_dir(tmp_path)).category[0]
@@ -459,9 +465,9 @@ def test_text_summary_lists_placement_settings_and_alerts(tmp_path, rng):
     first, last = (texts[step].item().decode() for step in (0, 2))
     rows = [
         "| bn01-hidden | after | Dense(relu) -> BN -> Dense (after act) "
-        "| plain, momentum 0.9 |",
+        "| plain, 0.9 |",
         "| bn02-project | batch_normalization | Dense -> BN -> ReLU "
-        "(before act) | ghost(8)+renorm (rmax 3, dmax 5), momentum 0.99 |",
+        "(before act) | ghost(8)+renorm (rmax 3, dmax 5), 0.99 |",
     ]
     for table in (first, last):
         layer_rows = [
@@ -474,11 +480,12 @@ def test_text_summary_lists_placement_settings_and_alerts(tmp_path, rng):
         assert "| normalization | mixed |" in table
     # The alerts, under the table, with what to do: gamma starts at 1.
     assert first.endswith("No alerts.")
+    assert "| info | dead-channels | bn01-hidden |" in last
     assert last.endswith(
-        "| info | dead-channels | bn01-hidden (after): 2/4 channels dead "
-        "(abs(gamma) < 0.001) | Dead channels output beta whatever their "
-        "input; a few cost nothing. Many of them point at too strong a "
-        "weight decay on gamma or too high a learning rate. |"
+        "- **dead-channels**: bn01-hidden (after): 2/4 channels dead "
+        "(abs(gamma) < 0.001). *What to do:* Dead channels output beta "
+        "whatever their input; a few cost nothing. Many of them point at "
+        "too strong a weight decay on gamma or too high a learning rate."
     )
 
 
@@ -510,6 +517,6 @@ def test_a_model_without_a_config_is_monitored_all_the_same(tmp_path, rng):
     assert "bnx01/moving_mean/drift" in read_scalars(run_dir(tmp_path))
     table = read_events(run_dir(tmp_path))["batchnorm/layers"][0]
     # Where it sits is unknown; the rest of its row is there.
-    assert "| bnx01 | batch_normalization | ? | plain, momentum 0.99 |" in (
+    assert "| bnx01 | batch_normalization | ? | plain, 0.99 |" in (
         table.item().decode()
     )

@@ -217,7 +217,7 @@ def test_a_layer_has_one_tag_in_every_configuration(served_comparison):
         rows = [
             html.unescape(re.sub(r"<[^>]+>", "|", row))
             for row in page.split("<tr>")
-            if "bn01-dense" in row and "momentum 0.99" in row
+            if "bn01-dense" in row and "plain, 0.99" in row
         ]
         (row,) = rows
         assert where in row, (run, row)
