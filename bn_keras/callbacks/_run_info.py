@@ -127,22 +127,33 @@ def keras_tensorboard(callbacks, log_dir):
 Objective = collections.namedtuple("Objective", ["name", "direction"])
 
 
+#: Words of the Keras log names of which smaller is better.
+_SMALLER_IS_BETTER = (
+    "loss",
+    "error",
+    "mae",
+    "mse",
+    "crossentropy",
+    "hinge",
+    "divergence",
+)
+
+
 def check_objective(objective):
     """An `Objective` from a Keras log name (`"val_accuracy"`; smaller is
-    better for names with `loss` or `error`, larger otherwise) or an
-    object with `name` and `direction` (`keras_tuner.Objective`)."""
+    better for losses and errors, such as `"val_loss"` or `"val_mae"`,
+    larger otherwise) or an object with `name` and `direction`
+    (`keras_tuner.Objective`)."""
     if objective is None:
         return None
-    name = (
-        objective
-        if isinstance(objective, str)
-        else (getattr(objective, "name", None))
-    )
-    direction = getattr(objective, "direction", None)
-    if isinstance(objective, str) or direction is None:
-        direction = (
-            "min" if ("loss" in str(name) or "error" in str(name)) else "max"
-        )
+    if isinstance(objective, str):
+        name, direction = objective, None
+    else:
+        name = getattr(objective, "name", None)
+        direction = getattr(objective, "direction", None)
+    if isinstance(name, str) and direction is None:
+        smaller = any(word in name for word in _SMALLER_IS_BETTER)
+        direction = "min" if smaller else "max"
     if not isinstance(name, str) or not name or direction not in ("min", "max"):
         raise TypeError(
             "Argument `objective` must be a Keras log name such as "

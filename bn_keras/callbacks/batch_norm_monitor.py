@@ -162,8 +162,11 @@ class BatchNormMonitor(keras.callbacks.Callback):
     the same `log_dir` (its `train` and `validation` runs); with an
     `objective`, its best value so far, `epoch/best_<name>` (for example
     `epoch/best_val_accuracy`); and the alerts (below). A model without
-    batch normalization gets the epoch figures and the dashboards only, so
-    that a baseline without BN shows in a comparison too.
+    batch normalization gets the epoch metrics, the dashboards, and 0 for
+    the largest gap and drift, the non-finite layers and the unhealthy
+    layers (it has none), so that a baseline without BN keeps its place in
+    a comparison, in HParams' parallel coordinates too (which drop a
+    session that lacks a metric).
 
     **Steps.** The epoch figures are written at step = the epoch's number
     counted from 1, so that "epoch 11" is step 11 (with Keras's
@@ -269,8 +272,10 @@ class BatchNormMonitor(keras.callbacks.Callback):
         stop_on_nonfinite: Whether to stop training when a statistic
             becomes NaN or infinite. Defaults to `False`.
         objective: Optional Keras log name the run is ranked by, such as
-            `"val_accuracy"` (larger is better; smaller for names with
-            `loss` or `error`), or an object with `name` and `direction`
+            `"val_accuracy"` (larger is better; smaller for losses and
+            errors: names with `loss`, `error`, `mae`, `mse`,
+            `crossentropy`, `hinge` or `divergence`), or an object with
+            `name` and `direction`
             (`"min"` or `"max"`), such as `keras_tuner.Objective`. Its best
             value so far is written at every epoch end and comes first in
             HParams. Defaults to `None`.
@@ -528,8 +533,20 @@ class BatchNormMonitor(keras.callbacks.Callback):
                     logs[LOG_MAX_PROBE_GAP] = float(
                         wide.get(MAX_PROBE_GAP, np.nan)
                     )
+        else:
+            summary.value.extend(self._without_batchnorm())
         if summary.value:
             self._writer.write(summary, step)
+
+    def _without_batchnorm(self):
+        """A model without BN: no gap, no drift, no layer with NaN or an
+        alert; 0 each, so that a baseline keeps its place in every chart
+        and in HParams' parallel coordinates (which drop a session that
+        lacks a metric)."""
+        tags = [MAX_DRIFT, NONFINITE, _alerts.UNHEALTHY]
+        if self.probe_data is not None:
+            tags.append(MAX_PROBE_GAP)
+        return [scalar(tag, 0.0) for tag in tags]
 
     def on_train_end(self, logs=None):
         if self._writer is None:

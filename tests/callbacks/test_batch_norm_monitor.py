@@ -814,12 +814,32 @@ def test_unwritable_log_dir_fails_before_the_first_batch(tmp_path, rng):
         ({"probe_data": "x"}, TypeError, "probe_data of type str"),
         ({"log_dir": 3}, TypeError, "log_dir=3"),
         ({"log_dir": ""}, TypeError, "log_dir=''"),
+        ({"objective": 3}, TypeError, "objective=3"),
+        ({"objective": ""}, TypeError, "objective=''"),
+        ({"hparams": {"lr": [1]}}, TypeError, "hparams={'lr': [1]}"),
+        ({"hparams": "lr=1"}, TypeError, "hparams='lr=1'"),
     ],
 )
 def test_argument_errors(tmp_path, kwargs, error, received):
     kwargs = {"log_dir": str(tmp_path), **kwargs}
     with pytest.raises(error, match=f"Received: {re.escape(received)}"):
         bn_keras.callbacks.BatchNormMonitor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "objective, direction",
+    [
+        ("val_accuracy", "max"),
+        ("val_auc", "max"),
+        ("val_loss", "min"),
+        ("val_mae", "min"),
+        ("val_mean_squared_error", "min"),
+        ("val_sparse_categorical_crossentropy", "min"),
+    ],
+)
+def test_objective_direction(tmp_path, objective, direction):
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path, objective=objective)
+    assert monitor._objective == (objective, direction)
 
 
 def test_with_log_dir_copies_the_settings(tmp_path, rng):
@@ -968,3 +988,40 @@ def test_probe_leaves_every_replica_unchanged_under_mirrored_strategy(
         differing += replicas[0] != replicas[1]
     # The case exercises per-replica statistics that differ.
     assert differing > 0
+
+
+def test_a_model_without_batchnorm_keeps_its_place(tmp_path, rng):
+    """A baseline without BN: its epoch metrics, 0 for the gap, the drift
+    and the unhealthy layers (HParams' parallel coordinates drop a session
+    that lacks a metric), the Overview alone, and its BN described as
+    none."""
+    from tests.tuner.helpers import hparams_sessions
+
+    x, y = regression_data(rng, n=64)
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(4), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path, probe_data=x[:8])
+    with pytest.warns(UserWarning, match="has no batch normalization layer"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
+    scalars = read_scalars(run_dir(tmp_path))
+    assert sorted(scalars) == [
+        "alerts/unhealthy_layers",
+        "batchnorm/max_drift_in_std",
+        "batchnorm/max_probe_gap",
+        "batchnorm/nonfinite_layers",
+        "epoch/loss",
+    ]
+    for tag in sorted(scalars)[:4]:
+        assert scalars[tag] == {1: 0.0, 2: 0.0}, tag
+    layout = read_layout(run_dir(tmp_path))
+    assert [c.title for c in layout.category] == ["Overview"]
+    ((group, values),) = hparams_sessions(run_dir(tmp_path))
+    assert group == os.path.basename(tmp_path)
+    assert values == {
+        "01.placement": "none",
+        "02.normalization": "none",
+        "03.momentum": "none",
+        "04.BN layers": 0.0,
+    }

@@ -173,13 +173,20 @@ def test_compare_run_folders_and_event_files(digits_run):
         for metric in ("epoch/val_accuracy", "epoch/val_loss"):
             assert sorted(scalars[metric]) == epochs
         if name == "no-bn":
+            # No gap, no drift, no unhealthy layer: 0, so that the
+            # baseline keeps its place in the charts and in HParams.
             assert sorted(scalars) == [
+                "alerts/unhealthy_layers",
+                "batchnorm/max_drift_in_std",
+                "batchnorm/max_probe_gap",
+                "batchnorm/nonfinite_layers",
                 "epoch/accuracy",
                 "epoch/best_val_accuracy",
                 "epoch/loss",
                 "epoch/val_accuracy",
                 "epoch/val_loss",
             ]
+            assert scalars["batchnorm/max_probe_gap"] == {1: 0.0, 2: 0.0}
             continue
         steps = scalars["batchnorm/max_drift_in_std"]
         assert sorted(steps) == epochs
@@ -345,6 +352,10 @@ def test_compare_input_batchnorm_configurations(tmp_path, capsys):
     # the baseline's run holds its epoch metrics only, for the Overview.
     baseline = read_scalars(session / "no-bn")
     assert sorted(baseline) == [
+        "alerts/unhealthy_layers",
+        "batchnorm/max_drift_in_std",
+        "batchnorm/max_probe_gap",
+        "batchnorm/nonfinite_layers",
         "epoch/best_val_loss",
         "epoch/loss",
         "epoch/val_loss",
