@@ -21,6 +21,7 @@ from tensorboard.plugins.hparams import summary_v2
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from bn_keras._statistics import nonfinite
+from bn_keras.callbacks._alerts import UNHEALTHY
 from bn_keras.callbacks._figures import MEAN_DRIFT_IN_STD
 from bn_keras.callbacks._figures import PROBE_GAP
 from bn_keras.callbacks._hparams import NONE
@@ -43,12 +44,17 @@ _SCALAR_METADATA = scalar_metadata.create_summary_metadata(
 
 # The monitor's model-wide figures, in the order the dashboards show them:
 # (tag, display name, needs `probe_data`).
+# (tag, display name, needs `probe_data`); the first three come right
+# after the figure a run is ranked by, among the five metrics TensorBoard
+# shows: is the run's BN healthy?
 _MONITOR_FIGURES = (
+    (UNHEALTHY, "BN layers with an error or a warning", False),
     (MAX_PROBE_GAP, "BN max train/inference gap", True),
     (MAX_DRIFT, "BN max drift (std units)", False),
     (MIN_VARIANCE, "BN min moving variance", False),
     (NONFINITE, "BN non-finite layers", False),
 )
+_HEALTH = 3
 
 #: How far up the stack `fit_callbacks` looks for Keras's `CallbackList`.
 _STACK_DEPTH = 8
@@ -263,8 +269,11 @@ def described_hparams(tagged, placements):
 
 def run_metrics(objective, accuracies, keras_logs, probe):
     """The metrics of the experiment config, in the order shown: the best
-    value of the objective and its final value, the validation accuracies
-    and loss, the model-wide BN figures, then the training metrics.
+    value of the objective and its final value (without an objective: the
+    validation accuracies and loss), how many BN layers have an error or a
+    warning, the largest gap and drift (TensorBoard shows the first five),
+    the other validation metrics, the other model-wide BN figures, then
+    the training metrics.
 
     Args:
         objective: An `Objective`, or `None`.
@@ -273,28 +282,31 @@ def run_metrics(objective, accuracies, keras_logs, probe):
             metrics (in its subfolders) rather than the monitor.
         probe: Whether the monitor has `probe_data`.
     """
-    metrics = []
-    finals = [f"val_{name}" for name in accuracies] + ["val_loss"]
+    first, finals = [], [f"val_{name}" for name in accuracies] + ["val_loss"]
     if objective is not None:
-        metrics.append(
+        name = objective.name
+        first.append(
             summary_v2.Metric(
-                best_tag(objective.name),
-                display_name=f"best {words(objective.name)}",
+                best_tag(name), display_name=f"best {words(name)}"
             )
         )
-        metrics.append(
-            epoch_metric(
-                objective.name, keras_logs, f"final {words(objective.name)}"
-            )
-        )
-        finals = [name for name in finals if name != objective.name]
-    metrics += [epoch_metric(name, keras_logs) for name in finals]
-    metrics += [
+        first.append(epoch_metric(name, keras_logs, f"final {words(name)}"))
+        finals = [n for n in finals if n != name]
+    else:
+        first += [epoch_metric(name, keras_logs) for name in finals]
+        finals = []
+    figures = [
         summary_v2.Metric(tag, display_name=display_name)
         for tag, display_name, needs_probe in _MONITOR_FIGURES
         if probe or not needs_probe
     ]
-    metrics += [
-        epoch_metric(name, keras_logs) for name in [*accuracies, "loss"]
+    health = _HEALTH if probe else _HEALTH - 1
+    ranked = None if objective is None else objective.name
+    training = [n for n in [*accuracies, "loss"] if n != ranked]
+    return [
+        *first,
+        *figures[:health],
+        *[epoch_metric(name, keras_logs) for name in finals],
+        *figures[health:],
+        *[epoch_metric(name, keras_logs) for name in training],
     ]
-    return metrics

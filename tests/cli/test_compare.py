@@ -217,9 +217,10 @@ def test_compare_hparams_experiment_and_sessions(digits_run):
         assert experiment["metrics"] == [
             ("", "epoch/best_val_accuracy"),
             ("", "epoch/val_accuracy"),
-            ("", "epoch/val_loss"),
+            ("", "alerts/unhealthy_layers"),
             ("", "batchnorm/max_probe_gap"),
             ("", "batchnorm/max_drift_in_std"),
+            ("", "epoch/val_loss"),
             ("", "batchnorm/min_moving_variance"),
             ("", "batchnorm/nonfinite_layers"),
             ("", "epoch/accuracy"),

@@ -122,10 +122,13 @@ def test_hparams_rank_by_the_leaderboard_figure(served_comparison):
         (m["name"].get("group", ""), m["name"]["tag"])
         for m in experiment["metricInfos"]
     ]
-    assert metrics[:3] == [
+    # The five TensorBoard shows: which run won, and is its BN healthy.
+    assert metrics[:5] == [
         ("", "epoch/best_val_accuracy"),
         ("", "epoch/val_accuracy"),
-        ("", "epoch/val_loss"),
+        ("", "alerts/unhealthy_layers"),
+        ("", "batchnorm/max_probe_gap"),
+        ("", "batchnorm/max_drift_in_std"),
     ]
     assert [m["displayName"] for m in experiment["metricInfos"][:2]] == [
         "best validation accuracy",

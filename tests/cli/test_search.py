@@ -72,7 +72,7 @@ def test_search_placement_hypermodel(tmp_path, capsys):
         assert experiment["metrics"][:4] == [
             ("", "epoch/best_val_accuracy"),
             ("", "epoch/val_accuracy"),
-            ("", "epoch/val_loss"),
+            ("", "alerts/unhealthy_layers"),
             ("", "batchnorm/max_probe_gap"),
         ]
     assert not hparams_experiments(logs)

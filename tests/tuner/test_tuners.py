@@ -319,8 +319,9 @@ def test_tensorboard_and_monitor_land_in_each_trial_run(tmp_path):
         assert experiment["metrics"] == [
             ("", "epoch/best_val_loss"),  # the objective: best, then final
             ("validation", "epoch_loss"),
-            ("validation", "epoch_accuracy"),
+            ("", "alerts/unhealthy_layers"),
             ("", "batchnorm/max_drift_in_std"),  # no probe_data
+            ("validation", "epoch_accuracy"),
             ("", "batchnorm/min_moving_variance"),
             ("", "batchnorm/nonfinite_layers"),
             ("train", "epoch_accuracy"),
@@ -377,7 +378,7 @@ def test_a_tensorboard_subclass_lands_there_too_per_execution(tmp_path):
         assert experiment["metrics"][:3] == [
             ("", "epoch/best_val_loss"),
             ("validation", "epoch_loss"),
-            ("validation", "epoch_accuracy"),
+            ("", "alerts/unhealthy_layers"),
         ]
 
 
