@@ -2,12 +2,12 @@
 
 Shown by TensorBoard's Text dashboard (Markdown): a note on when it was
 written and how epochs are counted, the figure the run is ranked by, the
-run's hyperparameters (its HParams session), a table of the BN layers in
-forward order (tag prefix, path in the model, where it sits in the built
-graph: the layers around it, before or after the activation; the kind of
-BN with its momentum), then the alerts with their remedies. Tables keep
-to a few short columns, so that TensorBoard's default width breaks no
-word. Written as a `Summary` proto through `SummaryWriter`, so no
+alerts with their remedies, the run's hyperparameters (its HParams
+session), then a table of the BN layers in forward order (tag prefix,
+path in the model, where it sits in the built graph: the layers around
+it, before or after the activation; the kind of BN with its momentum).
+Tables keep to a few short columns, so that TensorBoard's default width
+breaks no word. Written as a `Summary` proto through `SummaryWriter`, so no
 TensorFlow is needed on the other backends.
 """
 
@@ -62,8 +62,10 @@ def _value(value):
 
 
 def summary_markdown(rows, alerts, notes=(), hparams=None):
-    """Markdown: the `notes` (paragraphs), the `hparams` (a dict) as a
-    table, a table of `rows`, then the `alerts` (`Alert`s) as a table.
+    """Markdown: the `notes` (paragraphs), the `alerts` (`Alert`s: a
+    table, then what to do), the `hparams` (a dict) as a table, then a
+    table of `rows`: what a person needs first comes first, as TensorBoard
+    shows a text in a card of limited height.
 
     `rows` are `(tag, layer, placement)` tuples, `placement` a `(path,
     text)` pair or `None`.
@@ -71,6 +73,7 @@ def summary_markdown(rows, alerts, notes=(), hparams=None):
     lines = []
     for note in notes:
         lines += [note, ""]
+    lines += ["**Alerts**", "", *alert_table(alerts), ""]
     if hparams:
         lines += ["| hyperparameter | value |", "|---|---|"]
         lines += [f"| {name} | {_value(v)} |" for name, v in hparams.items()]
@@ -85,9 +88,7 @@ def summary_markdown(rows, alerts, notes=(), hparams=None):
             lines.append(
                 f"| {tag} | {path} | {where} | {normalization_text(layer)} |"
             )
-        lines.append("")
-    lines += ["**Alerts**", "", *alert_table(alerts)]
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip()
 
 
 def text_summary(markdown):

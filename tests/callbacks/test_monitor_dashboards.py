@@ -478,15 +478,17 @@ def test_text_summary_lists_placement_settings_and_alerts(tmp_path, rng):
         assert layer_rows == rows
         # The run's HParams: the model's BN described.
         assert "| normalization | mixed |" in table
-    # The alerts, under the table, with what to do: gamma starts at 1.
-    assert first.endswith("No alerts.")
+    # The alerts first, with what to do: none yet at the start (gamma
+    # starts at 1).
+    assert "**Alerts**\n\nNo alerts.\n\n| hyperparameter" in first
+    assert last.index("**Alerts**") < last.index("| hyperparameter")
     assert "| info | dead-channels | bn01-hidden |" in last
-    assert last.endswith(
+    assert (
         "- **dead-channels**: bn01-hidden (after): 2/4 channels dead "
         "(abs(gamma) < 0.001). *What to do:* Dead channels output beta "
         "whatever their input; a few cost nothing. Many of them point at "
-        "too strong a weight decay on gamma or too high a learning rate."
-    )
+        "too strong a weight decay on gamma or too high a learning rate.\n"
+    ) in last
 
 
 class Opaque(keras.layers.Layer):
