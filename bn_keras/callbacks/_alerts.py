@@ -47,11 +47,6 @@ class Alert:
     message: str
     remedy: str
 
-    @property
-    def tag(self):
-        """The alert's scalar: `alerts/<code>`."""
-        return f"{ALERTS}/{self.code}"
-
 
 @dataclasses.dataclass(frozen=True)
 class LayerEvidence:
