@@ -113,8 +113,10 @@ demo: $(STAMP)
 # The README's pictures (docs/images): the demo's comparison, served by
 # TensorBoard on 127.0.0.1 and photographed by Debian's headless Chromium
 # through selenium, which lives in its own environment, $(SHOTS_VENV), not
-# in the package's. Needs `apt-get install chromium chromium-driver`; 4
-# minutes on two busy CPU cores. Not part of `make test`.
+# in the package's, each dashboard as it opens (nothing filtered or
+# collapsed by the script); it prints how long the Overview took to draw.
+# Needs `apt-get install chromium chromium-driver`; under 2 minutes on two
+# busy CPU cores (2026-12-07). Not part of `make test`.
 SHOTS_VENV := .venv-screenshots
 SHOTS_STAMP := $(SHOTS_VENV)/.installed
 $(SHOTS_STAMP):

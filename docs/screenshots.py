@@ -5,12 +5,19 @@
 
 Trains the comparison of `make demo` (unless `--session` names one), serves
 it with TensorBoard on 127.0.0.1 (a free port), drives Debian's headless
-Chromium through selenium and saves, in `docs/images`:
+Chromium through selenium and saves, in `docs/images`, each page as a
+person gets it when they open it (no runs filtered, nothing collapsed or
+resized by the script):
 
-- `overview.png`: Custom Scalars, its Overview category (validation curves
-  and the model-wide BN figures, across the configurations);
-- `layer.png`: the category of the first BN layer;
-- `hparams.png`: the HParams table, the objective first.
+- `overview.png`: Custom Scalars as it opens, on its Overview category
+  (the alerts, the best validation accuracy, the epoch curves and the
+  model-wide BN figures, across the configurations); it prints how many
+  seconds the Overview took to draw, from the page's opening;
+- `layer.png`: the category of the first BN layer after the input,
+  opened by a click on its title as a person opens it;
+- `hparams.png`: the HParams table, the objective first;
+- `text.png`: the Text dashboard: a configuration's layers, where each
+  sits in the built graph, and its alerts with what to do.
 
 It runs in an interpreter that has selenium and Pillow (`make screenshots`
 makes one, `.venv-screenshots`, apart from the package's environment); the
@@ -59,10 +66,6 @@ CHROMIUM_FLAGS = [
 LOAD_TIMEOUT_S = 180
 #: Seconds a page is left to lay out its charts once their data is loaded.
 SETTLE_S = 5
-# The runs on the Custom Scalars pictures: each configuration's monitor run,
-# which holds the Overview's epoch metrics and the BN figures (Keras's own
-# `train` and `validation` runs left out of the sidebar, which is the legend).
-RUNS_SHOWN = "batchnorm$"
 
 # JavaScript: every element under `root`, through shadow roots, that
 # `test` accepts (TensorBoard's Polymer dashboards live in shadow DOM).
@@ -185,16 +188,21 @@ def save(driver, path):
     )
 
 
-def wait_until(driver, script, what):
-    """Waits until the JavaScript `script` (with `deepAll`) is true."""
-    deadline = time.monotonic() + LOAD_TIMEOUT_S
+def wait_until(driver, script, what, settle=True):
+    """Waits until the JavaScript `script` (with `deepAll`) is true;
+    returns the seconds it took."""
+    start = time.monotonic()
+    deadline = start + LOAD_TIMEOUT_S
     while not driver.execute_script(_DEEP + script):
         if time.monotonic() > deadline:
             raise TimeoutError(f"the page did not show {what}")
-        time.sleep(1)
-    # The data is in; the charts still lay themselves out (a chart
-    # photographed too early is drawn at a fraction of its size).
-    time.sleep(SETTLE_S)
+        time.sleep(0.25)
+    waited = time.monotonic() - start
+    if settle:
+        # The data is in; the charts still lay themselves out (a chart
+        # photographed too early is drawn at a fraction of its size).
+        time.sleep(SETTLE_S)
+    return waited
 
 
 # JavaScript: whether every chart on show has drawn its data.
@@ -212,72 +220,86 @@ _CATEGORIES = (
 )
 
 
-def custom_scalars(driver, base, out, runs_regex):
-    """The Overview, then the first layer's category, one at a time, with
-    the runs whose names match `runs_regex`."""
+def custom_scalars(driver, base, out):
+    """The Overview as Custom Scalars opens (timed from the page's
+    opening), then the first BN layer's category, opened by a click on its
+    title."""
+    start = time.monotonic()
     driver.get(f"{base}/#custom_scalars")
-    wait_until(driver, f"return {_CATEGORIES}.length > 1;", "the categories")
-    driver.execute_script(
-        _DEEP
-        + """
-        const selector = deepAll(document,
-          n => n.tagName === 'TF-RUNS-SELECTOR')[0];
-        selector.regexInput = arguments[0];
-        """,
-        runs_regex,
+    wait_until(
+        driver, f"return {_CATEGORIES}.length > 1;", "the categories", False
     )
+    wait_until(driver, _CHARTS_DRAWN, "the Overview's charts", False)
+    loaded = time.monotonic() - start
+    time.sleep(SETTLE_S)
     titles = driver.execute_script(
         _DEEP + f"return {_CATEGORIES}.map(n => n.category.name);"
     )
-    for index, name in ((0, "overview"), (1, "layer")):
-        driver.execute_script(
-            _DEEP
-            + f"const views = {_CATEGORIES};"
-            + """
-            views.forEach((view, i) => { view.opened = i === arguments[0]; });
-            views[arguments[0]].scrollIntoView();
-            """,
-            index,
-        )
-        wait_until(driver, _CHARTS_DRAWN, f"the charts of {titles[index]}")
-        path = os.path.join(out, f"{name}.png")
-        save(driver, path)
-        print(f"{path}: Custom Scalars, {titles[index]}")
-
-
-def hparams(driver, base, out):
-    """The HParams table, its columns narrowed so that the five metrics it
-    shows fit, the Trial ID widened to show the run names (what a person
-    does by dragging the column borders)."""
-    driver.get(f"{base}/#hparams")
-    columns = "deepAll(document, n => n.tagName === 'VAADIN-GRID-COLUMN')"
-    rows = "deepAll(document, n => n.tagName === 'VAADIN-GRID-CELL-CONTENT')"
-    wait_until(
-        driver, f"return {columns}.length > 2 && {rows}.length > 20;",
-        "the HParams table",
+    opened = driver.execute_script(
+        _DEEP + f"return {_CATEGORIES}.map(n => n.opened);"
+    )
+    path = os.path.join(out, "overview.png")
+    save(driver, path)
+    print(
+        f"{path}: Custom Scalars as it opens (categories open: "
+        f"{[t for t, o in zip(titles, opened) if o]}); the Overview's charts "
+        f"drew {loaded:.1f} s after the page was opened"
+    )
+    # A person opens a layer's category by clicking its title: the first
+    # that is not the input's (which few configurations have).
+    layer = next(
+        i for i, title in enumerate(titles) if i and "-input" not in title
     )
     driver.execute_script(
         _DEEP
-        + f"const columns = {columns};"
+        + f"const view = {_CATEGORIES}[arguments[0]];"
         + """
-        columns.forEach((column, i) => {
-          if (i === 0) column.width = '12em';
-          if (i > 1) { column.width = '8em'; column.flexGrow = 1; }
-        });
-        """
+        const button = deepAll(view, n => n.tagName === 'BUTTON')[0];
+        button.click();
+        """,
+        layer,
     )
-    time.sleep(2)
+    waited = wait_until(
+        driver, _CHARTS_DRAWN, f"the charts of {titles[layer]}", False
+    )
+    driver.execute_script(
+        _DEEP + f"{_CATEGORIES}[arguments[0]].scrollIntoView();", layer
+    )
+    time.sleep(SETTLE_S)
+    path = os.path.join(out, "layer.png")
+    save(driver, path)
+    print(f"{path}: Custom Scalars, {titles[layer]} ({waited:.1f} s to draw)")
+
+
+def hparams(driver, base, out):
+    """The HParams table as it opens."""
+    driver.get(f"{base}/#hparams")
+    rows = "deepAll(document, n => n.tagName === 'VAADIN-GRID-CELL-CONTENT')"
+    wait_until(driver, f"return {rows}.length > 20;", "the HParams table")
     path = os.path.join(out, "hparams.png")
     save(driver, path)
     print(f"{path}: HParams table")
 
 
+def text(driver, base, out):
+    """The Text dashboard as it opens: the text summary of each run, the
+    first run's on top."""
+    driver.get(f"{base}/#text")
+    cards = "deepAll(document, n => n.tagName === 'TF-TEXT-LOADER')"
+    wait_until(driver, f"return {cards}.length > 0;", "the text summaries")
+    path = os.path.join(out, "text.png")
+    save(driver, path)
+    print(f"{path}: Text")
+
+
 def photograph(args, base):
     driver, profile = open_chromium(args, 1600, 1100)
     try:
-        custom_scalars(driver, base, args.out, RUNS_SHOWN)
+        custom_scalars(driver, base, args.out)
         driver.set_window_size(1700, 640)
         hparams(driver, base, args.out)
+        driver.set_window_size(1600, 1100)
+        text(driver, base, args.out)
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

@@ -9,8 +9,9 @@ callbacks writing to the same log folder:
 - `bn_keras.callbacks.BatchNormMonitor`: for every BN layer, the drift of
   its moving mean and variance, gamma and beta, dead channels, histograms,
   and, on a fixed probe batch, the gap between its training output (batch
-  statistics) and its inference output (moving statistics) (run
-  `batchnorm`, with a Custom Scalars layout, one chart group per layer).
+  statistics) and its inference output (moving statistics) (in the log
+  folder itself, with a Custom Scalars layout: an Overview, then one
+  chart group per layer).
 
 The monitor also adds its headline figures to the training logs, so they
 can be printed (or used by `EarlyStopping`): per epoch, the largest drift
@@ -172,8 +173,9 @@ def run(quick=False, out=".", seed=0):
     plt.close(figure)
     print(f"Saved {path}")
     print(
-        f"TensorBoard logs in {log_root}, one folder per momentum (runs "
-        "train, validation and batchnorm). Open the dashboard with\n\n"
+        f"TensorBoard logs in {log_root}, one folder per momentum (the "
+        "monitor's run, with Keras's train and validation runs inside). "
+        "Open the dashboard with\n\n"
         f"    tensorboard --logdir {log_root}\n\n"
         "then http://localhost:6006: 'Scalars' for every figure per layer "
         "(filter on probe_gap or drift_in_std), 'Custom Scalars' for an "

@@ -1,6 +1,7 @@
 """The figures `BatchNormMonitor` writes for one batch normalization layer.
 
-Computed in float64 from the layer's statistics (`read_statistics`) and,
+Computed in float64 from the layer's statistics (`read_statistics`), for
+renorm's clipping from its statistics just before the last batch, and,
 for the probe figures, from what the layer receives and outputs on the
 probe batch. Channels that are constant on the data a figure is measured
 on are counted and left out of the figures they would make infinite or
@@ -16,7 +17,9 @@ from bn_keras.layers._formulas import ghost_ids
 from bn_keras.layers._formulas import moving_average_input
 from bn_keras.layers._formulas import renorm_clipped
 from bn_keras.layers._formulas import renorm_ratios
+from bn_keras.layers._formulas import renorm_update_input
 from bn_keras.models._tracing import PooledMoments
+from bn_keras.models._tracing import channels_last_2d
 
 #: The two figures that matter most; their names sort first in a layer's
 #: group of TensorBoard's Time Series dashboard.
@@ -115,6 +118,7 @@ def drift_figures(now, previous, start, epsilon, constant):
         ),
         "moving_variance/drift_in_std": np.mean(np.abs(log_change)),
         "moving_variance/mean": np.mean(variance),
+        "moving_variance/max": np.max(variance),
         "moving_variance/constant_channels": np.sum(constant),
     }
     if not np.all(constant):
@@ -165,6 +169,51 @@ def clipped_fraction(mean, stddev, renorm_mean, renorm_stddev, epsilon, bounds):
     """
     r, d = renorm_ratios(mean, stddev, renorm_mean, renorm_stddev, epsilon)
     return float(np.mean(renorm_clipped(r, d, bounds)))
+
+
+def renorm_figures(layer, now, before):
+    """A renorm layer's bounds in force and, with `before` (its
+    `(renorm_mean, renorm_stddev)` from just before the last training
+    batch), the fraction of channels whose `r` or `d` that batch clipped.
+
+    The batch's mean and standard deviation are recovered exactly (to
+    float32 rounding) from its update of the renorm statistics, `now`.
+    """
+    bounds = clipping(layer)
+    figures = {
+        f"renorm/{k}": bounds[k] for k in ("rmax", "dmax") if k in bounds
+    }
+    if before is not None and layer.trainable:
+        old_mean, old_stddev = before
+        # The batch's statistics, from the update they made.
+        count = None
+        if layer.renorm_momentum is None:  # cumulative statistics
+            count = as_float64(layer.num_batches_tracked)
+        batch_mean, batch_stddev = renorm_update_input(
+            old_mean,
+            old_stddev,
+            now["renorm_mean"],
+            now["renorm_stddev"],
+            layer.epsilon,
+            layer.renorm_momentum,
+            count,
+        )
+        # The bounds of the last batch: the step before the current one.
+        step = None
+        if getattr(layer, "renorm_schedule", None) is not None:
+            step = int(as_float64(layer.renorm_step)) - 1
+        figures["renorm/clipped_fraction"] = clipped_fraction(
+            batch_mean,
+            batch_stddev,
+            old_mean,
+            old_stddev,
+            layer.epsilon,
+            clipping(layer, step),
+        )
+        if count is not None and count == 1:
+            # The first cumulative step uses r = 1, d = 0: no clipping.
+            figures["renorm/clipped_fraction"] = 0.0
+    return figures
 
 
 # -- the probe batch -----------------------------------------------------------
@@ -235,4 +284,41 @@ def probe_gap(batch_rows, moving_rows, weights, constant):
     if kept.size:
         figures[PROBE_GAP] = np.mean(kept)
         figures["probe/gap_max"] = np.max(kept)
+    return figures
+
+
+def probe_layer_figures(layer, inputs, mask):
+    """The probe figures of `layer` on `inputs` (what it receives when the
+    model runs the probe batch in inference mode): its train/inference
+    gap and constant channels, and for renorm its clipping."""
+    # The training transform without its state update: the updated
+    # statistics that `stateless_call` returns are dropped.
+    y_batch, _ = layer.stateless_call(
+        [v.value for v in layer.trainable_variables],
+        [v.value for v in layer.non_trainable_variables],
+        inputs,
+        training=True,
+        mask=mask,
+    )
+    y_moving = layer(inputs, training=False, mask=mask)
+    rows, weights = channels_last_2d(layer, inputs, mask)
+    ghosts = ghost_of_rows(layer, int(inputs.shape[0]), len(rows))
+    batch_rows, _ = channels_last_2d(layer, y_batch, mask)
+    moving_rows, _ = channels_last_2d(layer, y_moving, mask)
+    figures = probe_gap(
+        batch_rows,
+        moving_rows,
+        weights,
+        constant_in_batches(rows, weights, ghosts),
+    )
+    if layer.renorm:
+        mean, variance = ghost_moments(rows, weights, ghosts)
+        figures["probe/clipped_fraction"] = clipped_fraction(
+            mean,
+            np.sqrt(variance + layer.epsilon),
+            as_float64(layer.renorm_mean),
+            as_float64(layer.renorm_stddev),
+            layer.epsilon,
+            clipping(layer),
+        )
     return figures

@@ -1,166 +1,156 @@
-"""HParams summaries of an experiment and of its sessions, without TensorFlow.
+"""HParams summaries of a run: its session and the experiment's config.
 
-An experiment, for TensorBoard's HParams dashboard, is a folder of runs:
-`bn-keras compare` (one run per configuration) or a keras-tuner search
-(one run per trial). Its *config*, written once in the folder itself,
-lists the hyperparameters with their domains and the metrics, in the
-order the dashboard shows them; each *session*, written in a run's
-folder, gives that run's values. A metric is a scalar tag in a subfolder
-(a *group*) of every session's folder: `validation/epoch_accuracy` of
-`keras.callbacks.TensorBoard`, `batchnorm/batchnorm/max_probe_gap` of
-`bn_keras.callbacks.BatchNormMonitor`.
+TensorBoard's HParams dashboard shows one row per *session*: a run folder
+holding the session's hyperparameter values, whose metrics are scalar
+tags of that run (group `""`) or of its subfolders (a *group*, such as
+the `validation` run of `keras.callbacks.TensorBoard`). The *experiment
+config* lists the hyperparameters and metrics in the order the dashboard
+shows them; TensorBoard reads it from any one run that holds one. So that
+no run holds the config alone (an empty run in every dashboard), every
+run writes it beside its session, the same in every run of one
+comparison or search, through the writer that writes the rest of the
+run.
 
-Without a config, TensorBoard 2.21 takes every scalar it finds for a metric
-and shows the first five alphabetically, the objective often not among
-them. With one, it shows the metrics in the config's order, ticks the
-first five, and does the same for the hyperparameters after sorting them
-by name. So that the placements come first, then the normalizations, then
-the rest, a hyperparameter's name in TensorBoard starts with its rank
-(`"1.dense/placement"`, `"2.dense/normalization"`, `"3.learning_rate"`) and
-its display name, what the dashboard shows, is the name alone.
+TensorBoard 2.21 shows the first five metrics of the config, and the
+first five hyperparameters after sorting them by name (those whose values
+differ first). So that they come in the order given, a hyperparameter's
+name in TensorBoard starts with its position (`"01.placement"`), and its
+display name, what the dashboard shows, is the name alone. Values are
+`bool`, `int`, `float` or `str`; a hyperparameter that a session lacks
+takes an explicit value (`"none"`), so that the parallel-coordinates
+view keeps it.
 
-Shared by `bn-keras compare` and the tuner's `BNHyperModel`; written
-through `SummaryWriter`, so it works on every backend.
+Written as `Summary` protos, with no TensorFlow needed on the other
+backends.
 """
 
-
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import metadata
+from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2
 
 from bn_keras.callbacks._event_writer import SummaryWriter
-from bn_keras.callbacks._layout import MAX_DRIFT
-from bn_keras.callbacks._layout import MAX_PROBE_GAP
-from bn_keras.callbacks._layout import MIN_VARIANCE
-from bn_keras.callbacks._layout import NONFINITE
-from bn_keras.callbacks._layout import RUN_NAME
+
+#: The value of a hyperparameter that does not apply to a session.
+NONE = "none"
 
 #: Subfolders of a run where `keras.callbacks.TensorBoard` writes.
 TRAIN_GROUP = "train"
 VALIDATION_GROUP = "validation"
 
-# The monitor's model-wide figures, in the order the dashboard shows
-# them (the Overview's): (tag, display name, needs `probe_data`).
-_MONITOR_FIGURES = (
-    (MAX_PROBE_GAP, "BN max train/inference gap", True),
-    (MAX_DRIFT, "BN max drift (std units)", False),
-    (MIN_VARIANCE, "BN min moving variance", False),
-    (NONFINITE, "BN non-finite layers", False),
-)
+
+def tensorboard_name(index, name):
+    """The name of the `index`-th hyperparameter in TensorBoard:
+    `"01.placement"`, so that sorting by name keeps the order given."""
+    return f"{index:02d}.{name}"
 
 
-def keras_metric(name):
-    """The HParams metric of a Keras log name such as `"val_accuracy"`: the
-    scalar `keras.callbacks.TensorBoard` writes for it at each epoch
-    (`epoch_accuracy` in the `validation` subfolder)."""
+def words(name):
+    """A Keras log name in words: `"val_accuracy"` -> `"validation
+    accuracy"`, `"loss"` -> `"training loss"`."""
     if name.startswith("val_"):
-        metric = name[len("val_") :]
-        group, dataset = VALIDATION_GROUP, summary_v2.Metric.VALIDATION
+        return "validation " + name[len("val_") :].replace("_", " ")
+    return "training " + name.replace("_", " ")
+
+
+def _hparam_info(index, name, value):
+    info = api_pb2.HParamInfo(
+        name=tensorboard_name(index, name), display_name=name, differs=True
+    )
+    if isinstance(value, bool):
+        info.type = api_pb2.DATA_TYPE_BOOL
+        info.domain_discrete.extend([False, True])
+    elif isinstance(value, (int, float)):
+        info.type = api_pb2.DATA_TYPE_FLOAT64
     else:
-        metric, group, dataset = name, TRAIN_GROUP, summary_v2.Metric.TRAINING
-    words = metric.replace("_", " ")
+        info.type = api_pb2.DATA_TYPE_STRING
+    return info
+
+
+def _summary(tag, plugin_data):
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=tag,
+        metadata=metadata.create_summary_metadata(plugin_data),
+        tensor=metadata.NULL_TENSOR,
+    )
+    return summary
+
+
+def experiment_summary(values, metrics):
+    """The experiment config: the hyperparameters of `values` (a dict
+    from name to value, in the order to show them) and `metrics` (a list
+    of `summary_v2.Metric`, in the order to show them)."""
+    experiment = api_pb2.Experiment(
+        hparam_infos=[
+            _hparam_info(index, name, value)
+            for index, (name, value) in enumerate(values.items(), start=1)
+        ],
+        metric_infos=[metric.as_proto() for metric in metrics],
+    )
+    return _summary(
+        metadata.EXPERIMENT_TAG,
+        plugin_data_pb2.HParamsPluginData(experiment=experiment),
+    )
+
+
+def session_summary(values, group_name):
+    """The session of a run: `values` (as for `experiment_summary`), in a
+    session group named `group_name` (the row's name in the dashboard;
+    the sessions of one group, such as the executions of a keras-tuner
+    trial, are averaged together)."""
+    named = {
+        tensorboard_name(index, name): value
+        for index, (name, value) in enumerate(values.items(), start=1)
+    }
+    return summary_v2.hparams_pb(named, trial_id=group_name)
+
+
+def check_values(argument, values):
+    """`values` as a dict of HParams values; a `TypeError` naming
+    `argument` for anything else."""
+    if not isinstance(values, dict) or not all(
+        isinstance(key, str) and isinstance(value, (bool, int, float, str))
+        for key, value in values.items()
+    ):
+        raise TypeError(
+            f"Argument `{argument}` must be a dict from hyperparameter names "
+            "(strings) to bool, int, float or str values. "
+            f"Received: {argument}={values!r}"
+        )
+    return dict(values)
+
+
+def epoch_metric(name, keras_logs, display_name=None):
+    """The HParams metric of a Keras log name such as `"val_accuracy"`:
+    `keras.callbacks.TensorBoard`'s `epoch_accuracy` in its `validation`
+    subfolder (`keras_logs`), else the monitor's own `epoch/val_accuracy`
+    in the run itself."""
+    display_name = display_name or words(name)
+    if not keras_logs:
+        return summary_v2.Metric(f"epoch/{name}", display_name=display_name)
+    if name.startswith("val_"):
+        metric, group = name[len("val_") :], VALIDATION_GROUP
+        dataset = summary_v2.Metric.VALIDATION
+    else:
+        metric, group = name, TRAIN_GROUP
+        dataset = summary_v2.Metric.TRAINING
     return summary_v2.Metric(
         f"epoch_{metric}",
         group=group,
-        display_name=f"{group} {words}",
+        display_name=display_name,
         dataset_type=dataset,
     )
 
 
-def monitor_metrics(probe):
-    """The model-wide figures of `BatchNormMonitor`, as HParams metrics;
-    the train/inference gap only when it has `probe_data` (`probe`)."""
-    return [
-        summary_v2.Metric(tag, group=RUN_NAME, display_name=display_name)
-        for tag, display_name, needs_probe in _MONITOR_FIGURES
-        if probe or not needs_probe
-    ]
-
-
-def experiment_metrics(objectives, keras_logs=True, monitor=True, probe=True):
-    """The metrics of an experiment, in the order the dashboard shows them.
-
-    The objectives first (Keras log names, such as `"val_accuracy"`), then
-    the validation loss (when not one of them), then the monitor's
-    model-wide figures; never a per-layer figure.
-
-    Args:
-        objectives: Keras log names of the objectives, most important first.
-        keras_logs: Whether the runs have `keras.callbacks.TensorBoard`'s
-            subfolders. Defaults to `True`.
-        monitor: Whether they have a `BatchNormMonitor`'s. Defaults to
-            `True`.
-        probe: Whether that monitor has `probe_data`. Defaults to `True`.
-
-    Returns:
-        A list of `tensorboard.plugins.hparams.summary_v2.Metric`.
-    """
-    metrics = []
-    if keras_logs:
-        names = list(dict.fromkeys([*objectives, "val_loss"]))
-        metrics.extend(keras_metric(name) for name in names)
-    if monitor:
-        metrics.extend(monitor_metrics(probe))
-    return metrics
-
-
-def rank(name):
-    """Where a hyperparameter goes: 1 for a placement (`"placement"`, or a
-    name ending with `"/placement"`), 2 for a normalization, 3 otherwise."""
-    last = name.rsplit("/", 1)[-1]
-    return {"placement": 1, "normalization": 2}.get(last, 3)
-
-
-def tensorboard_name(name):
-    """The name a hyperparameter has in TensorBoard: its rank, then its
-    name (`"1.dense/placement"`), so that sorting by name ranks it."""
-    return f"{rank(name)}.{name}"
-
-
-def hparam(name, domain=None):
-    """An `HParam` named for TensorBoard, displayed as `name`."""
-    return summary_v2.HParam(
-        tensorboard_name(name), domain, display_name=name
-    )
-
-
-def discrete(name, values):
-    """An `HParam` over the given values (no domain for mixed types)."""
+def write_run(run_dir, values, group_name, metrics):
+    """Writes the session and the experiment config of a run that no
+    `BatchNormMonitor` writes (one that holds `keras.callbacks.TensorBoard`'s
+    subfolders only) into `run_dir`, in one event file."""
+    writer = SummaryWriter(run_dir)
     try:
-        domain = summary_v2.Discrete(values)
-    except (TypeError, ValueError):
-        domain = None
-    return hparam(name, domain)
-
-
-def write_experiment(log_dir, hparams, metrics):
-    """Writes the HParams config of the experiment whose runs are in
-    `log_dir` (in `log_dir` itself).
-
-    Args:
-        log_dir: The experiment's folder (what `tensorboard --logdir` gets).
-        hparams: A list of `summary_v2.HParam` made by `hparam` or
-            `discrete`.
-        metrics: A list of `summary_v2.Metric`, in the order to show them.
-    """
-    _write(log_dir, summary_v2.hparams_config_pb(hparams, metrics))
-
-
-def write_session(run_dir, values, group_name):
-    """Writes the HParams session of the run in `run_dir`.
-
-    Args:
-        run_dir: The run's folder, the parent of its metric groups.
-        values: A dict from hyperparameter name to a `bool`, `int`,
-            `float` or `str`.
-        group_name: The session group: sessions with the same one (the
-            executions of one keras-tuner trial) are averaged together.
-    """
-    named = {tensorboard_name(name): value for name, value in values.items()}
-    _write(run_dir, summary_v2.hparams_pb(named, trial_id=group_name))
-
-
-def _write(directory, summary):
-    writer = SummaryWriter(directory)
-    try:
-        writer.write(summary, step=0)
+        writer.write(experiment_summary(values, metrics), step=0)
+        writer.write(session_summary(values, group_name), step=0)
     finally:
         writer.close()

@@ -1,10 +1,18 @@
 """The Custom Scalars layout of `BatchNormMonitor`'s run.
 
-An "Overview" category first (the validation curves and the model-wide BN
-figures, across runs), then one category per BN layer in
-forward order, titled with its tag prefix. TensorBoard merges the layouts
-of all runs by category title, keeping the first run's order, so runs of
-one architecture share their categories.
+An "Overview" category first, the only one open when the dashboard
+opens: how many layers have an error or a warning (0: healthy), the
+figure the runs are ranked by, the epoch metrics and the model-wide BN
+figures, then a chart per alert that has fired, across runs. Then
+one closed category per BN layer in forward order, titled with its tag
+prefix, opened on a click (each chart loads its data only then). Every
+line chart draws one tag, so that each run is one line of its own colour;
+two tags of one run share a chart only as a margin chart (a value in a
+band). Figures that stay constant unless something is wrong (dead and
+constant channels) have no chart: an alert says when they are not zero.
+TensorBoard merges the layouts of all runs by category title, keeping
+the first run's order, so runs of one architecture share their
+categories.
 """
 
 import re
@@ -16,8 +24,12 @@ from tensorboard.compat.proto import types_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 
+from bn_keras.callbacks._alerts import ALERTS
+from bn_keras.callbacks._alerts import UNHEALTHY
+from bn_keras.callbacks._alerts import chart_title
 from bn_keras.callbacks._figures import MEAN_DRIFT_IN_STD
 from bn_keras.callbacks._figures import PROBE_GAP
+from bn_keras.callbacks._hparams import words
 
 OVERVIEW = "Overview"
 
@@ -28,17 +40,25 @@ MIN_VARIANCE = f"{RUN_NAME}/min_moving_variance"
 MAX_PROBE_GAP = f"{RUN_NAME}/max_probe_gap"
 NONFINITE = f"{RUN_NAME}/nonfinite_layers"
 
+#: Keras's epoch metrics (`logs` at each epoch end), as the monitor writes
+#: them in its own run: `epoch/val_loss`, `epoch/val_accuracy`, ...
+EPOCH_METRICS = "epoch"
+
+
+def best_tag(name):
+    """The tag of the best value so far of a Keras log name:
+    `epoch/best_val_accuracy`."""
+    return f"{EPOCH_METRICS}/best_{name}"
+
 
 def _exactly(tag):
     return f"^{re.escape(tag)}$"
 
 
-def _lines(title, tags):
+def _line(title, tag):
     return layout_pb2.Chart(
         title=title,
-        multiline=layout_pb2.MultilineChartContent(
-            tag=[_exactly(tag) for tag in tags]
-        ),
+        multiline=layout_pb2.MultilineChartContent(tag=[_exactly(tag)]),
     )
 
 
@@ -56,101 +76,157 @@ def _band(title, value, lower, upper):
     )
 
 
-#: Keras's epoch metrics (`logs` at each epoch end), as the monitor writes
-#: them in its own run: `epoch/val_loss`, `epoch/val_accuracy`, ...
-EPOCH_METRICS = "epoch"
+def _epoch_charts(names, validation, keras_logs):
+    """Charts of Keras's epoch metrics `names` (accuracies, then loss).
 
-
-def overview_category(accuracy_names, probe, validation=True):
-    """The Overview: the model's accuracy metrics (each name in
-    `accuracy_names`) and loss per epoch, on the validation data (on the
-    training data when there is none), then the model-wide figures.
-
-    The monitor writes the epoch metrics in its own run, so that each run
-    of the comparison draws one line (Keras's `TensorBoard` callback writes
-    `epoch_loss` in both its `train` and `validation` runs, which a Custom
-    Scalars chart cannot tell apart)."""
-    prefix = "val_" if validation else ""
-    data = "validation" if validation else "training (no validation data)"
-    charts = [
-        _lines(f"{data} {name}", [f"{EPOCH_METRICS}/{prefix}{name}"])
-        for name in accuracy_names
+    With `keras.callbacks.TensorBoard` in the same folder (`keras_logs`),
+    its `epoch_<name>` tags, drawn by its `train` and `validation` runs:
+    training against validation, a line each. Otherwise the monitor's own
+    copies in its run, validation curves first (when `validation`), then
+    training curves, a chart each."""
+    if keras_logs:
+        return [
+            _line(
+                f"{name}: runs train and validation (Keras's TensorBoard; "
+                "step = epoch - 1)",
+                f"epoch_{name}",
+            )
+            for name in names
+        ]
+    logged = [f"val_{name}" for name in names] if validation else []
+    logged += names
+    return [
+        _line(f"{words(name)} per epoch", f"{EPOCH_METRICS}/{name}")
+        for name in logged
     ]
-    charts.append(_lines(f"{data} loss", [f"{EPOCH_METRICS}/{prefix}loss"]))
+
+
+def overview_category(
+    alert_codes,
+    accuracy_names,
+    probe,
+    objective=None,
+    validation=True,
+    keras_logs=False,
+):
+    """The Overview, the only category open at first.
+
+    Args:
+        alert_codes: Codes of the alerts that have fired in this run, a
+            chart each, last.
+        accuracy_names: The model's accuracy metrics, as Keras logs them.
+        probe: Whether the monitor has `probe_data` (the gap's chart).
+        objective: Optional Keras log name whose best value so far
+            (`best_tag`) the runs are ranked by.
+        validation: Whether `fit` has validation data.
+        keras_logs: Whether `keras.callbacks.TensorBoard` writes the epoch
+            metrics beside the monitor.
+    """
+    charts = [
+        _line(
+            "BN layers with an error or a warning alert (0: healthy; the "
+            "Text dashboard says which, and what to do)",
+            UNHEALTHY,
+        )
+    ]
+    if objective is not None:
+        charts.append(
+            _line(
+                f"best {words(objective)} so far (what the runs are ranked by)",
+                best_tag(objective),
+            )
+        )
+    charts += _epoch_charts([*accuracy_names, "loss"], validation, keras_logs)
     if probe:
         charts.append(
-            _lines(
+            _line(
                 "largest train/inference gap on the probe (over layers)",
-                [MAX_PROBE_GAP],
+                MAX_PROBE_GAP,
             )
         )
     charts.append(
-        _lines(
-            "largest moving-mean drift in std units (over layers)", [MAX_DRIFT]
-        )
+        _line("largest moving-mean drift in std units (over layers)", MAX_DRIFT)
     )
     charts.append(
-        _lines(
+        _line(
             "smallest moving variance (over layers, constant channels left "
             "out)",
-            [MIN_VARIANCE],
+            MIN_VARIANCE,
         )
     )
+    charts += [
+        _line(chart_title(code), f"{ALERTS}/{code}") for code in alert_codes
+    ]
     return layout_pb2.Category(title=OVERVIEW, chart=charts)
 
 
 def _moving_statistics_charts(probe):
-    """`(title, [tag suffixes])` of the moving statistics' charts."""
-    constant = ["moving_variance/constant_channels"]
+    """`(title, tag suffix)` of the line charts of the moving statistics."""
+    charts = []
     if probe:
-        constant.append("probe/constant_channels")
-    return [
-        ("moving_mean drift in std units", [MEAN_DRIFT_IN_STD]),
+        charts += [
+            ("train/inference gap on the probe, mean over channels", PROBE_GAP),
+            (
+                "train/inference gap on the probe, largest channel",
+                "probe/gap_max",
+            ),
+        ]
+    return charts + [
+        ("moving_mean drift in std units", MEAN_DRIFT_IN_STD),
         (
-            "moving_mean drift",
-            ["moving_mean/drift", "moving_mean/drift_from_start"],
+            "moving_mean drift since the previous write (L2)",
+            "moving_mean/drift",
         ),
         (
-            "moving_variance drift",
-            ["moving_variance/drift", "moving_variance/drift_from_start"],
+            "moving_mean drift since fit began (L2)",
+            "moving_mean/drift_from_start",
         ),
         (
-            "moving_variance drift_in_std (log)",
-            ["moving_variance/drift_in_std"],
+            "moving_variance drift since the previous write (L2)",
+            "moving_variance/drift",
         ),
         (
-            "moving_variance min (constant channels left out) and mean",
-            ["moving_variance/min", "moving_variance/mean"],
+            "moving_variance drift since fit began (L2)",
+            "moving_variance/drift_from_start",
         ),
-        ("constant channels", constant),
+        ("moving_variance drift_in_std (log)", "moving_variance/drift_in_std"),
     ]
 
 
-def _affine_charts(tag, layer):
-    """gamma's and beta's std, gamma's dead fraction, then gamma and beta
-    as bands from min to max around the mean.
+def _renorm_charts(layer, probe):
+    """Renorm's bounds when a schedule moves them, and its clipping."""
+    charts = []
+    if getattr(layer, "renorm_schedule", None) is not None:
+        charts += [
+            ("renorm rmax", "renorm/rmax"),
+            ("renorm dmax", "renorm/dmax"),
+        ]
+    charts.append(
+        (
+            "renorm clipped_fraction (last training batch)",
+            "renorm/clipped_fraction",
+        )
+    )
+    if probe:
+        charts.append(
+            ("renorm clipped_fraction on the probe", "probe/clipped_fraction")
+        )
+    return charts
+
+
+def _bands(tag, layer):
+    """The moving variance, gamma and beta as bands from min to max.
 
     TensorBoard 2.21 shows a category's margin charts after its line
-    charts, in reverse order: the bands come last, beta's first, so that
-    gamma's is shown first.
+    charts, in reverse order: beta's comes first here so that it is shown
+    last.
     """
-    on = (("gamma", layer.scale), ("beta", layer.center))
-    weights = [weight for weight, used in on if used]
-    charts = []
-    if weights:
-        charts.append(
-            _lines(
-                f"{tag}: {' and '.join(weights)} std",
-                [f"{tag}/{weight}/std" for weight in weights],
-            )
-        )
-    if layer.scale:
-        charts.append(
-            _lines(
-                f"{tag}: gamma dead_fraction", [f"{tag}/gamma/dead_fraction"]
-            )
-        )
-    return charts + [
+    weights = [
+        w
+        for w, used in (("gamma", layer.scale), ("beta", layer.center))
+        if used
+    ]
+    bands = [
         _band(
             f"{tag}: {weight} mean, min to max",
             f"{tag}/{weight}/mean",
@@ -159,34 +235,40 @@ def _affine_charts(tag, layer):
         )
         for weight in reversed(weights)
     ]
+    bands.append(
+        _band(
+            f"{tag}: moving_variance mean, min to max (constant channels "
+            "left out of the min)",
+            f"{tag}/moving_variance/mean",
+            f"{tag}/moving_variance/min",
+            f"{tag}/moving_variance/max",
+        )
+    )
+    return weights, bands
+
+
+def _channels(layer):
+    """How many channels the layer normalizes (`None` before it is
+    built)."""
+    return int(layer.moving_mean.shape[0]) if layer.built else None
 
 
 def layer_category(tag, layer, probe):
-    """One layer's category: the probe gap and the drift in std units
-    first, then the moving statistics, renorm, gamma and beta."""
-    first, last = [], []
-    if probe:
-        first.append(
-            ("train/inference gap (probe)", [PROBE_GAP, "probe/gap_max"])
-        )
-    first += _moving_statistics_charts(probe)
+    """One layer's category, closed at first: the probe gap and the drift
+    first, then renorm, the spread of gamma and beta, and the bands."""
+    titled = _moving_statistics_charts(probe)
     if layer.renorm:
-        clipped = ["renorm/clipped_fraction"]
-        if probe:
-            clipped.append("probe/clipped_fraction")
-        last.append(("renorm bounds", ["renorm/rmax", "renorm/dmax"]))
-        last.append(("renorm clipped_fraction", clipped))
-
-    def charts(titled):
-        return [
-            _lines(f"{tag}: {title}", [f"{tag}/{suffix}" for suffix in tags])
-            for title, tags in titled
+        titled += _renorm_charts(layer, probe)
+    weights, bands = _bands(tag, layer)
+    if _channels(layer) != 1:  # one channel: a spread of 0 throughout
+        titled += [
+            (f"{weight} std over channels", f"{weight}/std")
+            for weight in weights
         ]
-
-    return layout_pb2.Category(
-        title=tag,
-        chart=charts(first) + charts(last) + _affine_charts(tag, layer),
-    )
+    charts = [
+        _line(f"{tag}: {title}", f"{tag}/{suffix}") for title, suffix in titled
+    ]
+    return layout_pb2.Category(title=tag, chart=charts + bands, closed=True)
 
 
 def layout_summary(categories):

@@ -12,46 +12,47 @@ from typing import Literal
 import keras
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
-from tensorboard.compat.proto import tensor_pb2
-from tensorboard.compat.proto import tensor_shape_pb2
-from tensorboard.compat.proto import types_pb2
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
-from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from bn_keras._statistics import as_float64
-from bn_keras._statistics import nonfinite
 from bn_keras._statistics import read_statistics
 from bn_keras._validation import check_bool
 from bn_keras._validation import is_integer
+from bn_keras.callbacks import _alerts
 from bn_keras.callbacks._event_writer import SummaryWriter
-from bn_keras.callbacks._figures import MEAN_DRIFT_IN_STD
-from bn_keras.callbacks._figures import PROBE_GAP
 from bn_keras.callbacks._figures import affine_figures
-from bn_keras.callbacks._figures import clipped_fraction
-from bn_keras.callbacks._figures import clipping
 from bn_keras.callbacks._figures import constant_channels
-from bn_keras.callbacks._figures import constant_in_batches
 from bn_keras.callbacks._figures import drift_figures
-from bn_keras.callbacks._figures import ghost_moments
-from bn_keras.callbacks._figures import ghost_of_rows
-from bn_keras.callbacks._figures import probe_gap
+from bn_keras.callbacks._figures import probe_layer_figures
+from bn_keras.callbacks._figures import renorm_figures
+from bn_keras.callbacks._hparams import check_values
+from bn_keras.callbacks._hparams import experiment_summary
+from bn_keras.callbacks._hparams import session_summary
+from bn_keras.callbacks._hparams import words
 from bn_keras.callbacks._layout import EPOCH_METRICS
 from bn_keras.callbacks._layout import MAX_DRIFT
 from bn_keras.callbacks._layout import MAX_PROBE_GAP
 from bn_keras.callbacks._layout import MIN_VARIANCE
 from bn_keras.callbacks._layout import NONFINITE
-from bn_keras.callbacks._layout import RUN_NAME
+from bn_keras.callbacks._layout import best_tag
 from bn_keras.callbacks._layout import layer_category
 from bn_keras.callbacks._layout import layout_summary
 from bn_keras.callbacks._layout import overview_category
 from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
+from bn_keras.callbacks._run_info import accuracy_names
+from bn_keras.callbacks._run_info import better
+from bn_keras.callbacks._run_info import check_objective
+from bn_keras.callbacks._run_info import described_hparams
+from bn_keras.callbacks._run_info import fit_callbacks
+from bn_keras.callbacks._run_info import is_real
+from bn_keras.callbacks._run_info import keras_tensorboard
+from bn_keras.callbacks._run_info import model_figures
+from bn_keras.callbacks._run_info import run_metrics
+from bn_keras.callbacks._run_info import scalar
 from bn_keras.callbacks._tags import batchnorm_tags
-from bn_keras.callbacks._text_summary import layer_alerts
 from bn_keras.callbacks._text_summary import placements
 from bn_keras.callbacks._text_summary import summary_markdown
 from bn_keras.callbacks._text_summary import text_summary
-from bn_keras.layers._formulas import renorm_update_input
-from bn_keras.models._tracing import channels_last_2d
 from bn_keras.models._tracing import is_array_like
 from bn_keras.models._tracing import model_inputs
 from bn_keras.models._tracing import record_inputs
@@ -66,36 +67,6 @@ LOG_MIN_VARIANCE = "bn_min_moving_variance"
 LOG_MAX_PROBE_GAP = "bn_max_probe_gap"
 LOG_NONFINITE = "bn_nonfinite_layers"
 
-#: What `tensorboard.plugins.scalar.summary_v2.scalar_pb` attaches to every
-#: scalar; made once (scalar_pb makes it, and a tensor proto through NumPy,
-#: for every value: a third of a write's time on a model of 52 BN layers).
-_SCALAR_METADATA = scalar_metadata.create_summary_metadata(
-    display_name=None, description=None
-)
-
-
-def _is_real(value):
-    """Whether a `logs` entry is a number (a float or a scalar tensor)."""
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return np.ndim(value) == 0
-
-
-def _scalar(tag, value):
-    """A scalar summary value, as `scalar_pb` writes it (a float32)."""
-    return summary_pb2.Summary.Value(
-        tag=tag,
-        metadata=_SCALAR_METADATA,
-        tensor=tensor_pb2.TensorProto(
-            dtype=types_pb2.DT_FLOAT,
-            tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-            float_val=[float(np.float32(value))],
-        ),
-    )
-
-
 #: The layers' statistics at a moment, and the training steps done then
 #: (the optimizer's `iterations`; `None` without one).
 Reading = collections.namedtuple("Reading", ["states", "steps"])
@@ -107,40 +78,10 @@ def _steps_between(earlier, later):
     return later.steps - earlier.steps
 
 
-def _accuracy_names(model):
-    """Names of the accuracy metrics `model` was compiled with, as Keras
-    logs them (a flat list of metrics only)."""
-    metrics = (model.get_compile_config() or {}).get("metrics")
-    if not isinstance(metrics, (list, tuple)):
-        return []
-    names = []
-    for metric in metrics:
-        if isinstance(metric, dict):
-            metric = (metric.get("config") or {}).get("name")
-        if isinstance(metric, str) and "acc" in metric:
-            names.append(metric)
-    return names
-
-
-def _model_figures(figures, states):
-    """The model-wide figures of the layers' `figures` (`{tag: {...}}`):
-    `{tag: value}`, undefined ones left out."""
-    drifts = [f[MEAN_DRIFT_IN_STD] for f in figures.values()]
-    variances = [
-        f["moving_variance/min"]
-        for f in figures.values()
-        if "moving_variance/min" in f
-    ]
-    gaps = [f[PROBE_GAP] for f in figures.values() if PROBE_GAP in f]
-    result = {
-        MAX_DRIFT: np.max(drifts),
-        NONFINITE: sum(bool(nonfinite(now)) for now in states.values()),
-    }
-    if variances:
-        result[MIN_VARIANCE] = np.min(variances)
-    if gaps:
-        result[MAX_PROBE_GAP] = np.max(gaps)
-    return result
+def _check_hparams(hparams):
+    if hparams is None or hparams is False:
+        return hparams
+    return check_values("hparams", hparams)
 
 
 class BatchNormMonitor(keras.callbacks.Callback):
@@ -173,8 +114,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
     - `moving_variance/drift`, `moving_variance/drift_from_start`: the same
       norms for the moving variance; `moving_variance/drift_in_std`: mean
       over channels of `|change of log(moving_variance + epsilon)|`;
-      `moving_variance/min` (constant channels left out, see below) and
-      `moving_variance/mean`.
+      `moving_variance/min` (constant channels left out, see below),
+      `moving_variance/mean` and `moving_variance/max`.
     - `gamma/{mean,std,min,max}`, `beta/{mean,std,min,max}`, and
       `gamma/dead_fraction`, the fraction of channels with `|gamma| < 1e-3`.
     - Renorm layers: `renorm/rmax` and `renorm/dmax`, the bounds in force
@@ -191,8 +132,9 @@ class BatchNormMonitor(keras.callbacks.Callback):
       data they are measured on.
     - Histograms `histograms/<prefix>/{gamma,beta,moving_mean,
       moving_variance}` (when `histograms=True`; skipped while the values
-      are not all finite), under a prefix of their own so that the layers'
-      groups in Time Series hold scalars only.
+      are not all finite, and left to Keras's `TensorBoard` when it writes
+      histograms to the same `log_dir`), under a prefix of their own so
+      that the layers' groups in Time Series hold scalars only.
 
     **Constant channels.** A channel whose input is constant (a pixel that
     is 0 in every image, a ReLU unit that is 0 on every row) has no
@@ -214,71 +156,118 @@ class BatchNormMonitor(keras.callbacks.Callback):
     feature of small scale has a real variance below epsilon. Non-finite
     statistics are reported as they are.
 
-    It also writes the model-wide `batchnorm/max_drift_in_std` (largest
-    `2_mean_drift_in_std` over layers), `batchnorm/min_moving_variance`,
+    **Each epoch.** At every epoch end it writes the model-wide
+    `batchnorm/max_drift_in_std` (largest `2_mean_drift_in_std` over
+    layers, over the epoch), `batchnorm/min_moving_variance`,
     `batchnorm/nonfinite_layers` and, with `probe_data`,
-    `batchnorm/max_probe_gap`; and at every epoch end the model's own
-    epoch metrics from `logs` under `epoch/` (`epoch/val_loss`,
-    `epoch/val_accuracy`, `epoch/loss`, ...), so that a chart of them draws
-    one line per run (Keras's `TensorBoard` callback writes `epoch_loss`
-    in both its `train` and `validation` runs). A model without batch
-    normalization gets these and the layout only, so that a baseline
-    without BN shows in the comparison too. At the start of training it
-    writes a custom-scalars layout (TensorBoard's "Custom Scalars"
-    dashboard): an "Overview" category first (validation accuracy and loss
-    per epoch, or training accuracy and loss when `fit` has no validation
-    data, and the model-wide figures), then one category per layer, in
-    forward order, titled with its tag prefix, with gamma and beta as bands
-    from min to max around the mean. It also writes, at the start and the end of
-    training, a text summary `batchnorm/layers` (TensorBoard's "Text"
-    dashboard): a table of the layers in forward order with their
-    placement, momentum, ghost batch size, renorm settings and alerts
-    (non-finite statistics, dead or constant channels, a moving variance
-    below epsilon in channels that are not constant).
+    `batchnorm/max_probe_gap`; the model's epoch metrics from `logs` under
+    `epoch/` (`epoch/val_loss`, `epoch/val_accuracy`, `epoch/loss`, ...),
+    unless Keras's `TensorBoard` callback of the same `fit` writes them to
+    the same `log_dir` (its `train` and `validation` runs); with an
+    `objective`, its best value so far, `epoch/best_<name>` (for example
+    `epoch/best_val_accuracy`); and the alerts (below). A model without
+    batch normalization gets the epoch metrics, the dashboards, and 0 for
+    the largest gap and drift, the non-finite layers and the unhealthy
+    layers (it has none), so that a baseline without BN keeps its place in
+    a comparison, in HParams' parallel coordinates too (which drop a
+    session that lacks a metric).
 
-    **Tags.** A layer's tags start with `bn<N>`, its position in forward
-    order counted from 1 (zero-padded to two digits or more: `bn01`), then,
-    if the user named the layer or the models and blocks it sits in, a dash
-    and those names from the outermost in, joined by dots:
-    `bn03-block_a.bn`. Names that Keras gives automatically (the snake case
-    name of a class, with an optional `_N`: `batch_normalization_4`) and
-    names `insert_batchnorm` and `BNBlock` derive from them (`dense_3_bn`)
-    are left out, so two models of one architecture built in one process
-    log the same tags, and their runs overlay.
+    **Steps.** The epoch figures are written at step = the epoch's number
+    counted from 1, so that "epoch 11" is step 11 (with Keras's
+    `TensorBoard` in the same `log_dir`: at Keras's step, the epoch
+    counted from 0, so that both callbacks' curves line up), whatever
+    `update_freq` is. The layers' figures are written at the same steps
+    with `update_freq="epoch"`, and otherwise at the number of batches
+    since the start of `fit`.
+
+    **Alerts.** At every epoch end the monitor checks every layer:
+    non-finite statistics (an error), a moving variance below epsilon in
+    channels that are not constant (a warning), dead channels
+    (`|gamma| < 1e-3`) and constant channels (notes). Each finding has a
+    stable code, the layers it concerns, the evidence and a remedy.
+    `alerts/unhealthy_layers`, how many layers have an error or a warning
+    (0 for a healthy run), opens the Overview; from the first epoch an
+    alert fires, `alerts/<code>` holds how many layers it concerns (0 once
+    it clears), charted at the end of the Overview (where TensorBoard puts
+    the charts only some runs have when it merges their layouts), and the
+    text summary lists it with its remedy. A statistic that is not finite
+    (checked at every write and epoch end) is also reported once per layer
+    with a `RuntimeWarning` naming the layer; with
+    `stop_on_nonfinite=True` training then stops.
+
+    **Dashboards.** A custom-scalars layout (TensorBoard's "Custom
+    Scalars"): an "Overview" category, the only one open at first, with
+    `alerts/unhealthy_layers`, the objective's best value so far, the
+    epoch metrics (Keras's `train` and `validation` runs side by side in
+    one chart when Keras's `TensorBoard` writes them; else validation,
+    then training, curves, a chart each; the training curves alone when
+    `fit` has no validation data), the model-wide figures and the alerts
+    that have fired; then one closed
+    category per layer, in forward order, titled with its tag prefix. A
+    line chart draws one figure, so that every run is one line of its own
+    colour; the moving variance, gamma and beta are margin charts (the
+    mean in a band from min to max). Figures that are constant unless
+    something is wrong (dead and constant channels) have no chart: their
+    alerts say when they are not zero. A text summary `batchnorm/layers`
+    (TensorBoard's "Text"), written as training begins and ends: how
+    epochs are counted, the objective's best value and epoch, the run's
+    hyperparameters, a table of the layers in forward order with their
+    placement in the built graph and their kind, momentum, ghost batch
+    size and renorm settings, and the alerts with what to do. An HParams
+    session (TensorBoard's "HParams"): `hparams`, or by default a
+    description of the model's BN (where it sits relative to the
+    activations, its kind, momentum and number of layers, then each
+    layer), with the objective (best, then final), the validation metrics,
+    the model-wide figures and the training metrics; so that several runs
+    of a notebook compare there with no code of yours. The experiment's
+    config, which lists them, is written in every run.
+
+    **Tags.** A layer's tags start with `bn<NN>-<name>`, named after what
+    it normalizes: the first layer with weights (Dense, convolution, ...)
+    or merge layer (`Add`, `Concatenate`) met walking back from the BN's
+    input through layers that hold no weights (activations, pooling,
+    `Flatten`, other BN layers), or the model's input. `NN` is that
+    layer's position among the model's layers with weights and merges in
+    forward order, from 1 (`00` for the input), and `<name>` its name if
+    you gave it one (with those you gave the models and blocks around it,
+    joined by dots), else its class in snake case (`input` for the
+    input): `bn00-input`, `bn01-conv2d`, `bn02-hidden`,
+    `bn03-block_1.dense`. A second BN of the same layer gets a letter:
+    `bn02b-hidden`. Names Keras gives automatically (`conv2d_4`) count the
+    layers built so far in the process and are never used, so the tags are
+    the same in every process, and the BN that normalizes the same layer
+    of an architecture has the same tag whatever the placement (the BN
+    after the second convolution in `layer-bn-act`, the one before the
+    third in `bn-act-layer`): runs of `bn-keras compare` and
+    `bn-keras search` overlay layer by layer, and a layer without a
+    counterpart in another run is absent there. The text summary maps
+    each tag to the layer's path.
 
     At every epoch end it adds to `logs`, for `EarlyStopping`, a tuner
-    objective or `History`: `bn_max_drift_in_std` (largest
-    `2_mean_drift_in_std` over layers, over the epoch),
-    `bn_min_moving_variance`, `bn_nonfinite_layers` and, with `probe_data`,
-    `bn_max_probe_gap` (NaN where undefined). Callbacks placed after this
-    one see them.
+    objective or `History`: `bn_max_drift_in_std`,
+    `bn_min_moving_variance`, `bn_nonfinite_layers` and, with
+    `probe_data`, `bn_max_probe_gap` (NaN where undefined). Callbacks
+    placed after this one see them.
 
-    A statistic that is not finite (checked at every write and epoch end)
-    is reported once per layer with a `RuntimeWarning` naming the layer;
-    with `stop_on_nonfinite=True` training then stops.
-
-    **Where it writes.** Event files go to `os.path.join(log_dir,
-    "batchnorm")`, a run of its own beside the `train` and `validation`
-    runs of `keras.callbacks.TensorBoard` given the same `log_dir` (a run
-    folder written by two writers at once confuses TensorBoard's reader).
-    Steps are epochs with `update_freq="epoch"`, and the number of batches
-    since the start of `fit` otherwise, as for Keras's callback. On the
-    TensorFlow backend it writes with `tf.summary`; on the other backends
-    with TensorBoard's own record writer, which needs no TensorFlow (and
-    does not import it when installed). A `log_dir` that cannot be written
-    raises a `ValueError` in `on_train_begin`, before the first batch.
+    **Where it writes.** Event files go to `log_dir` itself: the run is
+    `log_dir`, beside the `train` and `validation` runs that
+    `keras.callbacks.TensorBoard` given the same `log_dir` writes in its
+    subfolders. On the TensorFlow backend it writes with `tf.summary`; on
+    the other backends with TensorBoard's own record writer, which needs
+    no TensorFlow (and does not import it when installed). A `log_dir`
+    that cannot be written raises a `ValueError` in `on_train_begin`,
+    before the first batch.
 
     **keras-tuner.** keras-tuner moves only callbacks whose class is named
     `TensorBoard` to each trial's folder. For a trial, use
-    `monitor.with_log_dir(os.path.join(monitor.log_dir, trial_id,
-    f"execution{n}"))`, a copy of the monitor writing to the trial's run
-    folder (the one keras-tuner gives Keras's callback).
+    `monitor.with_log_dir(path)`, a copy of the monitor writing to the
+    trial's run folder; `bn_keras.tuner.BNHyperModel` does it for you.
 
     Args:
         log_dir: Path of the directory to write to, usually the one given
             to `keras.callbacks.TensorBoard`.
-        update_freq: `"epoch"`, or a positive integer: write every that
-            many batches. Defaults to `"epoch"`.
+        update_freq: `"epoch"`, or a positive integer: write the layers'
+            figures every that many batches. Defaults to `"epoch"`.
         histograms: Whether to write histograms of gamma, beta and the
             moving statistics. Defaults to `True`.
         probe_data: Optional fixed batch of model inputs (an array, a dict
@@ -286,6 +275,18 @@ class BatchNormMonitor(keras.callbacks.Callback):
             for the train/inference gap. Defaults to `None`.
         stop_on_nonfinite: Whether to stop training when a statistic
             becomes NaN or infinite. Defaults to `False`.
+        objective: Optional Keras log name the run is ranked by, such as
+            `"val_accuracy"` (larger is better; smaller for losses and
+            errors: names with `loss`, `error`, `mae`, `mse`,
+            `crossentropy`, `hinge` or `divergence`), or an object with
+            `name` and `direction`
+            (`"min"` or `"max"`), such as `keras_tuner.Objective`. Its best
+            value so far is written at every epoch end and comes first in
+            HParams. Defaults to `None`.
+        hparams: Optional dict from hyperparameter names to `bool`, `int`,
+            `float` or `str` values: the run's HParams session. `None`
+            describes the model's BN; `False` writes no HParams. Defaults
+            to `None`.
 
     Example:
 
@@ -303,8 +304,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
     ...                     callbacks=[monitor])
     >>> "bn_max_drift_in_std" in history.history
     True
-    >>> sorted(os.listdir(log_dir))
-    ['batchnorm']
+    >>> [name.startswith("events.out.tfevents") for name in os.listdir(log_dir)]
+    [True]
     """
 
     def __init__(
@@ -314,6 +315,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
         histograms: bool = True,
         probe_data: Any = None,
         stop_on_nonfinite: bool = False,
+        objective: str | None = None,
+        hparams: dict[str, Any] | Literal[False] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(
@@ -340,6 +343,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 "array or tensor, a dict or list of them, or a tuple `(x, y)`. "
                 f"Received: probe_data of type {type(probe_data).__name__}"
             )
+        self._objective = check_objective(objective)
         self.log_dir = os.fspath(log_dir)
         self.update_freq = (
             update_freq if update_freq == "epoch" else int(update_freq)
@@ -347,6 +351,9 @@ class BatchNormMonitor(keras.callbacks.Callback):
         self.histograms = bool(histograms)
         self.probe_data = probe_data
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        self.objective = objective
+        self.hparams = _check_hparams(hparams)
+        self.session_group: str | None = None
         self._guard = NonFiniteGuard(stop=self.stop_on_nonfinite)
         self._writer = None
         if self.update_freq == "epoch":
@@ -359,23 +366,54 @@ class BatchNormMonitor(keras.callbacks.Callback):
 
     @property
     def run_dir(self):
-        """The folder the event files go to: `log_dir/batchnorm`."""
-        return os.path.join(self.log_dir, RUN_NAME)
+        """The folder the event files go to: `log_dir` itself."""
+        return self.log_dir
 
-    def with_log_dir(self, log_dir: str | os.PathLike[str]) -> BatchNormMonitor:
+    def _settings(self):
+        """The constructor's arguments but `log_dir` (a subclass with
+        arguments of its own adds them)."""
+        return {
+            "update_freq": self.update_freq,
+            "histograms": self.histograms,
+            "probe_data": self.probe_data,
+            "stop_on_nonfinite": self.stop_on_nonfinite,
+            "objective": self.objective,
+            "hparams": self.hparams,
+        }
+
+    def with_log_dir(
+        self,
+        log_dir: str | os.PathLike[str],
+        session_group: str | None = None,
+        **changes: Any,
+    ) -> BatchNormMonitor:
         """Returns a new monitor with the same settings writing to `log_dir`.
 
         The hook for keras-tuner trials (and anything else that gives each
         run its own folder): keras-tuner redirects only callbacks named
         `TensorBoard`.
+
+        Args:
+            log_dir: The new monitor's `log_dir`.
+            session_group: Optional name of its row in the HParams
+                dashboard (runs with the same one, such as the executions
+                of one keras-tuner trial, are one row). Defaults to the
+                folder's name.
+            **changes: Constructor arguments to change, such as `hparams`
+                or `objective`.
         """
-        return type(self)(
-            log_dir,
-            update_freq=self.update_freq,
-            histograms=self.histograms,
-            probe_data=self.probe_data,
-            stop_on_nonfinite=self.stop_on_nonfinite,
-        )
+        settings = self._settings()
+        unknown = sorted(set(changes) - set(settings))
+        if unknown:
+            raise TypeError(
+                f"with_log_dir() got unexpected arguments {unknown}; it "
+                f"takes {sorted(settings)}. Received: {unknown[0]}="
+                f"{changes[unknown[0]]!r}"
+            )
+        settings.update(changes)
+        monitor = type(self)(log_dir, **settings)
+        monitor.session_group = session_group
+        return monitor
 
     def _sync(self):
         """Attaches the trainer's state to the model's variables.
@@ -405,6 +443,12 @@ class BatchNormMonitor(keras.callbacks.Callback):
         tagged = batchnorm_tags(model)
         self._layers = [layer for layer, _ in tagged]
         self._names = [tag for _, tag in tagged]
+        keras_board = keras_tensorboard(fit_callbacks(self), self.log_dir)
+        self._keras_logs = keras_board is not None
+        self._keras_histograms = bool(getattr(keras_board, "histogram_freq", 0))
+        # Epoch figures at Keras's steps (from 0) beside its callback,
+        # else at the epoch's number (from 1).
+        self._epoch_offset = 0 if self._keras_logs else 1
         self._open_writer()
         self._batches_seen = 0
         self._batch_begins = 0
@@ -420,12 +464,19 @@ class BatchNormMonitor(keras.callbacks.Callback):
             if layer.renorm
             and getattr(layer, "virtual_batch_size", None) is None
         ]
+        self._best = None  # (value, epoch from 1) of the objective
+        self._alerts = []
+        self._fired = []  # alert codes that have fired, in order
+        self._last_epoch_step = 0
+        self._latest = {}  # per tag: (constant channels, probe, figures)
+        self._placements = placements(model) if self._layers else {}
         # The Overview shows validation curves (what the layout says until
         # an epoch ends without validation figures: then training curves,
         # until validation figures come, as with `validation_freq`).
         self._validation = True
         self._epoch_ends = 0
-        self._write_layout(validation=True)
+        self._write_hparams()
+        self._write_layout()
         if not self._layers:
             warnings.warn(
                 "BatchNormMonitor: the model has no batch normalization "
@@ -436,14 +487,13 @@ class BatchNormMonitor(keras.callbacks.Callback):
             return
         self._start = self._reading(model)
         self._last = self._epoch_start = self._start
-        self._latest = {}  # per tag: (constant channels, probe figures)
         self._last_step = 0
         self._last_probe = None  # the probe of the last write, once written
-        self._placements = placements(model)
+        self._alerts = _alerts.collect(self._evidence(self._start.states))
         self._write_text(
-            self._start.states,
             "Written as training began; the summary written as it ended "
-            "lists the alerts.",
+            "lists the alerts found during training.",
+            step=0,
         )
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -474,11 +524,97 @@ class BatchNormMonitor(keras.callbacks.Callback):
             self._write(self._batches_seen)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._write_epoch_metrics(epoch, logs or {})
-        if not self._layers:
+        step = epoch + self._epoch_offset
+        self._last_epoch_step = step
+        values = self._epoch_values(logs or {})
+        self._switch_layout(values)
+        summary = summary_pb2.Summary(value=self._epoch_scalars(epoch, values))
+        if self._layers:
+            reading, figures = self._epoch_figures(step)
+            wide = model_figures(figures, reading.states)
+            summary.value.extend(scalar(t, v) for t, v in wide.items())
+            summary.value.extend(self._alert_scalars(reading.states))
+            if logs is not None:
+                logs[LOG_MAX_DRIFT] = float(wide[MAX_DRIFT])
+                logs[LOG_MIN_VARIANCE] = float(wide.get(MIN_VARIANCE, np.nan))
+                logs[LOG_NONFINITE] = float(wide[NONFINITE])
+                if self.probe_data is not None:
+                    logs[LOG_MAX_PROBE_GAP] = float(
+                        wide.get(MAX_PROBE_GAP, np.nan)
+                    )
+        else:
+            summary.value.extend(self._without_batchnorm())
+        if summary.value:
+            self._writer.write(summary, step)
+
+    def _without_batchnorm(self):
+        """A model without BN: no gap, no drift, no layer with NaN or an
+        alert; 0 each, so that a baseline keeps its place in every chart
+        and in HParams' parallel coordinates (which drop a session that
+        lacks a metric)."""
+        tags = [MAX_DRIFT, NONFINITE, _alerts.UNHEALTHY]
+        if self.probe_data is not None:
+            tags.append(MAX_PROBE_GAP)
+        return [scalar(tag, 0.0) for tag in tags]
+
+    def on_train_end(self, logs=None):
+        if self._writer is None:
             return
+        if self._layers:
+            # The statistics of the last epoch end: no more training since.
+            self._write_text(
+                "Written as training ended.", step=self._last_epoch_step
+            )
+        self._writer.close()
+        self._writer = None
+
+    # -- each epoch ------------------------------------------------------
+
+    def _epoch_values(self, logs):
+        """Keras's epoch metrics to write, `{name: float}`: the real-valued
+        entries of `logs` but the monitor's own `bn_...` figures."""
+        return {
+            key: float(value)
+            for key, value in logs.items()
+            if not key.startswith("bn_") and is_real(value)
+        }
+
+    def _switch_layout(self, values):
+        """The Overview switches to training curves when the first epoch
+        ends without validation figures, and back once they come."""
+        validation = "val_loss" in values
+        if validation != self._validation and (
+            validation or self._epoch_ends == 0
+        ):
+            self._validation = validation
+            self._write_layout()
+        self._epoch_ends += 1
+
+    def _epoch_scalars(self, epoch, values):
+        """Keras's epoch metrics in this run (`epoch/<name>`), unless
+        Keras's `TensorBoard` writes them beside it, and the objective's
+        best value so far."""
+        scalars = []
+        if not self._keras_logs:
+            scalars += [
+                scalar(f"{EPOCH_METRICS}/{key}", value)
+                for key, value in values.items()
+            ]
+        objective = self._objective
+        if objective is not None and objective.name in values:
+            value = values[objective.name]
+            best = None if self._best is None else self._best[0]
+            if better(objective, value, best):
+                self._best = (value, epoch + 1)
+            if self._best is not None:
+                scalars.append(scalar(best_tag(objective.name), self._best[0]))
+        return scalars
+
+    def _epoch_figures(self, step):
+        """The layers' reading and figures over the epoch just ended
+        (written at `step` with `update_freq="epoch"`)."""
         if self.update_freq == "epoch":
-            reading, figures = self._write(epoch)
+            reading, figures = self._write(step)
         elif (
             self._last_probe is not None
             and self._last_step == self._batches_seen
@@ -496,36 +632,65 @@ class BatchNormMonitor(keras.callbacks.Callback):
             figures = self._figures(reading, self._epoch_start, probe, None)
             self._check_finite(reading.states)
         self._epoch_start = reading
-        if logs is not None:
-            wide = _model_figures(figures, reading.states)
-            logs[LOG_MAX_DRIFT] = float(wide[MAX_DRIFT])
-            logs[LOG_MIN_VARIANCE] = float(wide.get(MIN_VARIANCE, np.nan))
-            logs[LOG_NONFINITE] = float(wide[NONFINITE])
-            if self.probe_data is not None:
-                logs[LOG_MAX_PROBE_GAP] = float(wide.get(MAX_PROBE_GAP, np.nan))
+        return reading, figures
 
-    def on_train_end(self, logs=None):
-        if self._writer is None:
-            return
-        if self._layers:
-            # The statistics of the last epoch end: no more training since.
-            self._write_text(
-                self._epoch_start.states,
-                "Written as training ended.",
-                self._last_step,
+    # -- alerts ----------------------------------------------------------
+
+    def _evidence(self, states):
+        """A `LayerEvidence` per layer, from `states` and the last
+        figures."""
+        evidence = []
+        for name, layer in zip(self._names, self._layers):
+            constant, probe, figures = self._latest.get(
+                name, (np.zeros(0, dtype=bool), {}, {})
             )
-        self._writer.close()
-        self._writer = None
+            if constant.size == 0:
+                constant = np.zeros(
+                    np.shape(states[name].get("moving_variance")), dtype=bool
+                )
+            path = self._path(name, layer)
+            evidence.append(
+                _alerts.LayerEvidence(
+                    name, path, layer, states[name], constant, probe, figures
+                )
+            )
+        return evidence
 
-    # -- the Overview ----------------------------------------------------
+    def _path(self, name, layer):
+        placement = self._placements.get(id(layer))
+        return placement[0] if placement else layer.name
 
-    def _write_layout(self, validation):
-        """The Custom Scalars layout: the Overview (validation curves, or
-        training curves without validation data), then each layer's."""
+    def _alert_scalars(self, states):
+        """Collects the alerts; `alerts/<code>` of every code that has
+        fired (the layout gets a chart for each new one)."""
+        self._alerts = _alerts.collect(self._evidence(states))
+        counts = _alerts.counts(self._alerts)
+        new = [code for code in counts if code not in self._fired]
+        if new:
+            self._fired += new
+            self._write_layout()
+        unhealthy = _alerts.unhealthy_layers(self._alerts)
+        return [scalar(_alerts.UNHEALTHY, unhealthy)] + [
+            scalar(f"{_alerts.ALERTS}/{code}", counts.get(code, 0))
+            for code in self._fired
+        ]
+
+    # -- the dashboards --------------------------------------------------
+
+    def _write_layout(self):
+        """The Custom Scalars layout: the Overview, then each layer's."""
         probe = self.probe_data is not None
+        order = {code: i for i, code in enumerate(_alerts.CODES)}
+        codes = sorted(self._fired, key=lambda c: order.get(c, len(order)))
+        objective = self._objective
         categories = [
             overview_category(
-                _accuracy_names(self.model), probe, validation=validation
+                codes,
+                accuracy_names(self.model),
+                probe,
+                objective=None if objective is None else objective.name,
+                validation=self._validation,
+                keras_logs=self._keras_logs,
             )
         ]
         categories += [
@@ -534,26 +699,64 @@ class BatchNormMonitor(keras.callbacks.Callback):
         ]
         self._writer.write(layout_summary(categories), step=0)
 
-    def _write_epoch_metrics(self, epoch, logs):
-        """Keras's epoch metrics in this run (`epoch/<name>`), so that the
-        Overview draws one line per run; the layout switches to training
-        curves when the first epoch ends without validation figures, and
-        back once they come."""
-        validation = "val_loss" in logs
-        if validation != self._validation and (
-            validation or self._epoch_ends == 0
-        ):
-            self._validation = validation
-            self._write_layout(validation=validation)
-        self._epoch_ends += 1
-        values = [
-            _scalar(f"{EPOCH_METRICS}/{key}", value)
-            for key, value in logs.items()
-            if not key.startswith("bn_") and _is_real(value)
+    def _hparams_values(self):
+        if self.hparams is not None:
+            return self.hparams
+        return described_hparams(
+            list(zip(self._names, self._layers)), self._placements
+        )
+
+    def _write_hparams(self):
+        """The run's HParams session and the experiment's config."""
+        if self.hparams is False:
+            return
+        values = self._hparams_values()
+        group = self.session_group or os.path.basename(
+            os.path.normpath(self.log_dir)
+        )
+        metrics = run_metrics(
+            self._objective,
+            accuracy_names(self.model),
+            self._keras_logs,
+            self.probe_data is not None,
+        )
+        self._writer.write(experiment_summary(values, metrics), step=0)
+        self._writer.write(session_summary(values, group), step=0)
+
+    def _notes(self, note):
+        """The text summary's paragraphs: `note`, how epochs are counted,
+        the objective's best value."""
+        if self._keras_logs:
+            steps = (
+                "Epochs are counted from 1 here; the epoch charts' steps "
+                "count them from 0, as Keras's TensorBoard callback does "
+                "(epoch 1 is step 0)."
+            )
+        else:
+            steps = (
+                "Epochs are counted from 1, as the epoch charts' steps "
+                "count them (epoch 1 is step 1)."
+            )
+        notes = [note, steps]
+        if self._objective is not None and self._best is not None:
+            value, epoch = self._best
+            notes.append(
+                f"Best {words(self._objective.name)}: **{value:.6g}** at "
+                f"epoch {epoch} of {self._epoch_ends}."
+            )
+        return notes
+
+    def _write_text(self, note, step):
+        """Writes the text summary of the layers, with their alerts."""
+        rows = [
+            (name, layer, self._placements.get(id(layer)))
+            for name, layer in zip(self._names, self._layers)
         ]
-        if values:
-            step = epoch if self.update_freq == "epoch" else self._batches_seen
-            self._writer.write(summary_pb2.Summary(value=values), step)
+        hparams = self._hparams_values() if self.hparams is not False else {}
+        markdown = summary_markdown(
+            rows, self._alerts, self._notes(note), hparams
+        )
+        self._writer.write(text_summary(markdown), step)
 
     # -- figures ---------------------------------------------------------
 
@@ -572,48 +775,11 @@ class BatchNormMonitor(keras.callbacks.Callback):
             layer_figures.update(affine_figures(now))
             if layer.renorm:
                 layer_figures.update(
-                    self._renorm_figures(name, layer, now, snapshot)
+                    renorm_figures(layer, now, (snapshot or {}).get(name))
                 )
             layer_figures.update(probe.get(name, {}))
             figures[name] = layer_figures
-            self._latest[name] = (constant, probe.get(name, {}))
-        return figures
-
-    def _renorm_figures(self, name, layer, now, snapshot):
-        bounds = clipping(layer)
-        figures = {
-            f"renorm/{k}": bounds[k] for k in ("rmax", "dmax") if k in bounds
-        }
-        if snapshot is not None and name in snapshot and layer.trainable:
-            old_mean, old_stddev = snapshot[name]
-            # The batch's statistics, from the update they made.
-            count = None
-            if layer.renorm_momentum is None:  # cumulative statistics
-                count = as_float64(layer.num_batches_tracked)
-            batch_mean, batch_stddev = renorm_update_input(
-                old_mean,
-                old_stddev,
-                now["renorm_mean"],
-                now["renorm_stddev"],
-                layer.epsilon,
-                layer.renorm_momentum,
-                count,
-            )
-            # The bounds of the last batch: the step before the current one.
-            step = None
-            if getattr(layer, "renorm_schedule", None) is not None:
-                step = int(as_float64(layer.renorm_step)) - 1
-            figures["renorm/clipped_fraction"] = clipped_fraction(
-                batch_mean,
-                batch_stddev,
-                old_mean,
-                old_stddev,
-                layer.epsilon,
-                clipping(layer, step),
-            )
-            if count is not None and count == 1:
-                # The first cumulative step uses r = 1, d = 0: no clipping.
-                figures["renorm/clipped_fraction"] = 0.0
+            self._latest[name] = (constant, probe.get(name, {}), layer_figures)
         return figures
 
     def _probe(self):
@@ -625,43 +791,10 @@ class BatchNormMonitor(keras.callbacks.Callback):
         for layer, inputs, mask in calls:
             first.setdefault(id(layer), (inputs, mask))
         return {
-            name: self._probe_layer(layer, *first[id(layer)])
+            name: probe_layer_figures(layer, *first[id(layer)])
             for name, layer in zip(self._names, self._layers)
             if id(layer) in first
         }
-
-    def _probe_layer(self, layer, inputs, mask):
-        # The training transform without its state update: the updated
-        # statistics that `stateless_call` returns are dropped.
-        y_batch, _ = layer.stateless_call(
-            [v.value for v in layer.trainable_variables],
-            [v.value for v in layer.non_trainable_variables],
-            inputs,
-            training=True,
-            mask=mask,
-        )
-        y_moving = layer(inputs, training=False, mask=mask)
-        rows, weights = channels_last_2d(layer, inputs, mask)
-        ghosts = ghost_of_rows(layer, int(inputs.shape[0]), len(rows))
-        batch_rows, _ = channels_last_2d(layer, y_batch, mask)
-        moving_rows, _ = channels_last_2d(layer, y_moving, mask)
-        figures = probe_gap(
-            batch_rows,
-            moving_rows,
-            weights,
-            constant_in_batches(rows, weights, ghosts),
-        )
-        if layer.renorm:
-            mean, variance = ghost_moments(rows, weights, ghosts)
-            figures["probe/clipped_fraction"] = clipped_fraction(
-                mean,
-                np.sqrt(variance + layer.epsilon),
-                as_float64(layer.renorm_mean),
-                as_float64(layer.renorm_stddev),
-                layer.epsilon,
-                clipping(layer),
-            )
-        return figures
 
     # -- writing ---------------------------------------------------------
 
@@ -693,7 +826,8 @@ class BatchNormMonitor(keras.callbacks.Callback):
         return snapshot if begins == self._batch_begins else None
 
     def _write(self, step):
-        """Writes every figure at `step`; returns the reading and figures."""
+        """Writes the layers' figures at `step`; returns the reading and
+        figures."""
         reading = self._reading(self._sync())
         probe = self._probe() if self.probe_data is not None else {}
         figures = self._figures(
@@ -702,15 +836,11 @@ class BatchNormMonitor(keras.callbacks.Callback):
         summary = summary_pb2.Summary()
         for name, layer_figures in figures.items():
             summary.value.extend(
-                _scalar(f"{name}/{key}", value)
+                scalar(f"{name}/{key}", value)
                 for key, value in layer_figures.items()
             )
-            if self.histograms:
+            if self.histograms and not self._keras_histograms:
                 self._add_histograms(summary, name, reading.states[name])
-        summary.value.extend(
-            _scalar(tag, value)
-            for tag, value in _model_figures(figures, reading.states).items()
-        )
         self._writer.write(summary, step)
         self._last = reading
         self._last_step = step
@@ -728,28 +858,6 @@ class BatchNormMonitor(keras.callbacks.Callback):
                         buckets=HISTOGRAM_BUCKETS,
                     ).value
                 )
-
-    def _write_text(self, states, note, step=0):
-        """Writes the text summary of the layers, with their alerts."""
-        rows = []
-        for name, layer in zip(self._names, self._layers):
-            constant, probe = self._latest.get(
-                name, (np.zeros(0, dtype=bool), {})
-            )
-            if constant.size == 0:
-                constant = np.zeros(
-                    np.shape(states[name].get("moving_variance")), dtype=bool
-                )
-            rows.append(
-                (
-                    name,
-                    layer,
-                    self._placements.get(id(layer)),
-                    layer_alerts(layer, states[name], constant, probe),
-                )
-            )
-        markdown = summary_markdown(rows, note)
-        self._writer.write(text_summary(markdown), step)
 
     def _check_finite(self, states):
         """Warns once about each layer with non-finite statistics; stops

@@ -1,55 +1,43 @@
 """The HParams dashboard of `bn-keras compare`: one session per configuration.
 
-The comparison's folder gets the experiment config (placement, then
-normalization, then the BN settings; the objective first among the
-metrics, then the validation loss and the monitor's model-wide figures),
-and each configuration's run folder its session, named after the folder.
+Each configuration's run holds its session and the experiment config,
+written by its `BatchNormMonitor`: the placement, the normalization, the
+input normalization (when the comparison tries several), the momentum
+and, when ghost batches are compared, the ghost batch size; the objective
+first among the metrics (its best value, as the leaderboard ranks by,
+then its final value), then the validation loss and the monitor's
+model-wide figures. Every configuration has every hyperparameter, `"none"`
+where it does not apply (the configuration without BN), so that the
+parallel-coordinates view keeps them all; values are strings, so that
+their type is the same in every session.
 """
 
-from bn_keras.callbacks._hparams import discrete
-from bn_keras.callbacks._hparams import experiment_metrics
-from bn_keras.callbacks._hparams import write_experiment
-from bn_keras.callbacks._hparams import write_session
-
-#: The placement and normalization of the "no BN" configuration, as the
-#: leaderboard shows them.
-NONE = "none"
+from bn_keras.callbacks._hparams import NONE
 
 
-def _placement(configuration):
-    return configuration.placement if configuration.has_batchnorm else NONE
+def configuration_hparams(configuration, settings):
+    """The HParams values of one configuration of a comparison.
 
+    Args:
+        configuration: A `bn_keras.cli.experiment.Configuration`.
+        settings: The comparison's `ComparisonSettings`.
 
-def _has_ghost(settings):
-    return "ghost" in settings.normalizations
-
-
-def write_comparison_experiment(session, comparison):
-    """Writes the experiment config of `comparison` in its folder."""
-    settings = comparison.settings
-    placements = [_placement(c) for c in comparison.configurations]
-    hparams = [
-        discrete("placement", list(dict.fromkeys(placements))),
-        discrete("normalization", [*settings.normalizations, NONE]),
-        discrete("momentum", [settings.momentum]),
-    ]
-    if _has_ghost(settings):
-        hparams.append(
-            discrete("ghost_batch_size", [settings.ghost_batch_size])
-        )
-    write_experiment(
-        session, hparams, experiment_metrics([comparison.metric])
-    )
-
-
-def write_configuration_session(run_dir, configuration, settings):
-    """Writes the session of one configuration's run, in `run_dir`."""
+    Returns:
+        A dict from hyperparameter name to a string, in the order the
+        dashboard shows them.
+    """
+    has_bn = configuration.has_batchnorm
     values = {
-        "placement": _placement(configuration),
-        "normalization": configuration.normalization or NONE,
+        "placement": configuration.placement if has_bn else NONE,
+        "normalization": configuration.normalization if has_bn else NONE,
     }
-    if configuration.has_batchnorm:
-        values["momentum"] = settings.momentum
-        if configuration.normalization == "ghost":
-            values["ghost_batch_size"] = settings.ghost_batch_size
-    write_session(run_dir, values, configuration.slug)
+    if tuple(settings.input_batchnorms) != ("none",):
+        values["input normalization"] = configuration.input_batchnorm
+    any_bn = has_bn or configuration.input_batchnorm != NONE
+    values["momentum"] = f"{settings.momentum:g}" if any_bn else NONE
+    if "ghost" in settings.normalizations:
+        ghost = has_bn and configuration.normalization == "ghost"
+        values["ghost batch size"] = (
+            str(settings.ghost_batch_size) if ghost else NONE
+        )
+    return values

@@ -40,9 +40,11 @@ Train the same model once without batch normalization and once per
 (placement, normalization) pair, from the same initial weights on the same
 train/validation split, and rank the configurations by best validation
 accuracy (validation loss for regression). Writes one TensorBoard run per
-configuration (Keras's fit metrics and bn_keras's BatchNormMonitor),
-leaderboard.csv and a PNG of the validation curves into a new folder under
---logdir (earlier runs are never overwritten).
+configuration (bn_keras's BatchNormMonitor: the BN figures and alerts,
+Keras's epoch metrics, the best validation figure and the HParams session;
+epochs counted from 1 as in the leaderboard), leaderboard.csv and a PNG of
+the validation curves into a new folder under --logdir (earlier runs are
+never overwritten).
 
 placements (aliases in parentheses; 'no BN' is always trained):
 {placements}

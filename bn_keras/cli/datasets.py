@@ -12,8 +12,10 @@ Sources:
   (`bn_keras.cli.images`).
 
 Features are used as they are (no standardization), so that a comparison
-shows what batch normalization does with raw data; images are scaled to
-[0, 1]. A regression target is standardized for training (the leaderboard
+shows what batch normalization does with raw data: `digits`' 8x8 images
+keep scikit-learn's pixel values, 0 to 16; the images of `keras.datasets`
+and of a folder are scaled to [0, 1], as Keras's examples scale them. A
+regression target is standardized for training (the leaderboard
 and plot convert back to its units: `Dataset.loss_scale`). `--limit N`
 keeps a seeded random subset of N samples.
 """
@@ -126,9 +128,10 @@ def add_data_arguments(parser):
     data.add_argument(
         "--dataset",
         metavar="NAME",
-        help=f"built-in dataset: {valid_datasets()} (default: digits); "
-        f"{', '.join(images.KERAS_DATASETS)} come from keras.datasets and "
-        "are downloaded once into the Keras cache",
+        help=f"built-in dataset: {valid_datasets()} (default: digits, "
+        "8x8 images with scikit-learn's pixel values, 0 to 16, used as they "
+        f"are); {', '.join(images.KERAS_DATASETS)} come from keras.datasets, "
+        "are downloaded once into the Keras cache and scaled to [0, 1]",
     )
     data.add_argument(
         "--data",

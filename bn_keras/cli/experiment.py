@@ -23,8 +23,7 @@ import numpy as np
 from bn_keras import registry
 from bn_keras.callbacks import BatchNormMonitor
 from bn_keras.cli import runtime
-from bn_keras.cli._comparison_hparams import write_comparison_experiment
-from bn_keras.cli._comparison_hparams import write_configuration_session
+from bn_keras.cli._comparison_hparams import configuration_hparams
 from bn_keras.cli.common import UsageError
 from bn_keras.models import insert_batchnorm
 
@@ -255,13 +254,16 @@ def train(
     seed,
     verbose=False,
     on_epoch=None,
+    hparams=None,
 ):
-    """Fits a compiled model with TensorBoard logs in `run_dir`.
+    """Fits a compiled model with its TensorBoard run in `run_dir`.
 
-    Keras's `TensorBoard` callback writes the `train` and `validation` runs,
-    and a `BatchNormMonitor` (probed on the first validation batch) the
-    `batchnorm` run: the BN layers' figures and the epoch metrics that the
-    dashboards' Overview compares, a model without BN's too.
+    A `RunMonitor` (probed on the first validation batch) writes the run:
+    the BN layers' figures, Keras's epoch metrics (in the target's units)
+    and the objective's best value, the dashboards' layout and the run's
+    HParams session, a model without BN's too. One run per configuration:
+    Keras's own `TensorBoard` callback, whose `train` and `validation`
+    subfolders would be two more runs, is not used.
 
     Args:
         model: A compiled model.
@@ -272,6 +274,7 @@ def train(
         verbose: Whether Keras prints a line per epoch.
         on_epoch: Optional function called with each epoch (from 0) as it
             begins.
+        hparams: Optional dict of the run's HParams values.
 
     Returns:
         `(history, seconds)`: Keras's history (metric name to a list of
@@ -280,7 +283,7 @@ def train(
     """
     clock = _EpochClock(on_epoch)
     callbacks = [
-        *logging_callbacks(run_dir, dataset, batch_size),
+        *logging_callbacks(run_dir, dataset, batch_size, hparams),
         clock,
         InterruptCheck(),
     ]
@@ -295,15 +298,45 @@ def train(
     return in_target_units(history.history, dataset), clock.seconds
 
 
-def logging_callbacks(log_dir, dataset, batch_size):
-    """Keras's `TensorBoard` and a `BatchNormMonitor` writing in `log_dir`,
-    the monitor probed on the first validation batch (the train/inference
-    gap is a metric of the HParams dashboard)."""
+class RunMonitor(BatchNormMonitor):
+    """The `BatchNormMonitor` of a `compare` configuration or a `search`
+    trial: losses written in the target's units (times `loss_scale`), as
+    the leaderboard and the plot show them.
+
+    Args:
+        log_dir: As `BatchNormMonitor`'s.
+        loss_scale: What a loss is multiplied by (`Dataset.loss_scale`).
+        **kwargs: `BatchNormMonitor`'s other arguments.
+    """
+
+    def __init__(self, log_dir, loss_scale=1.0, **kwargs):
+        super().__init__(log_dir, **kwargs)
+        self.loss_scale = float(loss_scale)
+
+    def _settings(self):
+        return {**super()._settings(), "loss_scale": self.loss_scale}
+
+    def _epoch_values(self, logs):
+        values = super()._epoch_values(logs)
+        return {
+            name: value * (self.loss_scale if _is_loss(name) else 1.0)
+            for name, value in values.items()
+        }
+
+
+def logging_callbacks(log_dir, dataset, batch_size, hparams=None):
+    """The `RunMonitor` writing the run in `log_dir`: probed on the first
+    validation batch (the train/inference gap is a metric of the HParams
+    dashboard), ranked by the task's `objective`, with `hparams` as its
+    HParams session (by default, its model's BN described)."""
     return [
-        keras.callbacks.TensorBoard(
-            log_dir=log_dir, write_graph=False, profile_batch=0
+        RunMonitor(
+            log_dir,
+            loss_scale=dataset.loss_scale,
+            probe_data=dataset.x_val[:batch_size],
+            objective=objective(dataset.task),
+            hparams=hparams,
         ),
-        BatchNormMonitor(log_dir, probe_data=dataset.x_val[:batch_size]),
     ]
 
 
@@ -496,7 +529,6 @@ class Comparison:
         Returns:
             `results`, one `Result` per configuration, in order.
         """
-        write_comparison_experiment(session, self)
         for index, configuration in enumerate(self.configurations):
             on_epoch = None
             if progress is not None:
@@ -521,7 +553,6 @@ class Comparison:
         )
         compile_model(model, self.dataset.task, settings.learning_rate)
         run_dir = os.path.join(session, configuration.slug)
-        write_configuration_session(run_dir, configuration, settings)
         history, seconds = train(
             model,
             self.dataset,
@@ -531,6 +562,7 @@ class Comparison:
             seed=settings.seed,
             verbose=settings.verbose,
             on_epoch=on_epoch,
+            hparams=configuration_hparams(configuration, settings),
         )
         return Result(
             configuration.label(settings.ghost_batch_size),
@@ -684,8 +716,9 @@ class Search:
         """Searches, with the tuner's trials in `session/tuner` and one
         TensorBoard run per trial under `session/logs`.
 
-        Every trial is logged by Keras's TensorBoard callback and a
-        `BatchNormMonitor`; `callbacks` are added to them.
+        Every trial is logged by a `RunMonitor` (its HParams session, the
+        trial's values, set by `BNHyperModel`); `callbacks` are added to
+        it.
         """
         settings = self.settings
         self.tuner = make_tuner(

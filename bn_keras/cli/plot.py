@@ -3,9 +3,10 @@
 Two panels side by side: the metric the results are ranked by (validation
 accuracy, or validation loss for regression) and a loss (the validation
 loss, or for regression the training loss), each loss on a log scale when
-its values span more than a factor of 50. Epochs are whole numbers, an
-open circle marks each curve's best epoch, and the legend sits outside the
-axes, ranked as the leaderboard.
+its values span more than a factor of 50. Epochs are whole numbers counted
+from 1, as in the leaderboard and TensorBoard, an open circle marks each
+curve's best epoch, and the legend sits outside the axes, ranked as the
+leaderboard, with each curve's best value and epoch.
 """
 
 import math
@@ -54,9 +55,20 @@ def _epochs(result, values):
     return list(range(result.first_epoch, result.first_epoch + len(values)))
 
 
+def _label(rank, result):
+    """`"1. layer-bn-act + batch (0.9978 at epoch 8)"`: the rank, and the
+    figure the result is ranked by, as the leaderboard has it."""
+    if result.best_epoch is None:
+        return f"{rank}. {result.label}"
+    return (
+        f"{rank}. {result.label} ({result.best:.4g} at epoch "
+        f"{result.best_epoch})"
+    )
+
+
 def _plot_panel(axes, results, metric):
-    """One panel: a curve per result, labelled with its rank, its best
-    epoch (by the ranking metric) circled."""
+    """One panel: a curve per result, labelled with its rank and best
+    value, its best epoch (by the ranking metric) circled."""
     for index, result in enumerate(results):
         values = result.history.get(metric, [])
         if not values:
@@ -66,7 +78,7 @@ def _plot_panel(axes, results, metric):
             _epochs(result, values),
             values,
             marker=".",
-            label=f"{index + 1}. {result.label}",
+            label=_label(index + 1, result),
             **style,
         )
         best = result.best_epoch

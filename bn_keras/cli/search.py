@@ -53,12 +53,12 @@ placements (aliases in parentheses):
 tuners: random, grid, hyperband (--epochs is its max_epochs; --trials is
 ignored), bayesian (needs scipy: pip install 'bn-keras[tuner]').
 
-Writes the tuner's trials, one TensorBoard run per trial (Keras's fit
-metrics, bn_keras's BatchNormMonitor and the trial's HParams),
-leaderboard.csv and a PNG of the trials' validation curves, and the best
-model (best_model.keras, for 'bn-keras inspect') into a new folder under
---logdir. Ctrl-C stops it: the trials completed so far are written the
-same way (exit status 130).
+Writes the tuner's trials, one TensorBoard run per trial (bn_keras's
+BatchNormMonitor: the BN figures and alerts, Keras's epoch metrics and the
+trial's HParams, its row named trial_<id>), leaderboard.csv and a PNG of
+the trials' validation curves, and the best model (best_model.keras, for
+'bn-keras inspect') into a new folder under --logdir. Ctrl-C stops it: the
+trials completed so far are written the same way (exit status 130).
 """
 
 EPILOG = """\

@@ -8,7 +8,9 @@ trial id (unique in the search, and what keras-tuner names its own
 `trial_03` folder after), then each slot's placement and, with BN, its
 normalization. Names depend only on the trial id and the trial's values,
 so a resumed search names its trials as the first process did.
-`placement_report` shows the same names.
+`placement_report` shows the same names. In the HParams dashboard a
+trial's row is `trial_<id>` (`group_name`), short enough to read, and its
+columns are the hyperparameters that can vary (`trial_hparams`).
 
 keras-tuner itself moves only a callback named exactly `TensorBoard`, and
 only on TensorFlow, to `<log_dir>/<trial_id>/execution<N>`, and opens an
@@ -24,16 +26,20 @@ import re
 
 import keras
 from keras_tuner.engine import hyperparameters as hp_types
-from tensorboard.plugins.hparams import summary_v2
 
 from bn_keras import registry
-from bn_keras.callbacks._hparams import discrete
-from bn_keras.callbacks._hparams import hparam
-from bn_keras.callbacks._hparams import rank
+from bn_keras.callbacks._hparams import NONE
 from bn_keras.callbacks.batch_norm_monitor import BatchNormMonitor
+from bn_keras.tuner.bn_hyperparameters import DMAX
 from bn_keras.tuner.bn_hyperparameters import INPUT_BATCHNORM
+from bn_keras.tuner.bn_hyperparameters import MOMENTUM
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATION
 from bn_keras.tuner.bn_hyperparameters import PLACEMENT
+from bn_keras.tuner.bn_hyperparameters import RAMP_STEPS
+from bn_keras.tuner.bn_hyperparameters import RMAX
+from bn_keras.tuner.bn_hyperparameters import SETTINGS
+from bn_keras.tuner.bn_hyperparameters import VIRTUAL_BATCH_SIZE
+from bn_keras.tuner.bn_hyperparameters import WARMUP_STEPS
 
 #: Longest configuration part of a run name, in characters; a longer one
 #: is summarized (`mix_...`: how many slots made each choice).
@@ -148,17 +154,40 @@ def run_name(trial_id, values, execution=0):
     return name
 
 
-def search_hparams(space):
-    """HParams of a search space, with their domains: the placements, then
-    the normalizations, then the rest.
+#: Short names of a slot's settings, in the report and in HParams.
+SHORT_SETTINGS = {
+    MOMENTUM: "m",
+    VIRTUAL_BATCH_SIZE: "vbs",
+    RMAX: "rmax",
+    DMAX: "dmax",
+    WARMUP_STEPS: "warmup",
+    RAMP_STEPS: "ramp",
+}
 
-    Args:
-        space: The keras-tuner hyperparameters (`hp.space`).
 
-    Returns:
-        A list of `tensorboard.plugins.hparams.summary_v2.HParam`.
-    """
-    return [_hparam(hp) for hp in sorted(space, key=lambda hp: rank(hp.name))]
+def group_name(trial_id):
+    """A trial's row in the HParams dashboard: `trial_<id>`, short enough
+    to read in the table (its run's name, the text summary and
+    `placement_report` say what it tried)."""
+    return f"trial_{trial_id}"
+
+
+def _number(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _slot_text(values, slot, varied):
+    """A slot's choice in one HParams column: `"layer-bn-act.ghost vbs=16
+    m=0.9"` (the settings among `varied` only), `"none"` when the slot is
+    not in the trial (a block beyond its depth)."""
+    if f"{slot}/{PLACEMENT}" not in values:
+        return NONE
+    text = _choice(values, slot)
+    for key in SETTINGS:
+        name = f"{slot}/{key}"
+        if name in varied and name in values:
+            text += f" {SHORT_SETTINGS[key]}={_number(values[name])}"
+    return text
 
 
 def _plain(value):
@@ -166,27 +195,57 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _hparam(hp):
-    """An `HParam` with the domain of a keras-tuner hyperparameter (as
-    keras-tuner's own TensorBoard integration converts them)."""
-    if isinstance(hp, hp_types.Boolean):
-        return discrete(hp.name, [False, True])
-    if isinstance(hp, hp_types.Fixed):
-        return discrete(hp.name, [_plain(hp.value)])
-    if isinstance(hp, hp_types.Choice):
-        return discrete(hp.name, [_plain(v) for v in hp.values])
-    stepped = hp.step is not None and not (
-        isinstance(hp, hp_types.Int) and hp.step == 1
-    )
-    if stepped:
-        return discrete(hp.name, [_plain(v) for v in hp.values])
-    if isinstance(hp, hp_types.Int):
-        domain = summary_v2.IntInterval(int(hp.min_value), int(hp.max_value))
-    else:
-        domain = summary_v2.RealInterval(
-            float(hp.min_value), float(hp.max_value)
-        )
-    return hparam(hp.name, domain)
+def _column(hp, values):
+    """The HParams value of a hyperparameter that is not a slot's: as it
+    is when it is always active, else as a string (`"none"` when
+    inactive), so that its type is the same in every session."""
+    value = _plain(values.get(hp.name))
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        value = str(value)
+    if not getattr(hp, "conditions", None) and value is not None:
+        return value
+    return NONE if value is None else str(value)
+
+
+def trial_hparams(space, values):
+    """The HParams values of a trial: the hyperparameters of `space` that
+    can vary, in order: the input normalization, one column per slot (its
+    placement, normalization and the settings that vary: `_slot_text`),
+    then the others. Hyperparameters fixed by the space are left out (the
+    caption of `placement_report` lists them). Every trial has every
+    column, `"none"` where a hyperparameter is inactive.
+
+    Args:
+        space: The search space (`hp.space`).
+        values: The trial's values (`hp.values`).
+
+    Returns:
+        A dict from column name to value, in the order to show them.
+    """
+    varied = {hp.name for hp in space if not isinstance(hp, hp_types.Fixed)}
+    slots = slot_names([hp.name for hp in space])
+    in_slot = {
+        f"{slot}/{key}"
+        for slot in slots
+        for key in (PLACEMENT, NORMALIZATION, *SETTINGS)
+    }
+    result = {}
+    for hp in space:
+        if hp.name == INPUT_BATCHNORM and hp.name in varied:
+            result[hp.name] = _column(hp, values)
+    for slot in slots:
+        if any(
+            name in varied for name in in_slot if name.startswith(f"{slot}/")
+        ):
+            result[slot] = _slot_text(values, slot, varied)
+    for hp in space:
+        if (
+            hp.name in varied
+            and hp.name not in in_slot
+            and hp.name != INPUT_BATCHNORM
+        ):
+            result[hp.name] = _column(hp, values)
+    return result
 
 
 # -- where the callbacks of a trial write ------------------------------------
@@ -209,9 +268,7 @@ def is_keras_tuner_hparams(callback):
 def execution_of(log_dir, trial_id):
     """`N` for a log dir `.../<trial_id>/execution<N>`, else `None`."""
     head, tail = os.path.split(os.path.normpath(str(log_dir)))
-    if os.path.basename(head) == str(trial_id) and tail.startswith(
-        "execution"
-    ):
+    if os.path.basename(head) == str(trial_id) and tail.startswith("execution"):
         number = tail[len("execution") :]
         if number.isdigit():
             return int(number)

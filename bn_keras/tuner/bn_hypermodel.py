@@ -8,24 +8,23 @@ from typing import Any
 
 import keras
 import keras_tuner
-import numpy as np
 
 from bn_keras._statistics import nonfinite
 from bn_keras._statistics import read_statistics
-from bn_keras.callbacks._hparams import experiment_metrics
-from bn_keras.callbacks._hparams import write_experiment
-from bn_keras.callbacks._hparams import write_session
+from bn_keras.callbacks._hparams import epoch_metric
+from bn_keras.callbacks._hparams import write_run
 from bn_keras.callbacks._nonfinite_guard import NonFiniteGuard
 from bn_keras.callbacks.batch_norm_monitor import BatchNormMonitor
 from bn_keras.models.find_batchnorm import find_batchnorm
 from bn_keras.tuner._trial_runs import close_writer
 from bn_keras.tuner._trial_runs import execution_of
+from bn_keras.tuner._trial_runs import group_name
 from bn_keras.tuner._trial_runs import is_keras_tuner_hparams
 from bn_keras.tuner._trial_runs import log_root
 from bn_keras.tuner._trial_runs import redirected_by_keras_tuner
 from bn_keras.tuner._trial_runs import remove_unused_run
 from bn_keras.tuner._trial_runs import run_name
-from bn_keras.tuner._trial_runs import search_hparams
+from bn_keras.tuner._trial_runs import trial_hparams
 
 
 def nonfinite_batchnorm_weights(model):
@@ -47,37 +46,25 @@ def nonfinite_batchnorm_weights(model):
 
 
 class _HParamsWriter(keras.callbacks.Callback):
-    """Writes a trial's HParams session to `run_dir` when training starts.
+    """Writes a trial's HParams session, and the experiment config, to
+    `run_dir` when training starts: for a run that no `BatchNormMonitor`
+    writes (one holding Keras's `TensorBoard` subfolders only).
 
     Sessions with the same `group_name` (the executions of one trial) are
-    one row of the HParams dashboard.
-
-    The summary `tensorboard.plugins.hparams.api.KerasCallback` writes,
-    written as `BatchNormMonitor` writes its own: through `tf.summary` on
-    TensorFlow, without TensorFlow on the other backends.
+    one row of the HParams dashboard. Written as `BatchNormMonitor`
+    writes its own: through `tf.summary` on TensorFlow, without TensorFlow
+    on the other backends.
     """
 
-    def __init__(self, run_dir, hparams, group_name):
+    def __init__(self, run_dir, hparams, group_name, metrics):
         super().__init__()
         self.run_dir = run_dir
         self.hparams = hparams
         self.group_name = group_name
+        self.metrics = metrics
 
     def on_train_begin(self, logs=None):
-        write_session(self.run_dir, self.hparams, self.group_name)
-
-
-def _hparams(hp):
-    """The trial's active values, as the HParams plugin accepts them."""
-    values = {}
-    for name, value in hp.values.items():
-        if isinstance(value, (bool, int, float, str)):
-            values[name] = value
-        elif isinstance(value, np.generic):
-            values[name] = value.item()
-        else:
-            values[name] = str(value)
-    return values
+        write_run(self.run_dir, self.hparams, self.group_name, self.metrics)
 
 
 def _tuner_callback(callbacks):
@@ -126,16 +113,22 @@ class BNHyperModel(keras_tuner.HyperModel):
     `<log_dir>/<run name>`, such as `logs/trial_03-layer-bn-act.batch`:
     the trial id, then each slot's placement and normalization (see
     `bn_keras.tuner.placement_report`, which shows the same names), and
-    `-execution<N>` for the executions after the first. Keras's `train` and
-    `validation` runs and the monitor's `batchnorm` run land side by side
-    in it, on every backend (keras-tuner alone moves only a callback named
-    exactly `TensorBoard`, on TensorFlow, to `<log_dir>/<trial_id>/
+    `-execution<N>` for the executions after the first. The monitor writes
+    in that folder itself, Keras's `train` and `validation` runs in its
+    subfolders, on every backend (keras-tuner alone moves only a callback
+    named exactly `TensorBoard`, on TensorFlow, to `<log_dir>/<trial_id>/
     execution<N>`; this `fit` moves that one too, and removes the folder
-    keras-tuner opened for it). Each run folder gets the trial's HParams
-    session, and `<log_dir>` the HParams experiment config once per
-    process: the search space with its domains (placements, then
-    normalizations, then the rest) and the metrics, the tuner's objective
-    first, then the validation loss and the monitor's model-wide figures.
+    keras-tuner opened for it). Each run gets the trial's HParams session
+    and the experiment config (the same in every run, so that no run holds
+    it alone): one column per hyperparameter that can vary (the input
+    normalization, then one per slot with its placement, normalization and
+    the settings that vary, such as `layer-bn-act.ghost vbs=16 m=0.9`, then
+    the others), `"none"` where a trial lacks one; the hyperparameters the
+    space fixes are left out. The metrics: the tuner's objective first (its
+    best value, as keras-tuner scores a trial, then its final value), then
+    the validation loss and the monitor's model-wide figures. A trial's
+    row is named `trial_<id>`; its run's name and its text summary say
+    what it tried.
     Give the monitor and the TensorBoard callback the same `log_dir`.
 
     Args:
@@ -171,7 +164,6 @@ class BNHyperModel(keras_tuner.HyperModel):
     ) -> None:
         super().__init__(name=name, tunable=tunable)
         self._executions = collections.Counter()
-        self._experiments = set()  # the log folders with a config
 
     def fit(
         self,
@@ -231,15 +223,14 @@ class BNHyperModel(keras_tuner.HyperModel):
 
     def _trial_callbacks(self, callbacks, tuner, trial, hp):
         """The callbacks with TensorBoard-like ones moved to the trial's
-        run, and an HParams writer per run."""
+        run, each run with the trial's HParams session."""
         trial_id = str(trial.trial_id)
         name = run_name(
             trial_id, hp.values, self._execution(callbacks, trial_id)
         )
-        # The trial's executions are one session group, under the name of
-        # the first one's run.
-        group_name = run_name(trial_id, hp.values)
-        result, roots, unused = [], {}, []
+        values = trial_hparams(hp.space, hp.values)
+        objective = tuner.oracle.objective
+        result, keras_runs, unused = [], [], []
         for callback in callbacks:
             if is_keras_tuner_hparams(callback):
                 close_writer(callback)  # its folder is removed below
@@ -250,36 +241,48 @@ class BNHyperModel(keras_tuner.HyperModel):
                 continue
             run_dir = os.path.join(root, name)
             if isinstance(callback, BatchNormMonitor):
-                callback = callback.with_log_dir(run_dir)
+                callback = callback.with_log_dir(
+                    run_dir,
+                    session_group=group_name(trial_id),
+                    hparams=values,
+                    objective=callback.objective or _first(objective),
+                )
             else:
                 if os.path.normpath(str(callback.log_dir)) != (
                     os.path.normpath(root)
                 ):
                     unused.append(str(callback.log_dir))
                 callback.log_dir = run_dir
-            roots.setdefault(run_dir, root)
+                keras_runs.append(run_dir)
             result.append(callback)
         for log_dir in unused:
             remove_unused_run(log_dir)
-        values = _hparams(hp)
-        for run_dir, root in roots.items():
-            result.append(_HParamsWriter(run_dir, values, group_name))
-            self._write_experiment(root, hp, tuner.oracle.objective, result)
+        monitored = {
+            c.log_dir for c in result if isinstance(c, BatchNormMonitor)
+        }
+        for run_dir in dict.fromkeys(keras_runs):
+            if run_dir not in monitored:
+                metrics = _keras_metrics(objective)
+                result.append(
+                    _HParamsWriter(
+                        run_dir, values, group_name(trial_id), metrics
+                    )
+                )
         return result
 
-    def _write_experiment(self, root, hp, objective, callbacks):
-        """The HParams experiment config in `root`, once per process."""
-        key = os.path.normpath(root)
-        if key in self._experiments:
-            return
-        self._experiments.add(key)
-        monitors = [c for c in callbacks if isinstance(c, BatchNormMonitor)]
-        metrics = experiment_metrics(
-            _objective_names(objective),
-            keras_logs=any(
-                isinstance(c, keras.callbacks.TensorBoard) for c in callbacks
-            ),
-            monitor=bool(monitors),
-            probe=any(m.probe_data is not None for m in monitors),
-        )
-        write_experiment(root, search_hparams(hp.space), metrics)
+
+def _first(objective):
+    """The first of keras-tuner's objectives (several make a
+    `MultiObjective`), or `None` for its default one."""
+    objectives = getattr(objective, "objectives", None) or [objective]
+    first = objectives[0]
+    if getattr(first, "name", None) in (None, "default_objective"):
+        return None
+    return first
+
+
+def _keras_metrics(objective):
+    """The HParams metrics of a run written by Keras's `TensorBoard`
+    alone: the objectives, then the validation loss."""
+    names = list(dict.fromkeys([*_objective_names(objective), "val_loss"]))
+    return [epoch_metric(name, keras_logs=True) for name in names]

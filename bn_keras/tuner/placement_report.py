@@ -7,28 +7,16 @@ from typing import Any
 import keras_tuner
 
 from bn_keras import registry
+from bn_keras.tuner._trial_runs import SHORT_SETTINGS
 from bn_keras.tuner._trial_runs import run_name
 from bn_keras.tuner._trial_runs import slot_names
-from bn_keras.tuner.bn_hyperparameters import DMAX
-from bn_keras.tuner.bn_hyperparameters import MOMENTUM
 from bn_keras.tuner.bn_hyperparameters import NORMALIZATION
 from bn_keras.tuner.bn_hyperparameters import PLACEMENT
-from bn_keras.tuner.bn_hyperparameters import RAMP_STEPS
-from bn_keras.tuner.bn_hyperparameters import RMAX
 from bn_keras.tuner.bn_hyperparameters import SETTINGS
-from bn_keras.tuner.bn_hyperparameters import VIRTUAL_BATCH_SIZE
-from bn_keras.tuner.bn_hyperparameters import WARMUP_STEPS
 
 # The per-slot keys, in the order they are shown.
 _SLOT_KEYS = (PLACEMENT, NORMALIZATION, *SETTINGS)
-_SHORT = {
-    MOMENTUM: "m",
-    VIRTUAL_BATCH_SIZE: "vbs",
-    RMAX: "rmax",
-    DMAX: "dmax",
-    WARMUP_STEPS: "warmup",
-    RAMP_STEPS: "ramp",
-}
+_SHORT = SHORT_SETTINGS
 _COMPLETED = "COMPLETED"
 
 

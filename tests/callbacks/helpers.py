@@ -117,6 +117,7 @@ def expected_figures(now, previous, start, epsilon):
         ),
         "moving_variance/min": var.min(),
         "moving_variance/mean": var.mean(),
+        "moving_variance/max": var.max(),
         # Random data: no channel is constant.
         "moving_variance/constant_channels": 0.0,
     }
@@ -142,4 +143,4 @@ def assert_figures_close(scalars, tag_prefix, step, expected):
 
 
 def run_dir(log_dir):
-    return os.path.join(log_dir, "batchnorm")
+    return os.fspath(log_dir)

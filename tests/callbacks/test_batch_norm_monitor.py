@@ -22,12 +22,13 @@ from tests.callbacks.helpers import run_dir
 
 HISTOGRAM_KEYS = ("gamma", "beta", "moving_mean", "moving_variance")
 
-#: The tag prefixes of `three_kinds_model`'s layers: position in forward
-#: order, then the user's names (the nested ghost layer's with its model's).
+#: The tag prefixes of `three_kinds_model`'s layers: what each normalizes
+#: (the input; the first Dense; the nested model's Dense, with the name of
+#: the model), numbered among the layers with weights in forward order.
 THREE_KINDS_TAGS = {
-    "keras_bn": "bn01-keras_bn",
-    "renorm": "bn02-renorm",
-    "ghost": "bn03-inner.ghost",
+    "keras_bn": "bn00-input",
+    "renorm": "bn01-dense",
+    "ghost": "bn02-inner.dense",
 }
 
 
@@ -118,10 +119,11 @@ def test_epoch_figures_match_weight_snapshots(tmp_path, rng):
                 layer.epsilon,
             )
             tag = THREE_KINDS_TAGS[layer.name]
-            assert_figures_close(scalars, tag, epoch, expected)
+            # Epoch figures at the epoch's number, from 1.
+            assert_figures_close(scalars, tag, epoch + 1, expected)
             drifts.append(expected["2_mean_drift_in_std"])
             for key in HISTOGRAM_KEYS:
-                buckets = events[f"histograms/{tag}/{key}"][epoch]
+                buckets = events[f"histograms/{tag}/{key}"][epoch + 1]
                 assert buckets.shape == (30, 3)
                 assert buckets[:, 2].sum() == now[key].size
                 np.testing.assert_allclose(
@@ -138,15 +140,15 @@ def test_epoch_figures_match_weight_snapshots(tmp_path, rng):
             )
         )
         np.testing.assert_allclose(
-            scalars["batchnorm/max_drift_in_std"][epoch],
+            scalars["batchnorm/max_drift_in_std"][epoch + 1],
             max_drift[-1],
             rtol=2e-5,
         )
-    # The dead channels are counted, and drift moved.
-    assert scalars["bn01-keras_bn/gamma/dead_fraction"][2] == pytest.approx(
-        0.4
-    )
-    assert scalars["bn01-keras_bn/moving_mean/drift_from_start"][2] > 0.5
+    # The dead channels are counted, and alerted at every epoch end (one
+    # layer), and drift moved.
+    assert scalars["bn00-input/gamma/dead_fraction"][3] == pytest.approx(0.4)
+    assert scalars["alerts/dead-channels"] == {1: 1.0, 2: 1.0, 3: 1.0}
+    assert scalars["bn00-input/moving_mean/drift_from_start"][3] > 0.5
     # The same figures reach `logs`, hence History.
     np.testing.assert_allclose(
         history.history["bn_max_drift_in_std"], max_drift, rtol=1e-6
@@ -159,13 +161,13 @@ def test_epoch_figures_match_weight_snapshots(tmp_path, rng):
     schedule = layers[1].renorm_schedule
     for epoch in range(3):
         bounds = schedule(4 * (epoch + 1))
-        assert scalars["bn02-renorm/renorm/rmax"][epoch] == pytest.approx(
+        assert scalars["bn01-dense/renorm/rmax"][epoch + 1] == pytest.approx(
             bounds["rmax"]
         )
-        assert scalars["bn02-renorm/renorm/dmax"][epoch] == pytest.approx(
+        assert scalars["bn01-dense/renorm/dmax"][epoch + 1] == pytest.approx(
             bounds["dmax"]
         )
-    assert scalars["bn02-renorm/renorm/rmax"][2] > 1.5
+    assert scalars["bn01-dense/renorm/rmax"][3] > 1.5
 
 
 def chart_tags(chart, tags):
@@ -175,18 +177,19 @@ def chart_tags(chart, tags):
         for series in chart.margin.series:
             shown |= {series.value, series.lower, series.upper}
         return shown & tags
-    shown = set()
-    for pattern in chart.multiline.tag:
-        hits = {t for t in tags if re.search(pattern, t)}
-        # Every line finds its tag, and only that one.
-        assert len(hits) == 1, (pattern, hits)
-        shown |= hits
-    return shown
+    # A line chart draws one tag: each run is one line of its colour.
+    (pattern,) = chart.multiline.tag
+    hits = {t for t in tags if re.search(pattern, t)}
+    assert len(hits) == 1, (pattern, hits)
+    return hits
 
 
-def test_layout_opens_on_an_overview_then_one_category_per_layer(
-    tmp_path, rng
-):
+#: Figures that stay constant unless something is wrong: no chart, their
+#: alerts say when they are not zero.
+ALERTED = ("gamma/dead_fraction", "constant_channels")
+
+
+def test_layout_opens_on_an_overview_then_one_category_per_layer(tmp_path, rng):
     x, y = regression_data(rng, n=64)
     model = three_kinds_model()
     monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path, probe_data=x[:16])
@@ -194,16 +197,19 @@ def test_layout_opens_on_an_overview_then_one_category_per_layer(
     layout = read_layout(run_dir(tmp_path))
     assert [c.title for c in layout.category] == [
         "Overview",
-        "bn01-keras_bn",
-        "bn02-renorm",
-        "bn03-inner.ghost",
+        "bn00-input",
+        "bn01-dense",
+        "bn02-inner.dense",
     ]
+    # Only the Overview is open when the dashboard opens.
+    assert [c.closed for c in layout.category] == [False, True, True, True]
     tags = set(read_scalars(run_dir(tmp_path)))
     overview, *layers = layout.category
     # The loss (no accuracy: the model is compiled without it), on the
     # training data since `fit` has no validation data, then the
     # model-wide figures.
     assert [list(c.multiline.tag) for c in overview.chart] == [
+        ["^alerts/unhealthy_layers$"],
         ["^epoch/loss$"],
         ["^batchnorm/max_probe_gap$"],
         ["^batchnorm/max_drift_in_std$"],
@@ -214,53 +220,42 @@ def test_layout_opens_on_an_overview_then_one_category_per_layer(
         shown = set()
         for chart in category.chart:
             shown |= chart_tags(chart, tags)
-        # Every scalar of the layer is on one of its charts.
-        assert shown == {t for t in tags if t.startswith(tag + "/")}
-        # The probe gap and the drift in std units come first.
-        assert [list(c.multiline.tag) for c in category.chart[:2]] == [
-            [
-                f"^{re.escape(tag)}/1_probe_gap$",
-                f"^{re.escape(tag)}/probe/gap_max$",
-            ],
+        # Every scalar of the layer is on one of its charts, but those that
+        # alerts stand for.
+        assert shown == {
+            t
+            for t in tags
+            if t.startswith(tag + "/") and not t.endswith(ALERTED)
+        }
+        # The probe gap (mean, then largest channel) and the drift in std
+        # units come first.
+        assert [list(c.multiline.tag) for c in category.chart[:3]] == [
+            [f"^{re.escape(tag)}/1_probe_gap$"],
+            [f"^{re.escape(tag)}/probe/gap_max$"],
             [f"^{re.escape(tag)}/2_mean_drift_in_std$"],
         ]
-        # gamma and beta: a band from min to max around the mean, last (as
-        # TensorBoard shows them: after the line charts, in reverse order),
-        # and their standard deviations on a chart of their own.
+        # The moving variance, gamma and beta: a band from min to max
+        # around the mean, last (TensorBoard shows them after the line
+        # charts, in reverse order: the variance, gamma, beta).
         bands = [
             (s.value, s.lower, s.upper)
-            for c in category.chart[-2:]
+            for c in category.chart[-3:]
             if c.HasField("margin")
             for s in c.margin.series
         ]
         assert bands == [
             (f"{tag}/{w}/mean", f"{tag}/{w}/min", f"{tag}/{w}/max")
-            for w in ("beta", "gamma")
+            for w in ("beta", "gamma", "moving_variance")
         ]
-        std_charts = [
-            list(c.multiline.tag)
-            for c in category.chart
-            if any(p.endswith("/std$") for p in c.multiline.tag)
-        ]
-        assert std_charts == [
-            [
-                f"^{re.escape(tag)}/gamma/std$",
-                f"^{re.escape(tag)}/beta/std$",
-            ]
-        ]
-    renorm_tags = {t for t in tags if t.startswith("bn02-renorm/renorm/")}
+    renorm_tags = {t for t in tags if t.startswith("bn01-dense/renorm/")}
     assert renorm_tags == {
-        "bn02-renorm/renorm/rmax",
-        "bn02-renorm/renorm/dmax",
-        "bn02-renorm/renorm/clipped_fraction",
+        "bn01-dense/renorm/rmax",
+        "bn01-dense/renorm/dmax",
+        "bn01-dense/renorm/clipped_fraction",
     }
 
 
-def test_overview_charts_the_accuracy_the_model_is_compiled_with(
-    tmp_path, rng
-):
-    x = rng.normal(size=(64, 5)).astype("float32")
-    y = (x[:, 0] > 0).astype("int32")
+def accuracy_model():
     model = keras.Sequential(
         [
             keras.Input((5,)),
@@ -274,34 +269,89 @@ def test_overview_charts_the_accuracy_the_model_is_compiled_with(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(1)],
     )
-    model.fit(
+    return model
+
+
+def test_overview_charts_the_accuracy_the_model_is_compiled_with(tmp_path, rng):
+    """Alone, the monitor writes Keras's epoch metrics in its run, a chart
+    each (validation, then training), at the epoch's number from 1."""
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    history = accuracy_model().fit(
         x,
         y,
-        epochs=1,
+        epochs=2,
+        verbose=0,
+        validation_split=0.25,
+        callbacks=[bn_keras.callbacks.BatchNormMonitor(tmp_path)],
+    )
+    overview = read_layout(run_dir(tmp_path)).category[0]
+    patterns = [list(c.multiline.tag) for c in overview.chart][1:]
+    assert patterns[:6] == [
+        ["^epoch/val_accuracy$"],
+        ["^epoch/val_sparse_top_k_categorical_accuracy$"],
+        ["^epoch/val_loss$"],
+        ["^epoch/accuracy$"],
+        ["^epoch/sparse_top_k_categorical_accuracy$"],
+        ["^epoch/loss$"],
+    ]
+    ours = read_scalars(run_dir(tmp_path))
+    for (pattern,) in patterns[:6]:
+        name = pattern[len("^epoch/") : -1]
+        assert sorted(ours[f"epoch/{name}"]) == [1, 2]
+        np.testing.assert_allclose(
+            [ours[f"epoch/{name}"][step] for step in (1, 2)],
+            history.history[name],
+            rtol=1e-6,
+        )
+
+
+def test_beside_keras_tensorboard_nothing_is_written_twice(tmp_path, rng):
+    """With Keras's TensorBoard in the same folder, the Overview draws its
+    `epoch_<name>` tags (its train and validation runs side by side) and
+    the monitor writes neither epoch metrics nor histograms of its own;
+    its epoch figures sit at Keras's steps (from 0), with
+    `update_freq=2` too."""
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    accuracy_model().fit(
+        x,
+        y,
+        epochs=2,
+        batch_size=16,
         verbose=0,
         validation_split=0.25,
         callbacks=[
-            keras.callbacks.TensorBoard(tmp_path),
-            bn_keras.callbacks.BatchNormMonitor(tmp_path),
+            keras.callbacks.TensorBoard(tmp_path, histogram_freq=1),
+            bn_keras.callbacks.BatchNormMonitor(
+                tmp_path, update_freq=2, objective="val_accuracy"
+            ),
         ],
     )
     overview = read_layout(run_dir(tmp_path)).category[0]
     patterns = [list(c.multiline.tag) for c in overview.chart]
-    assert patterns[:3] == [
-        ["^epoch/val_accuracy$"],
-        ["^epoch/val_sparse_top_k_categorical_accuracy$"],
-        ["^epoch/val_loss$"],
+    assert patterns[:5] == [
+        ["^alerts/unhealthy_layers$"],
+        ["^epoch/best_val_accuracy$"],
+        ["^epoch_accuracy$"],
+        ["^epoch_sparse_top_k_categorical_accuracy$"],
+        ["^epoch_loss$"],
     ]
-    # The monitor writes them in its own run, with the values Keras's
-    # callback writes in its validation run (`epoch_<name>`).
-    ours = read_scalars(run_dir(tmp_path))
+    events = read_events(run_dir(tmp_path))
+    assert not [t for t in events if t.startswith(("epoch/val", "epoch/l"))]
+    assert not [t for t in events if t.startswith("histograms/")]
     validation = read_scalars(os.path.join(tmp_path, "validation"))
-    for (pattern,) in patterns[:3]:
-        (tag,) = [t for t in ours if re.search(pattern, t)]
-        keras_tag = "epoch_" + tag.removeprefix("epoch/val_")
-        np.testing.assert_allclose(
-            ours[tag][0], validation[keras_tag][0], rtol=1e-6
-        )
+    ours = read_scalars(run_dir(tmp_path))
+    assert sorted(validation["epoch_accuracy"]) == [0, 1]
+    assert sorted(ours["batchnorm/max_drift_in_std"]) == [0, 1]
+    best = np.maximum.accumulate(
+        [validation["epoch_accuracy"][step] for step in (0, 1)]
+    )
+    np.testing.assert_allclose(
+        [ours["epoch/best_val_accuracy"][step] for step in (0, 1)],
+        best,
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize(
@@ -324,7 +374,7 @@ def test_overview_follows_validation_freq(tmp_path, rng, epochs, expected):
         callbacks=[bn_keras.callbacks.BatchNormMonitor(tmp_path)],
     )
     overview = read_layout(run_dir(tmp_path)).category[0]
-    assert list(overview.chart[0].multiline.tag) == [expected]
+    assert list(overview.chart[1].multiline.tag) == [expected]
 
 
 def test_update_freq_in_batches(tmp_path, rng):
@@ -344,7 +394,9 @@ def test_update_freq_in_batches(tmp_path, rng):
         callbacks=[snapshots, monitor],
     )
     scalars = read_scalars(run_dir(tmp_path))
-    assert sorted(scalars["bn01-keras_bn/moving_mean/drift"]) == [5, 10]
+    assert sorted(scalars["bn00-input/moving_mean/drift"]) == [5, 10]
+    # The Overview's figures stay on the epoch axis.
+    assert sorted(scalars["batchnorm/max_drift_in_std"]) == [1, 2, 3]
     assert not any(
         tag.startswith("histograms/") for tag in read_events(run_dir(tmp_path))
     )
@@ -401,13 +453,17 @@ def test_epoch_end_on_a_written_batch_reuses_that_write(tmp_path, rng):
         callbacks=[snapshots, monitor],
     )
     assert len(probes) == 4  # the writes at batches 2, 4, 6 and 8
-    written = read_scalars(run_dir(tmp_path))["batchnorm/max_probe_gap"]
-    assert sorted(written) == [2, 4, 6, 8]
+    scalars = read_scalars(run_dir(tmp_path))
+    gaps = [scalars[f"{tag}/1_probe_gap"] for tag in THREE_KINDS_TAGS.values()]
+    assert sorted(gaps[0]) == [2, 4, 6, 8]
+    assert sorted(scalars["batchnorm/max_probe_gap"]) == [1, 2]
     for epoch, last_batch in enumerate((4, 8)):
+        written = max(gap[last_batch] for gap in gaps)
         np.testing.assert_allclose(
-            history.history["bn_max_probe_gap"][epoch],
-            written[last_batch],
-            rtol=1e-6,
+            history.history["bn_max_probe_gap"][epoch], written, rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            scalars["batchnorm/max_probe_gap"][epoch + 1], written, rtol=1e-6
         )
         start = snapshots.start if epoch == 0 else snapshots.batches[4]
         expected = max(
@@ -451,10 +507,11 @@ def renorm_pair_model(features):
     return model
 
 
+#: Three BN layers of the input: one tag, then a letter for each other.
 RENORM_PAIR_TAGS = {
-    "keras_renorm": "bn01-keras_renorm",
-    "our_renorm": "bn02-our_renorm",
-    "ghost_renorm": "bn03-ghost_renorm",
+    "keras_renorm": "bn00-input",
+    "our_renorm": "bn00b-input",
+    "ghost_renorm": "bn00c-input",
 }
 
 
@@ -511,19 +568,15 @@ def test_renorm_clipped_fraction_of_last_batch(tmp_path, rng):
                 step_bounds(last),
             )
             assert scalars[f"{RENORM_PAIR_TAGS[name]}/renorm/clipped_fraction"][
-                epoch
+                epoch + 1
             ] == pytest.approx(expected, abs=1e-6), (name, epoch)
             fractions.append(expected)
     # The figures discriminate: neither all clipped nor none.
     assert 0 < min(fractions) and max(fractions) < 1
     # Ghost renorm: r and d are per ghost batch and cannot be recovered from
     # the pooled update, so only the probe's figure is written.
-    assert "bn03-ghost_renorm/renorm/clipped_fraction" not in scalars
-    assert sorted(scalars["bn03-ghost_renorm/probe/clipped_fraction"]) == [
-        0,
-        1,
-        2,
-    ]
+    assert "bn00c-input/renorm/clipped_fraction" not in scalars
+    assert sorted(scalars["bn00c-input/probe/clipped_fraction"]) == [1, 2, 3]
 
 
 def ghost_renorm_transform(
@@ -601,7 +654,7 @@ def test_probe_gap_matches_numpy_and_leaves_training_alone(tmp_path, rng):
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
 
     scalars = read_scalars(run_dir(tmp_path))
-    tags = {"ghost_renorm": "bn01-ghost_renorm", "plain": "bn02-plain"}
+    tags = {"ghost_renorm": "bn01-hidden", "plain": "bn01b-hidden"}
     for epoch in range(2):
         weights = recorder.epochs[epoch]
         h = probe @ weights["hidden"]["kernel"] + weights["hidden"]["bias"]
@@ -627,7 +680,7 @@ def test_probe_gap_matches_numpy_and_leaves_training_alone(tmp_path, rng):
                     {"rmax": 1.2, "rmin": 0.8, "dmax": 0.2},
                 )
                 assert scalars[f"{tags[layer.name]}/probe/clipped_fraction"][
-                    epoch
+                    epoch + 1
                 ] == pytest.approx(fraction, abs=1e-6)
             else:
                 batch_out = (
@@ -638,12 +691,12 @@ def test_probe_gap_matches_numpy_and_leaves_training_alone(tmp_path, rng):
                 np.mean((batch_out - moving) ** 2, axis=0)
             ) / batch_out.std(0)
             np.testing.assert_allclose(
-                scalars[f"{tags[layer.name]}/1_probe_gap"][epoch],
+                scalars[f"{tags[layer.name]}/1_probe_gap"][epoch + 1],
                 gap.mean(),
                 rtol=1e-4,
             )
             np.testing.assert_allclose(
-                scalars[f"{tags[layer.name]}/probe/gap_max"][epoch],
+                scalars[f"{tags[layer.name]}/probe/gap_max"][epoch + 1],
                 gap.max(),
                 rtol=1e-4,
             )
@@ -689,11 +742,20 @@ def test_nonfinite_statistic_is_reported_once(tmp_path, rng):
     assert len(history.history["loss"]) == 3  # no stop unless asked
     assert history.history["bn_nonfinite_layers"] == [1.0, 1.0, 1.0]
     scalars = read_scalars(run_dir(tmp_path))
-    assert scalars["batchnorm/nonfinite_layers"] == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert scalars["batchnorm/nonfinite_layers"] == {1: 1.0, 2: 1.0, 3: 1.0}
+    # An alert, with the layer and what to do, from the first epoch end.
+    assert scalars["alerts/nonfinite-statistics"] == {1: 1.0, 2: 1.0, 3: 1.0}
+    text = read_events(run_dir(tmp_path))["batchnorm/layers"][3].item()
+    assert "| error | nonfinite-statistics | bn00-input |" in text.decode()
+    assert (
+        "- **nonfinite-statistics**: bn00-input (keras_bn): non-finite "
+        "moving_variance. *What to do:* The inference output of these "
+        "layers is wrong."
+    ) in text.decode()
     # Non-finite values are left out of the histograms, not mis-binned.
     events = read_events(run_dir(tmp_path))
-    assert "histograms/bn01-keras_bn/moving_variance" not in events
-    assert sorted(events["histograms/bn01-keras_bn/gamma"]) == [0, 1, 2]
+    assert "histograms/bn00-input/moving_variance" not in events
+    assert sorted(events["histograms/bn00-input/gamma"]) == [1, 2, 3]
 
 
 def test_stop_on_nonfinite_stops_at_the_bad_batch(tmp_path, rng):
@@ -752,12 +814,32 @@ def test_unwritable_log_dir_fails_before_the_first_batch(tmp_path, rng):
         ({"probe_data": "x"}, TypeError, "probe_data of type str"),
         ({"log_dir": 3}, TypeError, "log_dir=3"),
         ({"log_dir": ""}, TypeError, "log_dir=''"),
+        ({"objective": 3}, TypeError, "objective=3"),
+        ({"objective": ""}, TypeError, "objective=''"),
+        ({"hparams": {"lr": [1]}}, TypeError, "hparams={'lr': [1]}"),
+        ({"hparams": "lr=1"}, TypeError, "hparams='lr=1'"),
     ],
 )
 def test_argument_errors(tmp_path, kwargs, error, received):
     kwargs = {"log_dir": str(tmp_path), **kwargs}
     with pytest.raises(error, match=f"Received: {re.escape(received)}"):
         bn_keras.callbacks.BatchNormMonitor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "objective, direction",
+    [
+        ("val_accuracy", "max"),
+        ("val_auc", "max"),
+        ("val_loss", "min"),
+        ("val_mae", "min"),
+        ("val_mean_squared_error", "min"),
+        ("val_sparse_categorical_crossentropy", "min"),
+    ],
+)
+def test_objective_direction(tmp_path, objective, direction):
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path, objective=objective)
+    assert monitor._objective == (objective, direction)
 
 
 def test_with_log_dir_copies_the_settings(tmp_path, rng):
@@ -772,9 +854,7 @@ def test_with_log_dir_copies_the_settings(tmp_path, rng):
     trial_dir = os.path.join(monitor.log_dir, "trial_0", "execution0")
     copy = monitor.with_log_dir(trial_dir)
     assert type(copy) is type(monitor) and copy is not monitor
-    assert copy.log_dir == trial_dir and copy.run_dir == os.path.join(
-        trial_dir, "batchnorm"
-    )
+    assert copy.log_dir == trial_dir and copy.run_dir == trial_dir
     assert monitor.log_dir == str(tmp_path / "search")
     for name in (
         "update_freq",
@@ -789,9 +869,24 @@ def test_with_log_dir_copies_the_settings(tmp_path, rng):
     model = three_kinds_model()
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[copy])
     assert sorted(
-        read_scalars(copy.run_dir)["bn01-keras_bn/moving_mean/drift"]
+        read_scalars(copy.run_dir)["bn00-input/moving_mean/drift"]
     ) == [2, 4]
-    assert not os.path.exists(monitor.run_dir)
+    # Nothing in the original's folder but the copy's.
+    assert os.listdir(monitor.run_dir) == ["trial_0"]
+    # What a trial changes: its HParams values and row, its objective.
+    trial = monitor.with_log_dir(
+        trial_dir,
+        session_group="trial_0",
+        hparams={"units": 4},
+        objective="loss",
+    )
+    assert (trial.hparams, trial.session_group, trial.objective) == (
+        {"units": 4},
+        "trial_0",
+        "loss",
+    )
+    with pytest.raises(TypeError, match=re.escape("Received: epochs=3")):
+        monitor.with_log_dir(trial_dir, epochs=3)
 
 
 def test_writes_beside_keras_tensorboard(tmp_path, rng):
@@ -808,9 +903,16 @@ def test_writes_beside_keras_tensorboard(tmp_path, rng):
             bn_keras.callbacks.BatchNormMonitor(tmp_path),
         ],
     )
-    assert sorted(os.listdir(tmp_path)) == ["batchnorm", "train", "validation"]
+    # The monitor's run is the folder itself; Keras's are below it.
+    files = sorted(os.listdir(tmp_path))
+    assert files[-2:] == ["train", "validation"]
+    assert [name.startswith("events.out.tfevents.") for name in files] == [
+        True,
+        False,
+        False,
+    ]
     assert "epoch_loss" in read_scalars(os.path.join(tmp_path, "train"))
-    assert "bn03-inner.ghost/moving_mean/drift" in read_scalars(
+    assert "bn02-inner.dense/moving_mean/drift" in read_scalars(
         run_dir(tmp_path)
     )
 
@@ -841,11 +943,12 @@ def test_layers_with_the_same_name_get_distinct_tags(tmp_path, rng):
         x, x[:, :1], batch_size=16, epochs=1, verbose=0, callbacks=[monitor]
     )
     titles = [c.title for c in read_layout(run_dir(tmp_path)).category]
-    assert titles == ["Overview", "bn01-block_a.bn", "bn02-block_b.bn"]
+    # Named after what they normalize: each block's Dense.
+    assert titles == ["Overview", "bn01-block_a.dense", "bn02-block_b.dense"]
     scalars = read_scalars(run_dir(tmp_path))
     assert {
-        "bn01-block_a.bn/moving_mean/drift",
-        "bn02-block_b.bn/moving_mean/drift",
+        "bn01-block_a.dense/moving_mean/drift",
+        "bn02-block_b.dense/moving_mean/drift",
     } <= set(scalars)
 
 
@@ -885,3 +988,40 @@ def test_probe_leaves_every_replica_unchanged_under_mirrored_strategy(
         differing += replicas[0] != replicas[1]
     # The case exercises per-replica statistics that differ.
     assert differing > 0
+
+
+def test_a_model_without_batchnorm_keeps_its_place(tmp_path, rng):
+    """A baseline without BN: its epoch metrics, 0 for the gap, the drift
+    and the unhealthy layers (HParams' parallel coordinates drop a session
+    that lacks a metric), the Overview alone, and its BN described as
+    none."""
+    from tests.tuner.helpers import hparams_sessions
+
+    x, y = regression_data(rng, n=64)
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(4), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    monitor = bn_keras.callbacks.BatchNormMonitor(tmp_path, probe_data=x[:8])
+    with pytest.warns(UserWarning, match="has no batch normalization layer"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
+    scalars = read_scalars(run_dir(tmp_path))
+    assert sorted(scalars) == [
+        "alerts/unhealthy_layers",
+        "batchnorm/max_drift_in_std",
+        "batchnorm/max_probe_gap",
+        "batchnorm/nonfinite_layers",
+        "epoch/loss",
+    ]
+    for tag in sorted(scalars)[:4]:
+        assert scalars[tag] == {1: 0.0, 2: 0.0}, tag
+    layout = read_layout(run_dir(tmp_path))
+    assert [c.title for c in layout.category] == ["Overview"]
+    ((group, values),) = hparams_sessions(run_dir(tmp_path))
+    assert group == os.path.basename(tmp_path)
+    assert values == {
+        "01.placement": "none",
+        "02.normalization": "none",
+        "03.momentum": "none",
+        "04.BN layers": 0.0,
+    }

@@ -9,6 +9,7 @@ import pytest
 import bn_keras
 from bn_keras.callbacks._figures import constant_batches
 from bn_keras.callbacks._tags import batchnorm_tags
+from bn_keras.callbacks._tags import to_snake_case
 from tests.callbacks.helpers import Snapshots
 from tests.callbacks.helpers import read_events
 from tests.callbacks.helpers import read_layout
@@ -119,11 +120,12 @@ def test_constant_channels_are_counted_not_infinite(tmp_path, rng):
     scalars = read_scalars(run_dir(tmp_path))
     for tag, values in scalars.items():
         assert np.all(np.isfinite(list(values.values()))), tag
-    tags = ["bn01-plain", "bn02-ghost", "bn03-renorm"]
+    # Three BN layers of the input: one tag, then a letter for each other.
+    tags = ["bn00-input", "bn00b-input", "bn00c-input"]
     for tag in tags:
         for figure in ("moving_variance", "probe"):
             counts = scalars[f"{tag}/{figure}/constant_channels"]
-            assert counts == {epoch: 2.0 for epoch in range(5)}, tag
+            assert counts == {epoch: 2.0 for epoch in range(1, 6)}, tag
     plain = layers[0]
     for epoch in range(5):
         weights = snapshots.epochs[epoch]["plain"]
@@ -133,7 +135,7 @@ def test_constant_channels_are_counted_not_infinite(tmp_path, rng):
         # real variance below epsilon.
         assert variance[:2].max() < variance[2:].min()
         np.testing.assert_allclose(
-            scalars["bn01-plain/moving_variance/min"][epoch],
+            scalars["bn00-input/moving_variance/min"][epoch + 1],
             variance[2:].min(),
             rtol=1e-6,
         )
@@ -141,12 +143,14 @@ def test_constant_channels_are_counted_not_infinite(tmp_path, rng):
         # What the figure used to be: 0 / 0 and x / 0.
         assert not np.any(np.isfinite(gap[:2]))
         np.testing.assert_allclose(
-            scalars["bn01-plain/1_probe_gap"][epoch],
+            scalars["bn00-input/1_probe_gap"][epoch + 1],
             gap[2:].mean(),
             rtol=1e-4,
         )
         np.testing.assert_allclose(
-            scalars["bn01-plain/probe/gap_max"][epoch], gap[2:].max(), rtol=1e-4
+            scalars["bn00-input/probe/gap_max"][epoch + 1],
+            gap[2:].max(),
+            rtol=1e-4,
         )
         all_real = [
             snapshots.epochs[epoch][layer.name]["moving_variance"][2:].min()
@@ -158,23 +162,60 @@ def test_constant_channels_are_counted_not_infinite(tmp_path, rng):
             rtol=1e-6,
         )
     assert np.all(np.isfinite(history.history["bn_max_probe_gap"]))
-    # The real variance below epsilon is an alert, the constant features
-    # are reported as what they are.
-    table = read_events(run_dir(tmp_path))["batchnorm/layers"][4]
+    # The constant features are a note from the first epoch on, for the
+    # three layers; the real variance below epsilon a warning from the
+    # epoch it fell below (0.7 ** 20 of the start, plus the real 1e-4).
+    assert scalars["alerts/constant-channels"] == {
+        epoch: 3.0 for epoch in range(1, 6)
+    }
+    expected = {}
+    for epoch in range(5):
+        count = sum(
+            bool(np.any(w["moving_variance"][2:] < 1e-3))
+            for w in snapshots.epochs[epoch].values()
+        )
+        if count or expected:
+            expected[epoch + 1] = float(count)
+    assert scalars["alerts/collapsed-variance"] == expected
+    assert expected[5] == 3.0
+    table = read_events(run_dir(tmp_path))["batchnorm/layers"][5]
     table = table.item().decode()
-    for tag, name in zip(tags, ("plain", "ghost", "renorm")):
-        assert (
-            f"- {tag} ({name}): 2/5 channels constant on the training "
-            "batches (left out of moving_variance/min)"
-        ) in table
-        assert (
-            f"- {tag} ({name}): 2/5 channels constant on the probe batch "
-            "(left out of the gap)"
-        ) in table
-        assert (
-            f"- {tag} ({name}): 1/5 channels not constant, with a moving "
-            "variance below epsilon"
-        ) in table
+    constant = "; ".join(
+        f"{tag} ({name}): channels 2/5 constant on the training batches, "
+        "2/5 on the probe batch"
+        for tag, name in zip(tags, ("plain", "ghost", "renorm"))
+    )
+    small = "; ".join(
+        f"{tag} ({name}): 1/5 channels not constant, with a moving "
+        "variance below epsilon (0.001)"
+        for tag, name in zip(tags, ("plain", "ghost", "renorm"))
+    )
+    # A table of short cells, the warning first, then each alert's
+    # evidence and what to do.
+    rows = [r for r in table.splitlines() if r.startswith("| warning")]
+    assert rows == [f"| warning | collapsed-variance | {', '.join(tags)} |"]
+    assert f"| info | constant-channels | {', '.join(tags)} |" in table
+    assert (
+        f"- **collapsed-variance**: {small}. *What to do:* Inference "
+        "divides these channels by about sqrt(epsilon): check the input's "
+        "scale (standardize it, or use input_batchnorm) and recalibrate the "
+        "statistics (bn_keras.recalibrate) on training data."
+    ) in table
+    assert (
+        f"- **constant-channels**: {constant}. *What to do:* Nothing to do"
+    ) in table
+    # How many layers have an error or a warning, then both alerts at the
+    # end of the Overview, the warning before the note.
+    overview = read_layout(run_dir(tmp_path)).category[0]
+    charts = [list(c.multiline.tag) for c in overview.chart]
+    assert charts[0] == ["^alerts/unhealthy_layers$"]
+    assert charts[-2:] == [
+        ["^alerts/collapsed\\-variance$"],
+        ["^alerts/constant\\-channels$"],
+    ]
+    assert scalars["alerts/unhealthy_layers"] == {
+        epoch: float(expected.get(epoch, 0)) for epoch in range(1, 6)
+    }
 
 
 def test_a_channel_constant_in_each_ghost_batch_only(tmp_path, rng):
@@ -195,12 +236,13 @@ def test_a_channel_constant_in_each_ghost_batch_only(tmp_path, rng):
         x, x[:, 1:2], batch_size=32, epochs=2, verbose=0, callbacks=[monitor]
     )
     scalars = read_scalars(run_dir(tmp_path))
-    assert scalars["bn01/probe/constant_channels"] == {0: 1.0, 1: 1.0}
-    assert np.all(np.isfinite(list(scalars["bn01/probe/gap_max"].values())))
+    assert scalars["bn00-input/probe/constant_channels"] == {1: 1.0, 2: 1.0}
+    gap = scalars["bn00-input/probe/gap_max"]
+    assert np.all(np.isfinite(list(gap.values())))
     # Across ghost batches the channel varies: the moving variance sees it.
-    assert scalars["bn01/moving_variance/constant_channels"] == {
-        0: 0.0,
+    assert scalars["bn00-input/moving_variance/constant_channels"] == {
         1: 0.0,
+        2: 0.0,
     }
 
 
@@ -219,15 +261,15 @@ def test_every_channel_constant_leaves_the_figures_out(tmp_path):
         x, x[:, :1], batch_size=16, epochs=2, verbose=0, callbacks=[monitor]
     )
     scalars = read_scalars(run_dir(tmp_path))
-    assert scalars["bn01-idle/probe/constant_channels"] == {0: 2.0, 1: 2.0}
-    assert scalars["bn01-idle/moving_variance/constant_channels"] == {
-        0: 2.0,
+    assert scalars["bn00-input/probe/constant_channels"] == {1: 2.0, 2: 2.0}
+    assert scalars["bn00-input/moving_variance/constant_channels"] == {
         1: 2.0,
+        2: 2.0,
     }
     # Undefined figures are not written, rather than written as inf or 0.
     for tag in (
-        "bn01-idle/1_probe_gap",
-        "bn01-idle/moving_variance/min",
+        "bn00-input/1_probe_gap",
+        "bn00-input/moving_variance/min",
         "batchnorm/max_probe_gap",
         "batchnorm/min_moving_variance",
     ):
@@ -286,9 +328,21 @@ def test_two_models_of_one_architecture_log_the_same_tags(tmp_path, rng):
     (names_a, tags_a, titles_a), (names_b, tags_b, titles_b) = runs
     # Keras numbered the second model's layers on from the first's...
     assert not set(names_a) & set(names_b)
-    # ...yet both runs log one tag set and one layout.
+    # ...yet both runs log one tag set and one layout: the input's BN, the
+    # first Dense's, the nested block's Dense's, and a second BN of that
+    # Dense's output (after its activation).
     assert tags_a == tags_b
-    assert titles_a == titles_b == ["Overview", "bn01", "bn02", "bn03", "bn04"]
+    assert (
+        titles_a
+        == titles_b
+        == [
+            "Overview",
+            "bn00-input",
+            "bn01-dense",
+            "bn02-dense",
+            "bn02b-dense",
+        ]
+    )
 
 
 def test_tags_keep_the_names_the_user_gave():
@@ -311,13 +365,67 @@ def test_tags_keep_the_names_the_user_gave():
         model, placement="layer-bn-act", input_batchnorm=True
     )
     tagged = [(layer.name, tag) for layer, tag in batchnorm_tags(model)]
+    # Named after what they normalize, never after their own names.
     assert tagged == [
-        ("pixels_bn", "bn01-pixels_bn"),  # derived from the user's input name
-        ("hidden_bn", "bn02-hidden_bn"),  # derived from the user's layer name
-        ("dense_1_bn", "bn03"),  # derived from an automatic name
-        ("bn", "bn04-block_a.bn"),
-        (tagged[4][0], "bn05"),  # automatic, in an automatic Sequential
+        ("pixels_bn", "bn00-input"),
+        ("hidden_bn", "bn01-hidden"),  # the user's name of its layer
+        (tagged[2][0], "bn02-dense"),  # an automatic name: the class
+        ("bn", "bn03-block_a.dense"),  # inside the user's block_a
+        (tagged[4][0], "bn03b-block_a.dense"),  # a second BN of that Dense
     ]
+
+
+def base_model(kind):
+    """A small CNN or MLP without BN, as `bn-keras compare` builds them."""
+    if kind == "cnn":
+        body = [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+        ]
+    else:
+        body = [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(8, activation="relu"),
+        ]
+    return keras.Sequential([*body, keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_the_bn_of_one_base_layer_has_one_tag_in_every_placement(kind):
+    """`insert_batchnorm` names a BN after the layer it serves: after it
+    (`layer-bn-act`, `layer-act-bn`), so that it normalizes that layer's
+    output, or before it (`bn-act-layer`), so that it normalizes the
+    output of the weight layer before (the input's, for the first). The
+    tag names the layer whose output a BN normalizes: the same in every
+    placement."""
+    base = base_model(kind)
+    weighted = [layer.name for layer in base.layers if layer.weights]
+    classes = {
+        layer.name: to_snake_case(type(layer).__name__) for layer in base.layers
+    }
+
+    def tag_of(index):
+        if index < 0:
+            return "bn00-input"
+        return f"bn{index + 1:02d}-{classes[weighted[index]]}"
+
+    seen = {}
+    for placement in ("layer-bn-act", "layer-act-bn", "bn-act-layer"):
+        model = bn_keras.insert_batchnorm(base, placement=placement)
+        tagged = batchnorm_tags(model)
+        assert tagged
+        for layer, tag in tagged:
+            served = weighted.index(layer.name.removesuffix("_bn"))
+            before = placement == "bn-act-layer"
+            assert tag == tag_of(served - 1 if before else served)
+            seen.setdefault(tag, set()).add(placement)
+    # The hidden layers' BN in every placement; the input's in one.
+    assert seen.pop("bn00-input") == {"bn-act-layer"}
+    assert all(len(placements) == 3 for placements in seen.values())
 
 
 # -- the text summary ----------------------------------------------------------
@@ -353,22 +461,34 @@ def test_text_summary_lists_placement_settings_and_alerts(tmp_path, rng):
         x, x[:, :1], batch_size=32, epochs=2, verbose=0, callbacks=[monitor]
     )
     texts = read_events(run_dir(tmp_path))["batchnorm/layers"]
-    assert sorted(texts) == [0, 1]
-    first, last = (texts[step].item().decode() for step in (0, 1))
+    assert sorted(texts) == [0, 2]  # as training begins, after epoch 2
+    first, last = (texts[step].item().decode() for step in (0, 2))
     rows = [
-        "| bn01-after | after | Dense(relu) -> BN -> Dense (after act) | 0.9 "
-        "| - | - |",
-        "| bn02 | batch_normalization | Dense -> BN -> ReLU (before act) "
-        "| 0.99 | 8 | yes (rmax 3, dmax 5) |",
+        "| bn01-hidden | after | Dense(relu) -> BN -> Dense (after act) "
+        "| plain, 0.9 |",
+        "| bn02-project | batch_normalization | Dense -> BN -> ReLU "
+        "(before act) | ghost(8)+renorm (rmax 3, dmax 5), 0.99 |",
     ]
     for table in (first, last):
-        assert [r for r in table.splitlines() if r.startswith("| bn")] == rows
-    # The alerts, under the table: none yet at the start.
-    assert first.endswith("No alerts.")
-    assert last.endswith(
-        "**Alerts**\n\n- bn01-after (after): 2/4 channels dead "
-        "(|gamma| < 0.001)"
-    )
+        layer_rows = [
+            r
+            for r in table.splitlines()
+            if r.startswith("| bn") and r.count("|") == 5
+        ]
+        assert layer_rows == rows
+        # The run's HParams: the model's BN described.
+        assert "| normalization | mixed |" in table
+    # The alerts first, with what to do: none yet at the start (gamma
+    # starts at 1).
+    assert "**Alerts**\n\nNo alerts.\n\n| hyperparameter" in first
+    assert last.index("**Alerts**") < last.index("| hyperparameter")
+    assert "| info | dead-channels | bn01-hidden |" in last
+    assert (
+        "- **dead-channels**: bn01-hidden (after): 2/4 channels dead "
+        "(abs(gamma) < 0.001). *What to do:* Dead channels output beta "
+        "whatever their input; a few cost nothing. Many of them point at "
+        "too strong a weight decay on gamma or too high a learning rate.\n"
+    ) in last
 
 
 class Opaque(keras.layers.Layer):
@@ -395,9 +515,10 @@ def test_a_model_without_a_config_is_monitored_all_the_same(tmp_path, rng):
     model.fit(
         x, x[:, :1], batch_size=16, epochs=1, verbose=0, callbacks=[monitor]
     )
-    assert "bn01/moving_mean/drift" in read_scalars(run_dir(tmp_path))
+    # Numbered among themselves, as their graph cannot be read.
+    assert "bnx01/moving_mean/drift" in read_scalars(run_dir(tmp_path))
     table = read_events(run_dir(tmp_path))["batchnorm/layers"][0]
     # Where it sits is unknown; the rest of its row is there.
-    assert "| bn01 | batch_normalization | ? | 0.99 | - | - |" in (
+    assert "| bnx01 | batch_normalization | ? | plain, 0.99 |" in (
         table.item().decode()
     )

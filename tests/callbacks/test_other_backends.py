@@ -22,9 +22,9 @@ from tests.callbacks.helpers import run_dir
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "monitor_run.py")
 TAGS = {
-    "keras_bn": "bn01-keras_bn",
-    "ghost": "bn02-ghost",
-    "renorm": "bn03-renorm",
+    "keras_bn": "bn00-input",
+    "ghost": "bn01-dense",
+    "renorm": "bn01b-dense",  # the second BN of the Dense's output
 }
 
 
@@ -60,7 +60,7 @@ def test_monitor_writes_event_files_without_tensorflow(backend, tmp_path):
         }
         for step, taken in results["snapshots"].items()
     }
-    assert sorted(scalars["bn01-keras_bn/moving_mean/drift"]) == [2, 4, 6, 8]
+    assert sorted(scalars["bn00-input/moving_mean/drift"]) == [2, 4, 6, 8]
     for step in (2, 4, 6, 8):
         for layer, epsilon in results["epsilon"].items():
             expected = expected_figures(
@@ -70,21 +70,24 @@ def test_monitor_writes_event_files_without_tensorflow(backend, tmp_path):
                 epsilon,
             )
             assert_figures_close(scalars, TAGS[layer], step, expected)
-    assert scalars["bn01-keras_bn/moving_mean/drift_from_start"][8] > 0.1
-    assert "bn03-renorm/renorm/clipped_fraction" in scalars
-    assert sorted(scalars["bn02-ghost/1_probe_gap"]) == [2, 4, 6, 8]
+    assert scalars["bn00-input/moving_mean/drift_from_start"][8] > 0.1
+    assert "bn01b-dense/renorm/clipped_fraction" in scalars
+    assert sorted(scalars["bn01-dense/1_probe_gap"]) == [2, 4, 6, 8]
+    # The epoch figures and metrics on the epoch axis, from 1.
+    assert sorted(scalars["batchnorm/max_drift_in_std"]) == [1, 2]
+    assert sorted(scalars["epoch/loss"]) == [1, 2]
     assert [c.title for c in read_layout(run_dir(log_dir)).category] == [
         "Overview",
         *TAGS.values(),
     ]
     # The text summary, written without TensorFlow too: at the start and
-    # at the last write.
+    # at the last epoch's end.
     texts = read_events(run_dir(log_dir))["batchnorm/layers"]
-    assert sorted(texts) == [0, 8]
-    table = texts[8].item().decode()
+    assert sorted(texts) == [0, 2]
+    table = texts[2].item().decode()
     assert (
-        "| bn02-ghost | ghost | Dense -> BN -> BatchRenormalization | 0.8 | "
-        "4 | - |"
+        "| bn01-dense | ghost | Dense -> BN -> BatchRenormalization | "
+        "ghost(4), 0.8 |"
     ) in table
     assert len(results["history"]["bn_max_drift_in_std"]) == 2
 

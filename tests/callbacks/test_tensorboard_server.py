@@ -122,13 +122,35 @@ def scalar_values(base, run, tag):
     return get_json(f"{base}/data/plugin/scalars/scalars?{query}")
 
 
-@pytest.mark.slow
-def test_tensorboard_serves_the_monitor_charts(tmp_path, rng):
+def broken_model():
+    """A BN layer fed a NaN: its statistics go NaN, its inference output
+    is wrong. An error alert, which names it and says what to do."""
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4, name="hidden"),
+            keras.layers.BatchNormalization(momentum=0.999, name="poisoned"),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def served_runs(tmp_path_factory):
+    """Two fits served by one TensorBoard: `constant` (constant channels,
+    Keras's TensorBoard beside the monitor) and `broken` (the monitor
+    alone, a NaN in the second epoch's data)."""
+    rng = np.random.default_rng(0)
+    log_dir = tmp_path_factory.mktemp("served")
     x = rng.normal(size=(64, 5)).astype("float32")
     x[:, 0] = 0.0  # a constant feature
     y = (x[:, 1] > 0).astype("int32")
-    model = constant_channels_model()
-    model.fit(
+    constant_channels_model().fit(
         x,
         y,
         batch_size=16,
@@ -136,89 +158,167 @@ def test_tensorboard_serves_the_monitor_charts(tmp_path, rng):
         verbose=0,
         validation_split=0.25,
         callbacks=[
-            keras.callbacks.TensorBoard(tmp_path),
-            bn_keras.callbacks.BatchNormMonitor(tmp_path, probe_data=x[:16]),
+            keras.callbacks.TensorBoard(log_dir / "constant"),
+            bn_keras.callbacks.BatchNormMonitor(
+                log_dir / "constant", probe_data=x[:16]
+            ),
         ],
     )
 
-    server, base = start_tensorboard(tmp_path)
+    class Poison(keras.callbacks.Callback):
+        """NaN statistics from the second epoch on."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                layer = self.model.get_layer("poisoned")
+                layer.moving_variance.assign(np.full(4, np.nan, "float32"))
+
+    with pytest.warns(RuntimeWarning, match="'poisoned' has non-finite"):
+        broken_model().fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=3,
+            verbose=0,
+            callbacks=[
+                Poison(),
+                bn_keras.callbacks.BatchNormMonitor(log_dir / "broken"),
+            ],
+        )
+    server, base = start_tensorboard(log_dir)
     try:
+        wait_for_tag(
+            server, base, log_dir, "broken", "alerts/nonfinite-statistics"
+        )
         tags = wait_for_tag(
-            server, base, tmp_path, "batchnorm", "bn02-second_bn/1_probe_gap"
+            server, base, log_dir, "constant", "bn01-dense/1_probe_gap"
         )
-        assert sorted(tags) == ["batchnorm", "train", "validation"]
-        run_tags = tags["batchnorm"]
-        for layer in ("bn01-first_bn", "bn02-second_bn"):
-            for figure in (
-                "1_probe_gap",
-                "2_mean_drift_in_std",
-                "moving_mean/drift",
-                "moving_variance/min",
-                "moving_variance/constant_channels",
-                "probe/constant_channels",
-                "gamma/dead_fraction",
-            ):
-                assert f"{layer}/{figure}" in run_tags
-        assert "bn02-second_bn/renorm/rmax" in run_tags
-        assert "batchnorm/max_drift_in_std" in run_tags
-        # Histograms have a prefix of their own, apart from the scalars.
-        histograms = get_json(f"{base}/data/plugin/histograms/tags")
-        assert "histograms/bn01-first_bn/gamma" in histograms["batchnorm"]
-
-        # Every scalar of every run is finite, and the constant channels
-        # are counted rather than turned into infinities.
-        for run, run_scalars in tags.items():
-            for tag in run_scalars:
-                values = [v for _, _, v in scalar_values(base, run, tag)]
-                assert values and np.all(np.isfinite(values)), (run, tag)
-        for tag, expected in (
-            ("bn01-first_bn/probe/constant_channels", 1.0),
-            ("bn01-first_bn/moving_variance/constant_channels", 1.0),
-            ("bn02-second_bn/probe/constant_channels", 1.0),
-            ("bn02-second_bn/moving_variance/constant_channels", 1.0),
-        ):
-            values = scalar_values(base, "batchnorm", tag)
-            assert [step for _, step, _ in values] == [0, 1]
-            assert [v for _, _, v in values] == [expected, expected], tag
-        drift = scalar_values(
-            base, "batchnorm", "bn01-first_bn/moving_mean/drift"
-        )
-        assert all(value > 0 for _, _, value in drift)
-
-        layout = get_json(f"{base}/data/plugin/custom_scalars/layout")
-        titles = [c["title"] for c in layout["category"]]
-        assert titles == ["Overview", "bn01-first_bn", "bn02-second_bn"]
-        overview = layout["category"][0]["chart"]
-        assert [c["multiline"]["tag"] for c in overview[:2]] == [
-            ["^epoch/val_accuracy$"],
-            ["^epoch/val_loss$"],
-        ]
-        # The monitor's run holds the validation curves the Overview draws,
-        # one line per run: the values Keras logged in its validation run.
-        for name in ("accuracy", "loss"):
-            ours = scalar_values(base, "batchnorm", f"epoch/val_{name}")
-            keras_run = scalar_values(base, "validation", f"epoch_{name}")
-            assert [(s, v) for _, s, v in ours] == [
-                (s, v) for _, s, v in keras_run
-            ]
-        served = {tag for run_scalars in tags.values() for tag in run_scalars}
-        for category in layout["category"]:
-            for chart in category["chart"]:
-                if "margin" in chart:
-                    (series,) = chart["margin"]["series"]
-                    assert set(series.values()) <= served, series
-                    continue
-                # The layout's patterns name tags the server has.
-                for pattern in chart["multiline"]["tag"]:
-                    assert any(re.search(pattern, t) for t in served), pattern
-
-        # The text summary: one table row per layer, in forward order.
-        query = urllib.parse.urlencode(
-            {"run": "batchnorm", "tag": "batchnorm/layers"}
-        )
-        texts = get_json(f"{base}/data/plugin/text/text?{query}")
-        last = texts[-1]["text"]
-        assert last.index("bn01-first_bn") < last.index("bn02-second_bn")
-        assert "1/8 channels constant on the training batches" in last
+        yield base, tags
     finally:
         stop(server)
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_monitor_charts(served_runs):
+    base, all_tags = served_runs
+    # The monitor's run is the folder given to it, Keras's runs inside.
+    assert sorted(all_tags) == [
+        "broken",
+        "constant",
+        "constant/train",
+        "constant/validation",
+    ]
+    tags = {
+        run.removeprefix("constant").lstrip("/") or ".": run_tags
+        for run, run_tags in all_tags.items()
+        if run.startswith("constant")
+    }
+    run_tags = tags["."]
+    for layer in ("bn00-input", "bn01-dense"):
+        for figure in (
+            "1_probe_gap",
+            "2_mean_drift_in_std",
+            "moving_mean/drift",
+            "moving_variance/min",
+            "moving_variance/constant_channels",
+            "probe/constant_channels",
+            "gamma/dead_fraction",
+        ):
+            assert f"{layer}/{figure}" in run_tags
+    assert "bn01-dense/renorm/rmax" in run_tags
+    assert "batchnorm/max_drift_in_std" in run_tags
+    # Keras's TensorBoard writes the epoch metrics: the monitor does not.
+    assert not [tag for tag in run_tags if tag.startswith("epoch/")]
+    # Histograms have a prefix of their own, apart from the scalars.
+    histograms = get_json(f"{base}/data/plugin/histograms/tags")
+    assert "histograms/bn00-input/gamma" in histograms["constant"]
+
+    # Every scalar of every run is finite, and the constant channels
+    # are counted rather than turned into infinities.
+    for run, run_scalars in all_tags.items():
+        if run == "broken":
+            continue
+        for tag in run_scalars:
+            values = [v for _, _, v in scalar_values(base, run, tag)]
+            assert values and np.all(np.isfinite(values)), (run, tag)
+    for tag, expected in (
+        ("bn00-input/probe/constant_channels", 1.0),
+        ("bn00-input/moving_variance/constant_channels", 1.0),
+        ("bn01-dense/probe/constant_channels", 1.0),
+        ("bn01-dense/moving_variance/constant_channels", 1.0),
+        # Both layers, at every epoch end: a note.
+        ("alerts/constant-channels", 2.0),
+    ):
+        values = scalar_values(base, "constant", tag)
+        # Beside Keras's callback, at its steps: the epoch from 0.
+        assert [step for _, step, _ in values] == [0, 1]
+        assert [v for _, _, v in values] == [expected, expected], tag
+    drift = scalar_values(base, "constant", "bn00-input/moving_mean/drift")
+    assert all(value > 0 for _, _, value in drift)
+
+    layout = get_json(f"{base}/data/plugin/custom_scalars/layout")
+    # TensorBoard merges the runs' layouts by title, in run order.
+    titles = [c["title"] for c in layout["category"]]
+    assert titles == ["Overview", "bn01-hidden", "bn00-input", "bn01-dense"]
+    # The Overview alone is open when Custom Scalars opens.
+    assert [c.get("closed", False) for c in layout["category"]] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    overview = [c["multiline"]["tag"] for c in layout["category"][0]["chart"]]
+    # How many layers have an error or a warning first (the same chart in
+    # every run: it stays first when TensorBoard merges their layouts),
+    # then each run's own: the broken run's epoch metrics and figures and
+    # its error's chart; Keras's epoch metrics, which its train and
+    # validation runs draw side by side, and the note of the other.
+    assert overview[0] == ["^alerts/unhealthy_layers$"]
+    assert overview.index(["^alerts/nonfinite\\-statistics$"]) < overview.index(
+        ["^epoch_accuracy$"]
+    )
+    assert ["^epoch_loss$"] in overview
+    assert overview[-1] == ["^alerts/constant\\-channels$"]
+    unhealthy = scalar_values(base, "constant", "alerts/unhealthy_layers")
+    assert [v for _, _, v in unhealthy] == [0.0, 0.0]  # notes only
+    served = {tag for run_scalars in all_tags.values() for tag in run_scalars}
+    for category in layout["category"]:
+        for chart in category["chart"]:
+            if "margin" in chart:
+                (series,) = chart["margin"]["series"]
+                assert set(series.values()) <= served, series
+                continue
+            # One tag a line chart, which the server has.
+            (pattern,) = chart["multiline"]["tag"]
+            assert any(re.search(pattern, t) for t in served), pattern
+
+    # The text summary: one table row per layer, in forward order.
+    query = urllib.parse.urlencode(
+        {"run": "constant", "tag": "batchnorm/layers"}
+    )
+    texts = get_json(f"{base}/data/plugin/text/text?{query}")
+    last = texts[-1]["text"]
+    assert last.index("bn00-input") < last.index("bn01-dense")
+    assert "channels 1/5 constant on the training batches" in last
+
+
+@pytest.mark.slow
+def test_a_broken_model_raises_an_alert_naming_the_layer_and_remedy(
+    served_runs,
+):
+    base, _ = served_runs
+    # From the first epoch end on: the layer with NaN statistics, counted.
+    values = scalar_values(base, "broken", "alerts/nonfinite-statistics")
+    assert [(step, value) for _, step, value in values] == [
+        (1, 1.0),
+        (2, 1.0),
+        (3, 1.0),
+    ]
+    unhealthy = scalar_values(base, "broken", "alerts/unhealthy_layers")
+    assert [v for _, _, v in unhealthy] == [1.0, 1.0, 1.0]
+    # The text summary names the layer and says what to do.
+    query = urllib.parse.urlencode({"run": "broken", "tag": "batchnorm/layers"})
+    last = get_json(f"{base}/data/plugin/text/text?{query}")[-1]["text"]
+    assert "nonfinite-statistics" in last
+    assert "bn01-hidden (poisoned): non-finite moving_variance" in last
+    assert "Look for NaN or Inf in the data, or a diverging loss" in last

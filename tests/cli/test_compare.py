@@ -81,9 +81,12 @@ def test_compare_leaderboard_csv(digits_run):
     assert best == sorted(best, reverse=True)
     for row in rows:
         assert row["epochs"] == str(EPOCHS)
-        assert 1 <= int(row["epochs_to_95pct_of_best"]) <= int(
-            row["best_epoch"]
-        ) <= EPOCHS
+        assert (
+            1
+            <= int(row["epochs_to_95pct_of_best"])
+            <= int(row["best_epoch"])
+            <= EPOCHS
+        )
         assert float(row["seconds_per_epoch"]) > 0
         assert 0.0 < float(row["best_val_accuracy"]) <= 1.0
     no_bn = next(row for row in rows if row["run_dir"] == "no-bn")
@@ -92,12 +95,19 @@ def test_compare_leaderboard_csv(digits_run):
 
 @pytest.mark.slow
 def test_compare_leaderboard_matches_tensorboard_logs(digits_run):
-    """The CSV's figures are those Keras logged for each run."""
+    """The CSV's figures are those logged in each run, where epochs are
+    counted from 1 as in the CSV; the run's best value so far ends on
+    the CSV's."""
     for row in read_csv(digits_run["session"] / "leaderboard.csv"):
-        run = digits_run["session"] / row["run_dir"]
-        curve = read_scalars(run / "validation")["epoch_accuracy"]
-        assert sorted(curve) == list(range(EPOCHS))
-        values = [curve[step] for step in range(EPOCHS)]
+        scalars = read_scalars(digits_run["session"] / row["run_dir"])
+        curve = scalars["epoch/val_accuracy"]
+        assert sorted(curve) == list(range(1, EPOCHS + 1))
+        values = [curve[step] for step in range(1, EPOCHS + 1)]
+        np.testing.assert_allclose(
+            float(row["best_val_accuracy"]),
+            scalars["epoch/best_val_accuracy"][EPOCHS],
+            rtol=1e-6,
+        )
         np.testing.assert_allclose(
             float(row["best_val_accuracy"]), max(values), rtol=1e-5
         )
@@ -151,69 +161,80 @@ def test_compare_run_folders_and_event_files(digits_run):
     assert sorted(
         name for name in os.listdir(session) if (session / name).is_dir()
     ) == sorted(LABELS)
+    epochs = list(range(1, EPOCHS + 1))
     for name in LABELS:
-        for run in ("train", "validation"):
-            assert event_files(session / name / run), (name, run)
-        # BatchNormMonitor's run sits beside Keras's, one step per epoch,
-        # with the validation curves that the Overview compares; the
-        # baseline without BN has those only.
-        scalars = read_scalars(session / name / "batchnorm")
+        # One run per configuration: one event file, no subfolder.
+        assert len(event_files(session / name)) == 1, name
+        assert not [p for p in (session / name).iterdir() if p.is_dir()]
+        # The monitor's figures, one step per epoch counted from 1, with
+        # Keras's epoch metrics that the Overview compares; the baseline
+        # without BN has those only.
+        scalars = read_scalars(session / name)
         for metric in ("epoch/val_accuracy", "epoch/val_loss"):
-            assert sorted(scalars[metric]) == list(range(EPOCHS))
+            assert sorted(scalars[metric]) == epochs
         if name == "no-bn":
+            # No gap, no drift, no unhealthy layer: 0, so that the
+            # baseline keeps its place in the charts and in HParams.
             assert sorted(scalars) == [
+                "alerts/unhealthy_layers",
+                "batchnorm/max_drift_in_std",
+                "batchnorm/max_probe_gap",
+                "batchnorm/nonfinite_layers",
                 "epoch/accuracy",
+                "epoch/best_val_accuracy",
                 "epoch/loss",
                 "epoch/val_accuracy",
                 "epoch/val_loss",
             ]
+            assert scalars["batchnorm/max_probe_gap"] == {1: 0.0, 2: 0.0}
             continue
         steps = scalars["batchnorm/max_drift_in_std"]
-        assert sorted(steps) == list(range(EPOCHS))
+        assert sorted(steps) == epochs
         assert any(tag.endswith("/1_probe_gap") for tag in scalars)
 
 
 @pytest.mark.slow
 def test_compare_hparams_experiment_and_sessions(digits_run):
-    """One HParams session per configuration, named after its run folder;
-    the config ranks placement, normalization, then the rest, and puts
-    the objective first among the metrics."""
+    """One HParams session per configuration, in its run folder with the
+    experiment config (the same in every run: no run holds it alone):
+    placement, normalization, then the rest, every one in every session
+    ("none" where it does not apply); the objective's best value first
+    among the metrics, then its final value, all in the run itself."""
     session = digits_run["session"]
-    (experiment,) = hparams_experiments(session)
-    assert experiment["display_names"] == [
-        "placement",
-        "normalization",
-        "momentum",
-        "ghost_batch_size",
-    ]
-    domains = experiment["domains"]
-    assert domains["1.placement"] == ["bn-act-layer", "layer-bn-act", "none"]
-    assert domains["2.normalization"] == ["batch", "ghost", "none"]
-    assert domains["3.ghost_batch_size"] == [8]
-    assert experiment["metrics"] == [
-        ("validation", "epoch_accuracy"),
-        ("validation", "epoch_loss"),
-        ("batchnorm", "batchnorm/max_probe_gap"),
-        ("batchnorm", "batchnorm/max_drift_in_std"),
-        ("batchnorm", "batchnorm/min_moving_variance"),
-        ("batchnorm", "batchnorm/nonfinite_layers"),
-    ]
+    assert not hparams_experiments(session)
     rows = {
-        row["run_dir"]: row
-        for row in read_csv(session / "leaderboard.csv")
+        row["run_dir"]: row for row in read_csv(session / "leaderboard.csv")
     }
     for name in LABELS:
+        (experiment,) = hparams_experiments(session / name)
+        assert experiment["display_names"] == [
+            "placement",
+            "normalization",
+            "momentum",
+            "ghost batch size",
+        ]
+        assert experiment["hparams"][0] == "01.placement"
+        assert experiment["metrics"] == [
+            ("", "epoch/best_val_accuracy"),
+            ("", "epoch/val_accuracy"),
+            ("", "alerts/unhealthy_layers"),
+            ("", "batchnorm/max_probe_gap"),
+            ("", "batchnorm/max_drift_in_std"),
+            ("", "epoch/val_loss"),
+            ("", "batchnorm/min_moving_variance"),
+            ("", "batchnorm/nonfinite_layers"),
+            ("", "epoch/accuracy"),
+            ("", "epoch/loss"),
+        ]
         ((group, values),) = hparams_sessions(session / name)
         assert group == name
-        expected = {
-            "1.placement": rows[name]["placement"],
-            "2.normalization": rows[name]["normalization"],
+        bn = name != "no-bn"
+        assert values == {
+            "01.placement": rows[name]["placement"],
+            "02.normalization": rows[name]["normalization"],
+            "03.momentum": "0.99" if bn else "none",
+            "04.ghost batch size": "8" if name.endswith("_ghost") else "none",
         }
-        if name != "no-bn":
-            expected["3.momentum"] = 0.99
-        if name.endswith("_ghost"):
-            expected["3.ghost_batch_size"] = 8
-        assert values == expected
 
 
 @pytest.mark.slow
@@ -228,8 +249,14 @@ def test_second_compare_keeps_the_first_runs(digits_run):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main(
             [
-                "compare", "--quick", "--epochs", "1", "--placements", "none",
-                "--logdir", str(logdir),
+                "compare",
+                "--quick",
+                "--epochs",
+                "1",
+                "--placements",
+                "none",
+                "--logdir",
+                str(logdir),
             ]
         )
     assert status == 0, err.getvalue()
@@ -249,8 +276,17 @@ def test_second_compare_keeps_the_first_runs(digits_run):
 @pytest.mark.slow
 def test_compare_regression_ranks_by_lowest_loss(tmp_path, capsys):
     status, out, err = run_cli(
-        capsys, "compare", "--dataset", "scales", "--quick", "--epochs", "2",
-        "--placements", "layer-bn-act", "--logdir", tmp_path,
+        capsys,
+        "compare",
+        "--dataset",
+        "scales",
+        "--quick",
+        "--epochs",
+        "2",
+        "--placements",
+        "layer-bn-act",
+        "--logdir",
+        tmp_path,
     )
     assert status == 0, err
     (session,) = session_dirs(tmp_path, "compare-scales")
@@ -261,6 +297,20 @@ def test_compare_regression_ranks_by_lowest_loss(tmp_path, capsys):
     assert all(math.isfinite(v) and v > 0 for v in losses)
     assert "regression" in out and "best val loss" in out
     assert_png(tmp_path / session / "validation_curves.png")
+    # The runs' losses are in the target's units, as the leaderboard's
+    # (to its 6 significant digits).
+    for row in rows:
+        scalars = read_scalars(tmp_path / session / row["run_dir"])
+        np.testing.assert_allclose(
+            scalars["epoch/best_val_loss"][2],
+            float(row["best_val_loss"]),
+            rtol=5e-6,
+        )
+        np.testing.assert_allclose(
+            scalars["epoch/val_loss"][2],
+            float(row["final_val_loss"]),
+            rtol=5e-6,
+        )
 
 
 @pytest.mark.slow
@@ -268,9 +318,20 @@ def test_compare_input_batchnorm_configurations(tmp_path, capsys):
     """`--input-batchnorm`: every configuration once per input
     normalization, each a row of the leaderboard and a run of its own."""
     status, out, err = run_cli(
-        capsys, "compare", "--dataset", "scales", "--quick", "--epochs", "2",
-        "--placements", "layer-bn-act", "--input-batchnorm", "none",
-        "batch,RENORM", "--logdir", tmp_path,
+        capsys,
+        "compare",
+        "--dataset",
+        "scales",
+        "--quick",
+        "--epochs",
+        "2",
+        "--placements",
+        "layer-bn-act",
+        "--input-batchnorm",
+        "none",
+        "batch,RENORM",
+        "--logdir",
+        tmp_path,
     )
     assert status == 0, err
     assert "6 configurations x 2 epochs" in out
@@ -290,12 +351,28 @@ def test_compare_input_batchnorm_configurations(tmp_path, capsys):
     assert all(math.isfinite(float(row["best_val_loss"])) for row in rows)
     # The monitor watches every configuration with a BN, the input's too;
     # the baseline's run holds its epoch metrics only, for the Overview.
-    baseline = read_scalars(session / "no-bn" / "batchnorm")
-    assert sorted(baseline) == ["epoch/loss", "epoch/val_loss"]
-    assert sorted(baseline["epoch/val_loss"]) == [0, 1]
-    scalars = read_scalars(session / "input-renorm_no-bn" / "batchnorm")
+    baseline = read_scalars(session / "no-bn")
+    assert sorted(baseline) == [
+        "alerts/unhealthy_layers",
+        "batchnorm/max_drift_in_std",
+        "batchnorm/max_probe_gap",
+        "batchnorm/nonfinite_layers",
+        "epoch/best_val_loss",
+        "epoch/loss",
+        "epoch/val_loss",
+    ]
+    assert sorted(baseline["epoch/val_loss"]) == [1, 2]
+    scalars = read_scalars(session / "input-renorm_no-bn")
     (drift,) = [tag for tag in scalars if tag.endswith("max_drift_in_std")]
-    assert sorted(scalars[drift]) == [0, 1]
+    assert sorted(scalars[drift]) == [1, 2]
+    # The input normalization is a column of HParams of its own.
+    ((_, values),) = hparams_sessions(session / "input-renorm_no-bn")
+    assert values == {
+        "01.placement": "none",
+        "02.normalization": "none",
+        "03.input normalization": "renorm",
+        "04.momentum": "0.99",
+    }
 
 
 @pytest.mark.slow
@@ -308,9 +385,21 @@ def test_compare_on_a_csv_file(tmp_path, capsys):
         lines.append(f"{a:.4f},{'yes' if a + b > 0 else 'no'},{b:.4f}")
     path.write_text("\n".join(lines) + "\n")
     status, out, err = run_cli(
-        capsys, "compare", "--data", path, "--target", "label", "--quick",
-        "--epochs", "1", "--placements", "layer-bn-act", "--batch-size", "16",
-        "--logdir", tmp_path / "runs",
+        capsys,
+        "compare",
+        "--data",
+        path,
+        "--target",
+        "label",
+        "--quick",
+        "--epochs",
+        "1",
+        "--placements",
+        "layer-bn-act",
+        "--batch-size",
+        "16",
+        "--logdir",
+        tmp_path / "runs",
     )
     assert status == 0, err
     assert (
@@ -451,8 +540,15 @@ def test_compare_malformed_csv(case, tmp_path, capsys):
     else:
         path.write_text(content)
     status, _, err = run_cli(
-        capsys, "compare", "--data", path, "--target", "label", "--quick",
-        "--logdir", tmp_path / "runs",
+        capsys,
+        "compare",
+        "--data",
+        path,
+        "--target",
+        "label",
+        "--quick",
+        "--logdir",
+        tmp_path / "runs",
     )
     assert status == 2
     assert message.format(path=path) in err
@@ -461,8 +557,15 @@ def test_compare_malformed_csv(case, tmp_path, capsys):
 def test_compare_malformed_npz(tmp_path, capsys):
     corrupt = _write(tmp_path / "corrupt.npz", "not a zip archive")
     status, _, err = run_cli(
-        capsys, "compare", "--data", corrupt, "--target", "y", "--quick",
-        "--logdir", tmp_path / "runs",
+        capsys,
+        "compare",
+        "--data",
+        corrupt,
+        "--target",
+        "y",
+        "--quick",
+        "--logdir",
+        tmp_path / "runs",
     )
     assert status == 2
     assert f"{corrupt}: not a valid .npz archive" in err
@@ -471,13 +574,19 @@ def test_compare_malformed_npz(tmp_path, capsys):
     arrays = tmp_path / "arrays.npz"
     np.savez(arrays, x=np.zeros((20, 3)), labels=np.zeros(20))
     status, _, err = run_cli(
-        capsys, "compare", "--data", arrays, "--target", "y", "--quick",
-        "--logdir", tmp_path / "runs",
+        capsys,
+        "compare",
+        "--data",
+        arrays,
+        "--target",
+        "y",
+        "--quick",
+        "--logdir",
+        tmp_path / "runs",
     )
     assert status == 2
     assert (
-        f"{arrays}: no array 'y' for --target; the arrays are: labels, x"
-        in err
+        f"{arrays}: no array 'y' for --target; the arrays are: labels, x" in err
     )
 
 

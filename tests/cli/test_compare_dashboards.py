@@ -1,14 +1,18 @@
 """A real TensorBoard server shows a `bn-keras compare` run as a person
-should read it: every run named by its configuration, HParams with the
-objective first, Custom Scalars opening on the Overview, no Infinity.
+should read it: one run per configuration, named by it; HParams ranked by
+the leaderboard's figure; Custom Scalars opening on the Overview alone; a
+layer's tag the same in every configuration; no Infinity.
 
 Read over TensorBoard's HTTP data API, as its web page reads it.
 """
 
 import contextlib
+import html
 import io
 import json
 import math
+import re
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -19,6 +23,7 @@ from tests.callbacks.test_tensorboard_server import scalar_values
 from tests.callbacks.test_tensorboard_server import start_tensorboard
 from tests.callbacks.test_tensorboard_server import stop
 from tests.callbacks.test_tensorboard_server import wait_for_tag
+from tests.cli.helpers import read_csv
 from tests.cli.helpers import session_dirs
 
 #: `bn-keras compare`'s default configurations on digits.
@@ -50,79 +55,45 @@ def served_comparison(tmp_path_factory):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main(
             [
-                "compare", "--quick", "--epochs", "2",
-                "--logdir", str(logdir),
+                "compare",
+                "--quick",
+                "--epochs",
+                "2",
+                "--logdir",
+                str(logdir),
             ]
         )
     assert status == 0, err.getvalue()
     (session,) = session_dirs(logdir, "compare-digits")
     session = logdir / session
+    leaderboard = {
+        row["run_dir"]: row for row in read_csv(session / "leaderboard.csv")
+    }
     server, base = start_tensorboard(session)
     try:
         # Every run loaded: TensorBoard reads the runs in name order.
-        wait_for_tag(
-            server, base, session, "no-bn/validation", "epoch_accuracy"
-        )
         tags = wait_for_tag(
-            server,
-            base,
-            session,
-            "layer-bn-act_batch/batchnorm",
-            "batchnorm/max_probe_gap",
+            server, base, session, "no-bn", "epoch/best_val_accuracy"
         )
-        yield base, tags
+        yield base, tags, leaderboard
     finally:
         stop(server)
 
 
 @pytest.mark.slow
-def test_every_run_is_named_by_its_configuration(served_comparison):
-    base, tags = served_comparison
-    runs = get_json(f"{base}/data/runs")
-    # The experiment's own run (its HParams config), then one session
-    # per configuration with Keras's and the monitor's runs in it.
-    expected = ["."]
-    for name in CONFIGURATIONS:
-        expected.append(name)
-        expected.extend(
-            f"{name}/{run}" for run in ("batchnorm", "train", "validation")
-        )
-    assert sorted(runs) == sorted(expected)
-    assert sorted(tags) == sorted(
-        run for run in expected if run.count("/") == 1
-    )
+def test_one_run_per_configuration_named_by_it(served_comparison):
+    base, tags, _ = served_comparison
+    # One run per configuration, which holds its HParams session, the
+    # monitor's figures and Keras's epoch metrics: one colour is one
+    # configuration on every page. No run of the experiment's own.
+    assert sorted(get_json(f"{base}/data/runs")) == CONFIGURATIONS
+    assert sorted(tags) == CONFIGURATIONS
+    for run in CONFIGURATIONS:
+        assert {"epoch/val_accuracy", "epoch/val_loss"} <= set(tags[run])
 
 
-@pytest.mark.slow
-def test_hparams_show_the_objective_first(served_comparison):
-    base, _ = served_comparison
-    experiment = post_json(
-        f"{base}/data/plugin/hparams/experiment", {"experimentName": ""}
-    )
-    metrics = [
-        (m["name"].get("group", ""), m["name"]["tag"])
-        for m in experiment["metricInfos"]
-    ]
-    assert metrics[:2] == [
-        ("validation", "epoch_accuracy"),
-        ("validation", "epoch_loss"),
-    ]
-    # The rest are model-wide: no per-layer figure among the metrics.
-    assert all(tag.startswith("batchnorm/") for _, tag in metrics[2:])
-    assert ("batchnorm", "batchnorm/max_probe_gap") in metrics
-    # The first five of each are what the page ticks: placement and
-    # normalization lead the hyperparameters.
-    names = [h["displayName"] for h in experiment["hparamInfos"]]
-    assert names[:2] == ["placement", "normalization"]
-    placement = experiment["hparamInfos"][0]
-    assert placement["domainDiscrete"] == [
-        "bn-act-layer",
-        "layer-act-bn",
-        "layer-bn-act",
-        "none",
-    ]
-
-    groups = post_json(
+def post_session_groups(base):
+    return post_json(
         f"{base}/data/plugin/hparams/session_groups",
         {
             "experimentName": "",
@@ -137,50 +108,136 @@ def test_hparams_show_the_objective_first(served_comparison):
             "sliceSize": 100,
         },
     )["sessionGroups"]
+
+
+@pytest.mark.slow
+def test_hparams_rank_by_the_leaderboard_figure(served_comparison):
+    """The objective first: its best value, the leaderboard's figure,
+    then its final value, beside the configuration's hyperparameters."""
+    base, _, leaderboard = served_comparison
+    experiment = post_json(
+        f"{base}/data/plugin/hparams/experiment", {"experimentName": ""}
+    )
+    metrics = [
+        (m["name"].get("group", ""), m["name"]["tag"])
+        for m in experiment["metricInfos"]
+    ]
+    # The five TensorBoard shows: which run won, and is its BN healthy.
+    assert metrics[:5] == [
+        ("", "epoch/best_val_accuracy"),
+        ("", "epoch/val_accuracy"),
+        ("", "alerts/unhealthy_layers"),
+        ("", "batchnorm/max_probe_gap"),
+        ("", "batchnorm/max_drift_in_std"),
+    ]
+    assert [m["displayName"] for m in experiment["metricInfos"][:2]] == [
+        "best validation accuracy",
+        "final validation accuracy",
+    ]
+    # No per-layer figure among the metrics.
+    assert not [tag for _, tag in metrics if tag.startswith("bn")]
+    assert ("", "batchnorm/max_probe_gap") in metrics
+    # The first five of each are what the page shows: placement and
+    # normalization lead the hyperparameters.
+    names = [h["displayName"] for h in experiment["hparamInfos"]]
+    assert names == ["placement", "normalization", "momentum"]
+
+    groups = post_session_groups(base)
     assert sorted(g["name"] for g in groups) == CONFIGURATIONS
     for group in groups:
-        placement = group["hparams"][placement_name(experiment)]
-        expected = group["name"].split("_")[0].replace("no-bn", "none")
-        assert placement == expected
-        accuracy = next(
-            v["value"]
-            for v in group["metricValues"]
-            if v["name"]["tag"] == "epoch_accuracy"
+        row = leaderboard[group["name"]]
+        placement = group["hparams"][hparam_name(experiment, "placement")]
+        assert placement == row["placement"]
+        values = {v["name"]["tag"]: v["value"] for v in group["metricValues"]}
+        # The leaderboard's figures, to its 6 significant digits.
+        assert values["epoch/best_val_accuracy"] == pytest.approx(
+            float(row["best_val_accuracy"]), rel=5e-6
         )
-        # The value of the last epoch, as Keras logged it.
-        (*_, (_, step, logged)) = scalar_values(
-            base, f"{group['name']}/validation", "epoch_accuracy"
+        assert values["epoch/val_accuracy"] == pytest.approx(
+            float(row["final_val_accuracy"]), rel=5e-6
         )
-        assert step == 1
-        assert accuracy == pytest.approx(logged)
+        # Epochs counted from 1 on the charts as in the leaderboard.
+        curve = scalar_values(base, group["name"], "epoch/val_accuracy")
+        steps = {step: value for _, step, value in curve}
+        assert sorted(steps) == [1, 2]
+        best_step = min(s for s in steps if steps[s] == max(steps.values()))
+        assert best_step == int(row["best_epoch"])
 
 
-def placement_name(experiment):
-    """The placement's name in TensorBoard (its display name is shown)."""
+def hparam_name(experiment, display_name):
+    """A hyperparameter's name in TensorBoard (its display name shows)."""
     (info,) = [
-        h for h in experiment["hparamInfos"] if h["displayName"] == "placement"
+        h for h in experiment["hparamInfos"] if h["displayName"] == display_name
     ]
     return info["name"]
 
 
 @pytest.mark.slow
-def test_custom_scalars_open_on_the_overview(served_comparison):
-    base, _ = served_comparison
+def test_custom_scalars_open_on_the_overview_alone(served_comparison):
+    base, _, _ = served_comparison
     layout = get_json(f"{base}/data/plugin/custom_scalars/layout")
     titles = [category["title"] for category in layout["category"]]
-    assert titles[0] == "Overview"
-    assert len(titles) == len(set(titles)) > 1
+    assert titles == ["Overview", "bn00-input", "bn01-dense"]
+    assert [c.get("closed", False) for c in layout["category"]] == [
+        False,
+        True,
+        True,
+    ]
+    overview = [c["multiline"]["tag"] for c in layout["category"][0]["chart"]]
+    assert overview[:2] == [
+        ["^alerts/unhealthy_layers$"],
+        ["^epoch/best_val_accuracy$"],
+    ]
+
+
+@pytest.mark.slow
+def test_a_layer_has_one_tag_in_every_configuration(served_comparison):
+    """The BN that normalizes the first Dense layer's output is `bn01-dense`
+    whatever the placement (after it, before or after its activation, or
+    before the next Dense); the BN of the input (`bn-act-layer` only) is
+    `bn00-input`, absent from the runs that have none."""
+    base, tags, _ = served_comparison
+    layers = {
+        run: sorted({t.split("/")[0] for t in run_tags if t.startswith("bn0")})
+        for run, run_tags in tags.items()
+    }
+    assert layers == {
+        "bn-act-layer_batch": ["bn00-input", "bn01-dense"],
+        "layer-act-bn_batch": ["bn01-dense"],
+        "layer-bn-act_batch": ["bn01-dense"],
+        "no-bn": [],
+    }
+    # Where each sits, as the text summary reads it from the built graph.
+    expected = {
+        "bn-act-layer_batch": "-> BN -> Dense",
+        "layer-act-bn_batch": "Dense(relu) -> BN ->",
+        "layer-bn-act_batch": "Dense -> BN -> relu",
+    }
+    for run, where in expected.items():
+        query = urllib.parse.urlencode({"run": run, "tag": "batchnorm/layers"})
+        page = get_json(f"{base}/data/plugin/text/text?{query}")[-1]["text"]
+        # The page is the Markdown rendered to HTML: a table row a <tr>.
+        rows = [
+            html.unescape(re.sub(r"<[^>]+>", "|", row))
+            for row in page.split("<tr>")
+            if "bn01-dense" in row and "plain, 0.99" in row
+        ]
+        (row,) = rows
+        assert where in row, (run, row)
 
 
 @pytest.mark.slow
 def test_every_scalar_of_every_run_is_finite(served_comparison):
-    base, tags = served_comparison
+    base, tags, _ = served_comparison
     checked = 0
     for run, run_tags in tags.items():
         for tag in run_tags:
-            values = [value for _, _, value in scalar_values(base, run, tag)]
-            assert len(values) == 2, (run, tag)  # one per epoch
-            assert all(math.isfinite(v) for v in values), (run, tag, values)
+            values = scalar_values(base, run, tag)
+            # At the epochs' numbers, from 1 (an alert from the epoch it
+            # first fired).
+            assert {step for _, step, _ in values} <= {1, 2}, (run, tag)
+            assert all(math.isfinite(v) for _, _, v in values), (run, tag)
             checked += 1
-    # Keras's 2 metrics in 8 runs, and the monitor's figures in 3.
-    assert checked > 16 + 3 * 20
+    # Keras's 4 metrics and the best value in 4 runs, the monitor's
+    # figures in 3.
+    assert checked > 4 * 5 + 3 * 20

@@ -41,9 +41,10 @@ def test_two_panels_legend_outside_with_the_marker():
     assert right.get_yscale() == "linear"  # 0.3 to 1.2: no log scale
     (legend,) = figure.legends
     labels = [text.get_text() for text in legend.get_texts()]
+    # Ranked, with the leaderboard's figure: the best value and its epoch.
     assert labels == [
-        "1. a",
-        "2. no BN",
+        "1. a (0.9 at epoch 2)",
+        "2. no BN (0.7 at epoch 3)",
         "best epoch\n(best validation accuracy)",
     ]
     renderer = _renderer(figure)
@@ -58,7 +59,9 @@ def test_two_panels_legend_outside_with_the_marker():
     ]
     # "no BN" is the dashed black baseline.
     baseline = [
-        line for line in left.get_lines() if line.get_label() == "2. no BN"
+        line
+        for line in left.get_lines()
+        if line.get_label() == "2. no BN (0.7 at epoch 3)"
     ]
     assert baseline[0].get_linestyle() == "--"
     assert figure.get_suptitle() == (

@@ -23,9 +23,21 @@ from tests.tuner.helpers import hparams_sessions
 @pytest.mark.tensorflow_only
 def test_search_placement_hypermodel(tmp_path, capsys):
     status, out, err = run_cli(
-        capsys, "search", "--quick", "--trials", "2", "--epochs", "2",
-        "--placements", "layer-bn-act", "none", "--normalizations", "batch",
-        "renorm", "--logdir", tmp_path,
+        capsys,
+        "search",
+        "--quick",
+        "--trials",
+        "2",
+        "--epochs",
+        "2",
+        "--placements",
+        "layer-bn-act",
+        "none",
+        "--normalizations",
+        "batch",
+        "renorm",
+        "--logdir",
+        tmp_path,
     )
     assert status == 0, err
     (session,) = session_dirs(tmp_path, "search-digits")
@@ -37,8 +49,9 @@ def test_search_placement_hypermodel(tmp_path, capsys):
         f"tensorboard --logdir {session / 'logs'}"
     )
 
-    # One TensorBoard run per trial, named as the report names it:
-    # Keras's metrics, the BN monitor's and the trial's HParams session.
+    # One TensorBoard run per trial, named as the report names it: Keras's
+    # epoch metrics, the BN monitor's figures and the trial's HParams
+    # session, in one event file; its row in HParams is `trial_<id>`.
     logs = session / "logs"
     runs = sorted(name for name in os.listdir(logs) if (logs / name).is_dir())
     assert len(runs) == 2
@@ -48,19 +61,21 @@ def test_search_placement_hypermodel(tmp_path, capsys):
             r"trial_\d-(input-bn_)?(layer-bn-act\.(batch|renorm)|layer-act)",
             run_dir,
         ), run_dir
-        for run in ("train", "validation", "batchnorm"):
-            assert event_files(logs / run_dir / run)
-        validation = read_scalars(logs / run_dir / "validation")
-        assert sorted(validation["epoch_accuracy"]) == [0, 1]
+        assert len(event_files(logs / run_dir)) == 1
+        assert not [p for p in (logs / run_dir).iterdir() if p.is_dir()]
+        scalars = read_scalars(logs / run_dir)
+        assert sorted(scalars["epoch/val_accuracy"]) == [1, 2]
         ((group, _),) = hparams_sessions(logs / run_dir)
-        assert group == run_dir
+        assert group == run_dir.split("-", 1)[0]
         assert f"{run_dir.split('-', 1)[0]}-" in out
-    (experiment,) = hparams_experiments(logs)
-    assert experiment["metrics"][:3] == [
-        ("validation", "epoch_accuracy"),
-        ("validation", "epoch_loss"),
-        ("batchnorm", "batchnorm/max_probe_gap"),
-    ]
+        (experiment,) = hparams_experiments(logs / run_dir)
+        assert experiment["metrics"][:4] == [
+            ("", "epoch/best_val_accuracy"),
+            ("", "epoch/val_accuracy"),
+            ("", "alerts/unhealthy_layers"),
+            ("", "batchnorm/max_probe_gap"),
+        ]
+    assert not hparams_experiments(logs)
 
     # The best model is saved, loads, and is the best trial's.
     best = keras.saving.load_model(session / "best_model.keras")
@@ -87,11 +102,13 @@ def test_search_placement_hypermodel(tmp_path, capsys):
     assert sorted(row["run_dir"] for row in rows) == runs
     assert float(rows[0]["best_val_accuracy"]) == pytest.approx(score, abs=6e-5)
     for row in rows:
-        logged = read_scalars(
-            session / "logs" / row["run_dir"] / "validation"
-        )["epoch_accuracy"]
+        scalars = read_scalars(session / "logs" / row["run_dir"])
+        logged = scalars["epoch/val_accuracy"]
         assert float(row["best_val_accuracy"]) == pytest.approx(
             max(logged.values()), abs=1e-6
+        )
+        assert float(row["best_val_accuracy"]) == pytest.approx(
+            scalars["epoch/best_val_accuracy"][2], abs=1e-6
         )
         assert row["epochs"] == "2"
         assert "/placement=" in row["hyperparameters"]
@@ -102,10 +119,25 @@ def test_search_placement_hypermodel(tmp_path, capsys):
 @pytest.mark.tensorflow_only
 def test_search_ready_made_mlp_regression(tmp_path, capsys):
     status, out, err = run_cli(
-        capsys, "search", "--dataset", "scales", "--hypermodel", "mlp",
-        "--tuner", "grid", "--quick", "--trials", "2", "--epochs", "1",
-        "--placements", "layer-bn-act", "--normalizations", "batch",
-        "--logdir", tmp_path,
+        capsys,
+        "search",
+        "--dataset",
+        "scales",
+        "--hypermodel",
+        "mlp",
+        "--tuner",
+        "grid",
+        "--quick",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--placements",
+        "layer-bn-act",
+        "--normalizations",
+        "batch",
+        "--logdir",
+        tmp_path,
     )
     assert status == 0, err
     assert "scales: 1500 train / 500 validation samples" in out
@@ -116,9 +148,7 @@ def test_search_ready_made_mlp_regression(tmp_path, capsys):
     session = tmp_path / session
     # The best model predicts in the target's units: its error on the raw
     # targets is the leaderboard's best validation loss.
-    best = keras.saving.load_model(
-        session / "best_model.keras", compile=False
-    )
+    best = keras.saving.load_model(session / "best_model.keras", compile=False)
     data = datasets.load("scales", seed=0)
     raw = data.y_val * data.target_scale + data.target_mean
     predicted = best.predict(data.x_val, verbose=0)[:, 0]

@@ -155,10 +155,14 @@ def hparams_experiments(directory):
 
 
 def in_tensorboard(values):
-    """Hyperparameter values keyed by their names in TensorBoard."""
+    """Hyperparameter values keyed by their names in TensorBoard (their
+    position, from 1, then their name)."""
     from bn_keras.callbacks._hparams import tensorboard_name
 
-    return {tensorboard_name(name): value for name, value in values.items()}
+    return {
+        tensorboard_name(index, name): value
+        for index, (name, value) in enumerate(values.items(), start=1)
+    }
 
 
 def scalar_tags(run_dir):

@@ -1,14 +1,14 @@
 """Trial run names and the HParams of a search space."""
 
 import keras_tuner
-import pytest
 
 from bn_keras.tuner import BNPlacementHyperModel
 from bn_keras.tuner import BNSearchMLP
 from bn_keras.tuner._trial_runs import MAX_CONFIGURATION_CHARS
 from bn_keras.tuner._trial_runs import configuration_name
+from bn_keras.tuner._trial_runs import group_name
 from bn_keras.tuner._trial_runs import run_name
-from bn_keras.tuner._trial_runs import search_hparams
+from bn_keras.tuner._trial_runs import trial_hparams
 from tests.tuner.helpers import user_model
 
 
@@ -116,22 +116,10 @@ def test_names_are_the_same_for_the_same_values():
     assert run_name("5", first) != run_name("6", first)
 
 
-def hparam_table(hparams):
-    """`[(name in TensorBoard, displayed name, domain)]`."""
-    table = []
-    for hparam in hparams:
-        domain = hparam.domain
-        if domain is None:
-            described = None
-        elif hasattr(domain, "values"):
-            described = domain.values
-        else:
-            described = (domain.min_value, domain.max_value)
-        table.append((hparam.name, hparam.display_name, described))
-    return table
-
-
-def test_search_hparams_placements_then_normalizations_then_the_rest():
+def test_trial_hparams_one_column_per_slot_of_what_varies():
+    """Each slot is one column (placement, normalization and the settings
+    that vary), so that every choice that varies fits the five columns
+    TensorBoard shows; what the space fixes (the momentum) is left out."""
     hypermodel = BNPlacementHyperModel(
         user_model(),
         placements=["layer-bn-act", "layer-act"],
@@ -140,54 +128,47 @@ def test_search_hparams_placements_then_normalizations_then_the_rest():
     )
     hp = keras_tuner.HyperParameters()
     hypermodel.build(hp)
-    table = hparam_table(search_hparams(hp.space))
-    assert [name for name, _, _ in table] == [
-        "1.hidden_1/placement",
-        "1.hidden_2/placement",
-        "2.hidden_1/normalization",
-        "2.hidden_2/normalization",
-        "3.hidden_1/momentum",
-        "3.hidden_1/virtual_batch_size",
-        "3.hidden_2/momentum",
-        "3.hidden_2/virtual_batch_size",
-        "3.input_batchnorm",
-    ]
-    domains = {display: domain for _, display, domain in table}
-    assert domains["hidden_1/placement"] == ["layer-act", "layer-bn-act"]
-    assert domains["hidden_2/normalization"] == ["batch", "ghost"]
-    assert domains["hidden_1/momentum"] == [0.9]
-    assert domains["hidden_1/virtual_batch_size"] == [16, 32]
-    assert domains["input_batchnorm"] == [False, True]
+    values = {
+        "hidden_1/placement": "layer-bn-act",
+        "hidden_1/normalization": "ghost",
+        "hidden_1/momentum": 0.9,
+        "hidden_1/virtual_batch_size": 32,
+        "hidden_2/placement": "layer-act",
+        "input_batchnorm": True,
+    }
+    assert trial_hparams(hp.space, values) == {
+        "input_batchnorm": True,
+        "hidden_1": "layer-bn-act.ghost vbs=32",
+        "hidden_2": "layer-act",
+    }
+    assert group_name("07") == "trial_07"
 
 
-@pytest.mark.parametrize(
-    "declare, expected",
-    [
-        (lambda hp: hp.Int("units", 8, 64), (8, 64)),
-        (lambda hp: hp.Int("units", 8, 32, step=8), [8, 16, 24, 32]),
-        (
-            lambda hp: hp.Float("learning_rate", 1e-4, 1e-2, sampling="log"),
-            (1e-4, 1e-2),
-        ),
-        (lambda hp: hp.Float("dropout", 0.0, 0.5, step=0.25), [0.0, 0.25, 0.5]),
-        (lambda hp: hp.Choice("units", [64, 16, 32]), [16, 32, 64]),
-    ],
-)
-def test_search_hparams_domains_of_number_hyperparameters(declare, expected):
-    hp = keras_tuner.HyperParameters()
-    declare(hp)
-    ((_, _, domain),) = hparam_table(search_hparams(hp.space))
-    assert domain == pytest.approx(expected)
-
-
-def test_search_hparams_of_a_ready_made_hypermodel_rank_its_blocks():
+def test_trial_hparams_of_a_ready_made_hypermodel():
+    """A block beyond the trial's depth, and its width, are "none" (not
+    missing: the parallel-coordinates view keeps the trial); numbers that
+    are always active stay numbers; conditional ones become strings, one
+    type in every trial."""
     hypermodel = BNSearchMLP(
         3, input_shape=(8,), num_layers=[1, 2], normalizations=["batch"]
     )
     hp = keras_tuner.HyperParameters()
     hypermodel.build(hp)
-    names = [h.name for h in search_hparams(hp.space)]
-    assert names[:2] == ["1.block_0/placement", "1.block_1/placement"]
-    assert names[2:4] == ["2.block_0/normalization", "2.block_1/normalization"]
-    assert all(name.startswith("3.") for name in names[4:])
-    assert "3.learning_rate" in names and "3.num_layers" in names
+    columns = trial_hparams(hp.space, hp.values)
+    assert columns == {
+        "input_batchnorm": False,
+        "block_0": "layer-bn-act.batch m=0.9",
+        "block_1": "none",
+        "num_layers": 1,
+        "block_0/units": 32,
+        "block_1/units": "none",
+        "learning_rate": 0.001,
+    }
+    deeper = {
+        **hp.values,
+        "num_layers": 2,
+        "block_1/units": 16,
+        "block_1/placement": "layer-act",
+    }
+    columns = trial_hparams(hp.space, deeper)
+    assert (columns["block_1"], columns["block_1/units"]) == ("layer-act", "16")

@@ -13,6 +13,7 @@ from bn_keras.callbacks._tags import batchnorm_tags
 from bn_keras.tuner import BNPlacementHyperModel
 from bn_keras.tuner import BNSearchMLP
 from bn_keras.tuner import placement_report
+from bn_keras.tuner._trial_runs import trial_hparams
 from tests.tuner.helpers import hparams_experiments
 from tests.tuner.helpers import hparams_sessions
 from tests.tuner.helpers import in_tensorboard
@@ -243,16 +244,16 @@ def test_one_diverging_trial_fails_and_the_others_complete(tmp_path):
 
 
 def _check_trial_folder(tuner, trial, run_dir, group_name):
-    """`train` and `batchnorm` runs, and the trial's HParams once."""
+    """Keras's `train` run below the monitor's, and the trial's HParams
+    once, in the monitor's run."""
     assert os.path.isdir(os.path.join(run_dir, "train"))
+    hp = trial.hyperparameters
     assert hparams_sessions(run_dir) == [
-        (group_name, in_tensorboard(trial.hyperparameters.values))
+        (group_name, in_tensorboard(trial_hparams(hp.space, hp.values)))
     ]
-    tags = scalar_tags(os.path.join(run_dir, "batchnorm"))
+    tags = scalar_tags(run_dir)
     layers = {
-        tag.split("/")[0]
-        for tag in tags
-        if tag.endswith("/moving_mean/drift")
+        tag.split("/")[0] for tag in tags if tag.endswith("/moving_mean/drift")
     }
     # The monitor's tags of the trial's BN layers: the same on the model
     # rebuilt from the trial's hyperparameters (another Keras numbering).
@@ -263,7 +264,8 @@ def _check_trial_folder(tuner, trial, run_dir, group_name):
 
 def folders(directory):
     return sorted(
-        name for name in os.listdir(directory)
+        name
+        for name in os.listdir(directory)
         if os.path.isdir(os.path.join(directory, name))
     )
 
@@ -306,33 +308,31 @@ def test_tensorboard_and_monitor_land_in_each_trial_run(tmp_path):
             trial_id == "0001"
         )
         run_dir = log_dir / names[trial_id]
-        assert folders(run_dir) == ["batchnorm", "train", "validation"]
-        _check_trial_folder(tuner, trial, run_dir, names[trial_id])
-    assert {
-        len(bn_names(built_from(tuner, t))) for t in trials.values()
-    } == {2, 3}
-    # The experiment config, once, in the folder given to the callbacks.
-    (experiment,) = hparams_experiments(log_dir)
-    assert experiment["hparams"] == [
-        "1.batchnorm/placement",
-        "2.batchnorm/normalization",
-        "3.batchnorm/momentum",
-        "3.input_batchnorm",
-    ]
-    assert experiment["display_names"] == [
-        "batchnorm/placement",
-        "batchnorm/normalization",
-        "batchnorm/momentum",
-        "input_batchnorm",
-    ]
-    assert experiment["domains"]["1.batchnorm/placement"] == ["layer-bn-act"]
-    assert experiment["domains"]["3.input_batchnorm"] == [False, True]
-    assert experiment["metrics"] == [
-        ("validation", "epoch_loss"),  # the objective, once
-        ("batchnorm", "batchnorm/max_drift_in_std"),  # no probe_data
-        ("batchnorm", "batchnorm/min_moving_variance"),
-        ("batchnorm", "batchnorm/nonfinite_layers"),
-    ]
+        assert folders(run_dir) == ["train", "validation"]
+        _check_trial_folder(tuner, trial, run_dir, f"trial_{trial_id}")
+        # The experiment config in every run, the same: the one
+        # hyperparameter that varies (the space fixes the slot's
+        # placement, normalization and momentum).
+        (experiment,) = hparams_experiments(run_dir)
+        assert experiment["hparams"] == ["01.input_batchnorm"]
+        assert experiment["domains"]["01.input_batchnorm"] == [False, True]
+        assert experiment["metrics"] == [
+            ("", "epoch/best_val_loss"),  # the objective: best, then final
+            ("validation", "epoch_loss"),
+            ("", "alerts/unhealthy_layers"),
+            ("", "batchnorm/max_drift_in_std"),  # no probe_data
+            ("validation", "epoch_accuracy"),
+            ("", "batchnorm/min_moving_variance"),
+            ("", "batchnorm/nonfinite_layers"),
+            ("train", "epoch_accuracy"),
+            ("train", "epoch_loss"),
+        ]
+    assert {len(bn_names(built_from(tuner, t))) for t in trials.values()} == {
+        2,
+        3,
+    }
+    # No run holds the config alone.
+    assert not hparams_experiments(log_dir)
     rows = placement_report(tuner, print_table=False)
     assert sorted(row["run_name"] for row in rows) == sorted(names.values())
 
@@ -367,26 +367,29 @@ def test_a_tensorboard_subclass_lands_there_too_per_execution(tmp_path):
         ],
         **FIT,
     )
-    (trial_id, trial), = tuner.oracle.trials.items()
+    ((trial_id, trial),) = tuner.oracle.trials.items()
     # No slot of its own for the output layer: BN only after a layer.
     name = f"trial_{trial_id}-layer-act-bn.ghost-x2"
     assert folders(log_dir) == [name, f"{name}-execution1"]
     for run in folders(log_dir):
         # Both executions: one session group, averaged by TensorBoard.
-        _check_trial_folder(tuner, trial, log_dir / run, name)
-    (experiment,) = hparams_experiments(log_dir)
-    assert experiment["metrics"][:2] == [
-        ("validation", "epoch_loss"),
-        ("batchnorm", "batchnorm/max_drift_in_std"),
-    ]
+        _check_trial_folder(tuner, trial, log_dir / run, f"trial_{trial_id}")
+        (experiment,) = hparams_experiments(log_dir / run)
+        assert experiment["metrics"][:3] == [
+            ("", "epoch/best_val_loss"),
+            ("validation", "epoch_loss"),
+            ("", "alerts/unhealthy_layers"),
+        ]
 
 
 @pytest.mark.parametrize(
     "name,expected",
-    [("random", keras_tuner.RandomSearch),
-     ("grid", bn_keras.tuner.ResumableGridSearch),
-     ("hyperband", keras_tuner.Hyperband),
-     ("bayesian", keras_tuner.BayesianOptimization)],
+    [
+        ("random", keras_tuner.RandomSearch),
+        ("grid", bn_keras.tuner.ResumableGridSearch),
+        ("hyperband", keras_tuner.Hyperband),
+        ("bayesian", keras_tuner.BayesianOptimization),
+    ],
 )
 def test_get_tuner(name, expected):
     assert bn_keras.tuner.get_tuner(name) is expected
