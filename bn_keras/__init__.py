@@ -54,6 +54,7 @@ else:
     from bn_keras.models import freeze_batchnorm
     from bn_keras.models import insert_batchnorm
     from bn_keras.models import recalibrate
+    from bn_keras.models import train_inference_gap
 
 # What `__getattr__` imports on first access: `tuner`; started as the
 # command, the other submodules and the functions of `bn_keras.models` too.
@@ -71,6 +72,7 @@ __all__ = [
     "models",
     "recalibrate",
     "registry",
+    "train_inference_gap",
     "tuner",
 ]
 

@@ -1,0 +1,275 @@
+"""Compiled passes over batches with every batch normalization layer
+instrumented.
+
+Shared by `bn_keras.recalibrate`, `bn_keras.models.train_inference_gap`
+and `bn_keras.diagnose`. A pass runs the model over batches in inference
+(dropout and the like off) while each batch normalization layer
+
+- measures the moments of the input it receives, per channel: the count,
+  mean and biased variance of its values (rows that a Keras mask leaves
+  out excluded), in float32 on the backend, two-pass (the mean, then the
+  mean of squared deviations);
+- and transforms it as its mode for the pass says:
+  `"inference"`, its inference transform (moving statistics);
+  `"batch"`, normalized by the moments of its own batch (the whole batch,
+  whatever the layer's ghost batches or renorm corrections), then scaled
+  and shifted by gamma and beta;
+  `"training"`, its training transform (ghost batches, renorm's `r` and
+  `d`; a layer with `trainable=False` runs in inference, as in `fit`), with
+  the state update dropped: the model is left as it was.
+
+`BatchNormRunner` compiles the instrumented model once (a `tf.function`
+with an unknown batch size on TensorFlow, Keras's `predict_on_batch`
+elsewhere: `jax.jit` on JAX, eager on PyTorch). The modes and the moving
+statistics are variables read at every batch, so one compiled function
+serves every pass, with statistics set in between. Each batch's moments
+come back as NumPy arrays, pooled in float64 by `PooledMoments`.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+from bn_keras.models._tracing import PooledMoments
+
+TRANSFORMS = ("inference", "batch", "training")
+
+
+def _channel_axis(layer, ndim):
+    return layer.axis % ndim
+
+
+def layer_moments(layer, inputs, mask=None):
+    """Count, mean and biased variance of a layer's input per channel.
+
+    Computed in float32 with `keras.ops`, two-pass (the mean, then the mean
+    of squared deviations). Every axis but the layer's `axis` is reduced;
+    rows that `mask` (shape: the input's without its last axis, Keras's
+    convention) leaves out are not counted.
+
+    Returns:
+        `(count, mean, variance)`, tensors of shape `(channels,)`.
+    """
+    x = ops.cast(inputs, "float32")
+    ndim = len(x.shape)
+    axis = _channel_axis(layer, ndim)
+    axes = tuple(a for a in range(ndim) if a != axis)
+    if mask is None:
+        mean = ops.mean(x, axis=axes)
+        variance = ops.mean(
+            ops.square(x - _broadcast(layer, mean, ndim)), axis=axes
+        )
+        count = ops.cast(ops.size(x), "float32") / x.shape[axis]
+        return ops.broadcast_to(count, ops.shape(mean)), mean, variance
+    w = ops.broadcast_to(
+        ops.expand_dims(ops.cast(mask, "float32"), -1), ops.shape(x)
+    )
+    count = ops.sum(w, axis=axes)
+    safe = ops.maximum(count, 1.0)
+    mean = ops.sum(w * x, axis=axes) / safe
+    centred = x - _broadcast(layer, mean, ndim)
+    variance = ops.sum(w * ops.square(centred), axis=axes) / safe
+    return count, mean, variance
+
+
+def _broadcast(layer, values, ndim):
+    shape = [1] * ndim
+    shape[_channel_axis(layer, ndim)] = -1
+    return ops.reshape(values, shape)
+
+
+def _affine(layer, mean, variance):
+    """Scale and offset per channel that normalize by `mean` and
+    `variance`, then scale by gamma and shift by beta."""
+    scale = ops.rsqrt(ops.cast(variance, "float32") + layer.epsilon)
+    if layer.scale:
+        scale = scale * ops.cast(layer.gamma, "float32")
+    offset = -ops.cast(mean, "float32") * scale
+    if layer.center:
+        offset = offset + ops.cast(layer.beta, "float32")
+    return scale, offset
+
+
+def _real_training(layer):
+    """Whether the layer's training transform is other than normalizing
+    by the batch's moments: ghost batches or renorm corrections."""
+    return layer.trainable and (
+        layer.renorm or getattr(layer, "virtual_batch_size", None)
+    )
+
+
+def _training_output(layer, call, inputs, kwargs):
+    """The layer's training transform, its state updates dropped."""
+    mapping = [(v, v.value) for v in layer.variables]
+    with keras.StatelessScope(state_mapping=mapping):
+        outputs = call(inputs, **{**kwargs, "training": True})
+    return ops.cast(outputs, layer.compute_dtype)
+
+
+def _instrumented_call(layer, call, mode, records, key):
+    """A replacement for `layer.call` that measures and transforms.
+
+    Inference and the batch transform are one affine map per channel (the
+    same formula as Keras's layer), chosen by `mode` without branching;
+    only the layers whose training transform is more than that (ghost
+    batches, renorm) branch to their own training call.
+    """
+
+    def run(inputs, *args, **kwargs):
+        moments = layer_moments(layer, inputs, kwargs.get("mask"))
+        calls = sum(k.startswith(f"{key}/") for k in records)
+        records[f"{key}/{calls}"] = moments
+
+        def affine():
+            batch_scale, batch_offset = _affine(layer, *moments[1:])
+            scale, offset = _affine(
+                layer, layer.moving_mean, layer.moving_variance
+            )
+            by_batch = mode == 1
+            if layer.trainable:  # its training transform: the batch's
+                by_batch = ops.logical_or(by_batch, mode == 2)
+            scale = ops.where(by_batch, batch_scale, scale)
+            offset = ops.where(by_batch, batch_offset, offset)
+            ndim = len(inputs.shape)
+            x = ops.cast(inputs, "float32")
+            y = x * _broadcast(layer, scale, ndim)
+            y = y + _broadcast(layer, offset, ndim)
+            return ops.cast(y, layer.compute_dtype)
+
+        if not _real_training(layer):
+            return affine()
+        return ops.cond(
+            mode == 2,
+            lambda: _training_output(layer, call, inputs, kwargs),
+            affine,
+        )
+
+    return run
+
+
+class _Instrumented(keras.Model):
+    """The model with its batch normalization layers instrumented: returns
+    the model's outputs and `{"<layer index>/<call>": moments}`."""
+
+    def __init__(self, model, layers):
+        super().__init__(name="instrumented")
+        self.wrapped = model
+        # Outside Keras's tracking: the model tracks the layers already.
+        object.__setattr__(self, "_bn_layers", tuple(layers))
+        self.modes = self.add_weight(
+            shape=(max(len(layers), 1),),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="modes",
+        )
+
+    def call(self, x):
+        records = {}
+        for index, layer in enumerate(self._bn_layers):
+            patched = _instrumented_call(
+                layer, layer.call, self.modes[index], records, index
+            )
+            object.__setattr__(layer, "call", patched)
+        try:
+            outputs = self.wrapped(x, training=False)
+        finally:
+            for layer in self._bn_layers:
+                if "call" in vars(layer):
+                    object.__delattr__(layer, "call")
+        return outputs, records
+
+
+@dataclasses.dataclass
+class PassResult:
+    """What one pass measured.
+
+    `pooled[i]` pools every input of `layers[i]` over the pass (`None` for
+    a layer that the forward pass never called); `batch_means[i]` (when
+    kept) stacks each call's mean per channel, `(calls, C)`; `outputs`
+    (when kept) lists each batch's model outputs.
+    """
+
+    pooled: list
+    batch_means: list
+    outputs: list
+    num_batches: int
+
+
+def _tf_function(runner):
+    """A `tf.function` of the instrumented model for any batch size,
+    traced on its first batch."""
+    import tensorflow as tf
+
+    traced = {}
+
+    def run(x):
+        if "function" not in traced:
+            signature = keras.tree.map_structure(
+                lambda a: tf.TensorSpec(
+                    (None, *tuple(a.shape)[1:]), tf.as_dtype(a.dtype)
+                ),
+                x,
+            )
+            traced["function"] = tf.function(
+                runner, input_signature=[signature], reduce_retracing=True
+            )
+        outputs = traced["function"](x)
+        return keras.tree.map_structure(lambda t: t.numpy(), outputs)
+
+    return run
+
+
+class BatchNormRunner:
+    """Runs a model over batches with its batch normalization layers
+    instrumented; compiled once, whatever the passes.
+
+    Args:
+        model: The model.
+        layers: Its batch normalization layers (`find_batchnorm(model)`).
+    """
+
+    def __init__(self, model, layers):
+        self.layers = list(layers)
+        self._model = _Instrumented(model, self.layers)
+        if keras.backend.backend() == "tensorflow":
+            self._step = _tf_function(self._model)
+        else:
+            self._step = self._model.predict_on_batch
+
+    def set_modes(self, transforms):
+        """One transform for every layer, or a list with one per layer."""
+        if isinstance(transforms, str):
+            transforms = [transforms] * len(self.layers)
+        codes = [TRANSFORMS.index(t) for t in transforms]
+        self._model.modes.assign(np.asarray(codes or [0], dtype="int32"))
+
+    def run(self, batches, transforms, steps=None, keep=()):
+        """Runs one pass over `batches` (an iterable of model inputs), at
+        most `steps` of them; `keep` may hold `"outputs"` and `"means"`.
+        Returns a `PassResult`."""
+        self.set_modes(transforms)
+        pooled = [PooledMoments() for _ in self.layers]
+        means = [[] for _ in self.layers]
+        outputs = []
+        num_batches = 0
+        for x in batches:
+            y, records = self._step(x)
+            for key, (count, mean, variance) in records.items():
+                index = int(key.split("/")[0])
+                pooled[index].add_moments(count, mean, variance)
+                if "means" in keep:
+                    means[index].append(np.asarray(mean, dtype=np.float64))
+            if "outputs" in keep:
+                outputs.append(y)
+            num_batches += 1
+            if steps is not None and num_batches >= steps:
+                break
+        return PassResult(
+            pooled=[p if p.mean is not None else None for p in pooled],
+            batch_means=[np.stack(m) if m else None for m in means],
+            outputs=outputs,
+            num_batches=num_batches,
+        )
