@@ -32,6 +32,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from bn_keras.models._depth import batchnorm_depths
 from bn_keras.models._tracing import PooledMoments
 
 TRANSFORMS = ("inference", "batch", "training")
@@ -199,24 +200,24 @@ class PassResult:
 
 
 def _tf_function(runner):
-    """A `tf.function` of the instrumented model for any batch size,
-    traced on its first batch."""
+    """A `tf.function` of the instrumented model for any batch size: traced
+    once per structure and dtypes of inputs."""
     import tensorflow as tf
 
     traced = {}
 
     def run(x):
-        if "function" not in traced:
+        leaves = keras.tree.flatten(x)
+        key = tuple((str(a.dtype), tuple(a.shape)[1:]) for a in leaves)
+        if key not in traced:
             signature = keras.tree.map_structure(
                 lambda a: tf.TensorSpec(
                     (None, *tuple(a.shape)[1:]), tf.as_dtype(a.dtype)
                 ),
                 x,
             )
-            traced["function"] = tf.function(
-                runner, input_signature=[signature], reduce_retracing=True
-            )
-        outputs = traced["function"](x)
+            traced[key] = tf.function(runner, input_signature=[signature])
+        outputs = traced[key](x)
         return keras.tree.map_structure(lambda t: t.numpy(), outputs)
 
     return run
@@ -273,3 +274,18 @@ class BatchNormRunner:
             outputs=outputs,
             num_batches=num_batches,
         )
+
+
+def recalibration_passes(model, layers, method):
+    """The transforms of each pass of `recalibrate(method=...)`
+    (`"two-pass"` or `"one-pass"`), one per pass: every layer normalized by
+    its batch; then, for `"two-pass"` and when some layers have others
+    before them, the first layers (depth 1: exact after the first pass) in
+    inference and the others normalized by their batch again."""
+    yield "batch"
+    if method == "one-pass":
+        return
+    depths = batchnorm_depths(model)
+    first = [depths.get(id(layer)) == 1 for layer in layers]
+    if any(first) and not all(first):
+        yield ["inference" if f else "batch" for f in first]

@@ -4,9 +4,9 @@ model (precise BN)."""
 import warnings
 
 from bn_keras._statistics import set_statistics
-from bn_keras.models._depth import batchnorm_depths
 from bn_keras.models._passes import BatchNormRunner
 from bn_keras.models._passes import layer_moments
+from bn_keras.models._passes import recalibration_passes
 from bn_keras.models._tracing import PooledMoments
 from bn_keras.models._tracing import StopForward
 from bn_keras.models._tracing import batch_source
@@ -128,25 +128,11 @@ def recalibrate(model, data, steps=200, batch_size=None, method="two-pass"):
     if not layers:
         return
     runner = BatchNormRunner(model, layers)
-    for transforms in _passes(model, layers, method):
+    for transforms in recalibration_passes(model, layers, method):
         result = runner.run(start(), transforms, steps)
         _check_batches(result.num_batches, data)
         missing = _set_all(layers, result.pooled)
     _warn_missing(missing)
-
-
-def _passes(model, layers, method):
-    """The transforms of each pass of `method`: every layer normalized by
-    its batch; then, for `"two-pass"`, the first layers (depth 1, whose
-    statistics are exact after the first pass) in inference and the others
-    normalized by their batch again."""
-    yield "batch"
-    if method == "one-pass":
-        return
-    depths = batchnorm_depths(model)
-    first = [depths.get(id(layer)) == 1 for layer in layers]
-    if any(first) and not all(first):
-        yield ["inference" if f else "batch" for f in first]
 
 
 def _check_batches(num_batches, data):
