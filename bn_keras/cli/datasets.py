@@ -120,13 +120,16 @@ class Dataset:
         return missing
 
 
-def add_data_arguments(parser):
-    """Adds the data-source options shared by `compare` and `search`."""
+def add_data_arguments(parser, training=True):
+    """Adds the data-source options shared by `compare`, `search` and
+    `doctor`; `training=False` (doctor) for a command that uses every
+    sample as it is and needs the data named (no default dataset)."""
     data = parser.add_argument_group("data")
+    default = "(default: digits)" if training else "(no default)"
     data.add_argument(
         "--dataset",
         metavar="NAME",
-        help=f"built-in dataset: {valid_datasets()} (default: digits); "
+        help=f"built-in dataset: {valid_datasets()} {default}; "
         f"{', '.join(images.KERAS_DATASETS)} come from keras.datasets and "
         "are downloaded once into the Keras cache",
     )
@@ -162,7 +165,9 @@ def add_data_arguments(parser):
         type=int,
         metavar="N",
         help="use a random subset of N samples (seeded; 75%% for training, "
-        "25%% for validation) for a quick run",
+        "25%% for validation) for a quick run"
+        if training
+        else "use a random subset of N samples (seeded) for a quick run",
     )
     return data
 

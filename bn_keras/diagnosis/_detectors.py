@@ -73,6 +73,10 @@ EVIDENCE_LAYERS = 10
 #: merely stale has a different factor in every channel).
 SCALE_FACTOR = 4.0
 SCALE_CONSISTENT_SHARE = 0.8
+#: Inputs rescaled by that factor must predict as precise statistics do on
+#: all but this share of samples for the scale to explain the mismatch
+#: (without targets; with targets, the metric must improve).
+SCALE_SUPPORT_CHANGED_SHARE = 0.1
 #: Training mode at the training batch size against inference: healthy
 #: models at batch 32 disagreed on under 1% of samples, a model trained
 #: at batch 2 on a quarter.
@@ -297,6 +301,11 @@ def statistics_mismatch(distances, impact_figures, explained=()):
         origin = f", from {off[0]} on (the first one in forward order)"
     if len(distances) == 1:
         which = "The moving statistics of the batch normalization layer do"
+    elif len(off) == len(distances):
+        every = "both" if len(off) == 2 else f"all {len(off)}"
+        which = (
+            f"The moving statistics of {every} batch normalization layers do"
+        )
     else:
         which = (
             f"The moving statistics of {len(off) or len(listed)} of the "
@@ -377,17 +386,31 @@ def _scale_words(factor):
     return f"~{1 / factor:.3g}x smaller"
 
 
-def preprocessing_mismatch(factor, layers, impact_figures=None):
+def preprocessing_mismatch(factor, layers, impact_figures=None, support=None):
     """`preprocessing-mismatch` for inputs `factor` times the scale the
-    first `layers` were trained on; `impact_figures`: what dividing the
-    inputs by `factor` changes (`None` when it could not be measured)."""
+    first `layers` were trained on.
+
+    `impact_figures`: what dividing the inputs by `factor` changes (`None`
+    when it could not be measured: a warning on the first layers'
+    statistics alone); `support`: the share of samples whose prediction
+    with rescaled inputs differs from the prediction with precise
+    statistics. The scale is the explanation only if rescaling improves the
+    metric beyond noise (with targets) or, without targets, changes
+    predictions beyond noise and towards those of precise statistics;
+    otherwise (statistics that are stale in a way that mimics a scale)
+    `None`.
+    """
     if factor is None:
         return None
     severity = "warning"
     if impact_figures is not None:
         severity = impact_severity(impact_figures)
         if severity in (None, "info"):
-            severity = "info"
+            return None
+        if impact_figures["metric"] is None and (
+            support is None or support > SCALE_SUPPORT_CHANGED_SHARE
+        ):
+            return None
     evidence = {"scale_factor": float(factor), "layers": list(layers)}
     message = (
         f"The inputs look {_scale_words(factor)} than in training: the "
@@ -398,9 +421,12 @@ def preprocessing_mismatch(factor, layers, impact_figures=None):
     )
     if impact_figures is not None:
         evidence["rescaled"] = impact_figures
+        evidence["rescaled_unlike_precise"] = support
+        rescale = f"divided by {factor:.3g}"
+        if factor < 1:
+            rescale = f"multiplied by {1 / factor:.3g}"
         message += (
-            f" With the inputs divided by {factor:.3g}, "
-            f"{_impact_words(impact_figures)}."
+            f" With the inputs {rescale}, {_impact_words(impact_figures)}."
         )
     return Finding(
         "preprocessing-mismatch",

@@ -210,12 +210,13 @@ def _preprocessing(measured):
     if factor is None:
         return None
     rescaled = _measurements.rescaled_outputs(measured, factor)
-    impact = None
+    impact = support = None
     if rescaled is not None:
         measured.outputs["rescaled"] = rescaled
         impact = _impact(measured, "inference", "rescaled")
+        support = _impact(measured, "precise", "rescaled")["changed_share"]
     return _detectors.preprocessing_mismatch(
-        factor, [path for path, *_ in first], impact
+        factor, [path for path, *_ in first], impact, support
     )
 
 

@@ -195,6 +195,10 @@ class DiagnosisReport:
     def _header(self):
         summary = self.summary
         name = f"Batch normalization diagnosis of '{summary.get('model')}'"
+        if summary.get("layers") == 0:
+            return [
+                f"{name}: no batch normalization layers: nothing to diagnose"
+            ]
         if "samples" not in summary:
             return [f"{name}: no findings."] if not self.findings else [name]
         lines = [
@@ -231,7 +235,8 @@ class DiagnosisReport:
     def __str__(self):
         lines = self._header()
         for note in self.summary["notes"]:
-            lines.append(f"note: {note}")
+            if note not in lines[0]:
+                lines.append(f"note: {note}")
         if "samples" in self.summary and not self.findings:
             lines.append("No findings: batch normalization looks healthy.")
         if self.findings:

@@ -116,8 +116,16 @@ def test_preprocessing_mismatch_severity_from_rescaling():
     assert "~255x larger" in finding.message
     assert "divided by 255" in finding.message
     assert d.preprocessing_mismatch(255.0, ["bn"]).severity == "warning"
-    quiet = d.impact(0.0, "accuracy", 0.9, 0.9)
-    assert d.preprocessing_mismatch(0.01, ["bn"], quiet).severity == "info"
+    # Rescaling does not help: the scale does not explain it.
+    quiet = d.impact(0.2, "accuracy", 0.9, 0.85)
+    assert d.preprocessing_mismatch(0.01, ["bn"], quiet) is None
+    smaller = d.preprocessing_mismatch(0.01, ["bn"], impact)
+    assert "multiplied by 100" in smaller.message
+    # Without targets: rescaled inputs must predict as precise statistics.
+    unlabeled = d.impact(0.6)
+    assert d.preprocessing_mismatch(255.0, ["bn"], unlabeled, 0.5) is None
+    found = d.preprocessing_mismatch(255.0, ["bn"], unlabeled, 0.02)
+    assert found.severity == "error"
 
 
 @pytest.mark.parametrize(
