@@ -51,9 +51,11 @@ def layer_moments(layer, inputs, mask=None):
     convention) leaves out are not counted.
 
     Returns:
-        `(count, mean, variance)`, tensors of shape `(channels,)`.
+        `(count, mean, variance)`: tensors of shape `(channels,)`; `count`
+        is a scalar when no mask is given (every channel has as many
+        values).
     """
-    x = ops.cast(inputs, "float32")
+    x = _float32(inputs)
     ndim = len(x.shape)
     axis = _channel_axis(layer, ndim)
     axes = tuple(a for a in range(ndim) if a != axis)
@@ -62,8 +64,7 @@ def layer_moments(layer, inputs, mask=None):
         variance = ops.mean(
             ops.square(x - _broadcast(layer, mean, ndim)), axis=axes
         )
-        count = ops.cast(ops.size(x), "float32") / x.shape[axis]
-        return ops.broadcast_to(count, ops.shape(mean)), mean, variance
+        return _count(x, axis), mean, variance
     w = ops.broadcast_to(
         ops.expand_dims(ops.cast(mask, "float32"), -1), ops.shape(x)
     )
@@ -75,22 +76,49 @@ def layer_moments(layer, inputs, mask=None):
     return count, mean, variance
 
 
+def _float32(x):
+    return x if x.dtype == "float32" else ops.cast(x, "float32")
+
+
+def _count(x, axis):
+    """The number of values per channel of `x`, a float32 scalar."""
+    per_sample = 1
+    for a, dim in enumerate(x.shape[1:], start=1):
+        if a != axis:
+            per_sample = (
+                None
+                if dim is None or per_sample is None
+                else (per_sample * dim)
+            )
+    if per_sample is None:
+        return ops.cast(ops.size(x), "float32") / x.shape[axis]
+    return ops.cast(ops.shape(x)[0], "float32") * float(per_sample)
+
+
 def _broadcast(layer, values, ndim):
+    """`values` of shape `(channels,)`, shaped to broadcast against the
+    layer's input (as they are when the channels are its last axis)."""
+    axis = _channel_axis(layer, ndim)
+    if axis == ndim - 1:
+        return values
     shape = [1] * ndim
-    shape[_channel_axis(layer, ndim)] = -1
+    shape[axis] = -1
     return ops.reshape(values, shape)
 
 
-def _affine(layer, mean, variance):
-    """Scale and offset per channel that normalize by `mean` and
-    `variance`, then scale by gamma and shift by beta."""
-    scale = ops.rsqrt(ops.cast(variance, "float32") + layer.epsilon)
+def _normalize(layer, inputs, mean, variance):
+    """`inputs` normalized by `mean` and `variance`, then scaled by gamma
+    and shifted by beta, as Keras's layer computes it in inference."""
+    scale = ops.rsqrt(variance + layer.epsilon)
     if layer.scale:
-        scale = scale * ops.cast(layer.gamma, "float32")
-    offset = -ops.cast(mean, "float32") * scale
+        scale = scale * _float32(layer.gamma)
+    offset = -mean * scale
     if layer.center:
-        offset = offset + ops.cast(layer.beta, "float32")
-    return scale, offset
+        offset = offset + _float32(layer.beta)
+    ndim = len(inputs.shape)
+    y = _float32(inputs) * _broadcast(layer, scale, ndim)
+    y = y + _broadcast(layer, offset, ndim)
+    return ops.cast(y, layer.compute_dtype)
 
 
 def _real_training(layer):
@@ -109,13 +137,14 @@ def _training_output(layer, call, inputs, kwargs):
     return ops.cast(outputs, layer.compute_dtype)
 
 
-def _instrumented_call(layer, call, mode, records, key):
+def _instrumented_call(layer, call, by_batch, training, records, key):
     """A replacement for `layer.call` that measures and transforms.
 
-    Inference and the batch transform are one affine map per channel (the
-    same formula as Keras's layer), chosen by `mode` without branching;
-    only the layers whose training transform is more than that (ghost
-    batches, renorm) branch to their own training call.
+    `by_batch` (a boolean scalar tensor) says whether the layer normalizes
+    by its batch's moments, else by its moving statistics: one affine map
+    per channel either way, the formula of Keras's layer, with no branch.
+    Only a layer whose training transform is more than that (ghost
+    batches, renorm) branches, on `training`, to its own training call.
     """
 
     def run(inputs, *args, **kwargs):
@@ -124,25 +153,16 @@ def _instrumented_call(layer, call, mode, records, key):
         records[f"{key}/{calls}"] = moments
 
         def affine():
-            batch_scale, batch_offset = _affine(layer, *moments[1:])
-            scale, offset = _affine(
-                layer, layer.moving_mean, layer.moving_variance
+            mean = ops.where(by_batch, moments[1], _float32(layer.moving_mean))
+            variance = ops.where(
+                by_batch, moments[2], _float32(layer.moving_variance)
             )
-            by_batch = mode == 1
-            if layer.trainable:  # its training transform: the batch's
-                by_batch = ops.logical_or(by_batch, mode == 2)
-            scale = ops.where(by_batch, batch_scale, scale)
-            offset = ops.where(by_batch, batch_offset, offset)
-            ndim = len(inputs.shape)
-            x = ops.cast(inputs, "float32")
-            y = x * _broadcast(layer, scale, ndim)
-            y = y + _broadcast(layer, offset, ndim)
-            return ops.cast(y, layer.compute_dtype)
+            return _normalize(layer, inputs, mean, variance)
 
         if not _real_training(layer):
             return affine()
         return ops.cond(
-            mode == 2,
+            training,
             lambda: _training_output(layer, call, inputs, kwargs),
             affine,
         )
@@ -169,9 +189,23 @@ class _Instrumented(keras.Model):
 
     def call(self, x):
         records = {}
+        modes = ops.convert_to_tensor(self.modes)
+        trainable = np.array(
+            [layer.trainable for layer in self._bn_layers] or [False]
+        )
+        training = modes == 2
+        # A trainable layer's training transform normalizes by its batch.
+        by_batch = ops.logical_or(
+            modes == 1, ops.logical_and(training, trainable)
+        )
         for index, layer in enumerate(self._bn_layers):
             patched = _instrumented_call(
-                layer, layer.call, self.modes[index], records, index
+                layer,
+                layer.call,
+                by_batch[index],
+                training[index],
+                records,
+                index,
             )
             object.__setattr__(layer, "call", patched)
         try:
