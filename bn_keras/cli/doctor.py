@@ -126,7 +126,8 @@ def run(args):
     if args.json:
         print(report.to_json(indent=2))
     else:
-        print(report)
+        # With --fix, the line saying what it wrote replaces the hint.
+        print(report.text(fix=None if args.fix else "--fix OUT.keras"))
     if args.fix is not None:
         # With --json, standard output holds the JSON only.
         print(

@@ -94,10 +94,11 @@ PROBE_GAP = 0.5
 PROBE_NOISE_FACTOR = 3.0
 
 _REMEDY_RECALIBRATE = (
-    "Recompute the statistics on data like this: `fixed = report.fix()` "
-    "(or `bn_keras.recalibrate(model, data)`; after training, "
-    "`bn_keras.callbacks.PreciseBN`). If this data comes from another domain "
-    "than training, recalibrate on data of the domain the model will serve."
+    "Recompute the statistics on data like this: report.fix() (`bn-keras "
+    "doctor --fix OUT.keras`) or `bn_keras.recalibrate(model, data)`; during "
+    "training, `bn_keras.callbacks.PreciseBN`. If this data comes from "
+    "another domain than training, recalibrate on data of the domain the "
+    "model will serve."
 )
 
 # -- figures ------------------------------------------------------------------
@@ -437,8 +438,8 @@ def preprocessing_mismatch(factor, layers, impact_figures=None, support=None):
         "Fix the input pipeline: give the model its inputs as they were "
         "prepared in training (same scaling, e.g. `x / 255.0`, and the same "
         "normalization). Recalibrating would hide the mismatch in the first "
-        "layers while the rest of the model sees shifted inputs; "
-        "report.fix() does not do it.",
+        "layers while the rest of the model sees shifted inputs; report.fix() "
+        "(--fix) does not do it.",
     )
 
 

@@ -73,6 +73,17 @@ def _evidence_cell(finding):
     return _count(len(finding.layers), "layer")
 
 
+#: How many layers the details of a finding name (`to_json()` has all).
+LISTED_LAYERS = 10
+
+
+def _layer_list(layers):
+    named = ", ".join(layers[:LISTED_LAYERS]) or "-"
+    if len(layers) > LISTED_LAYERS:
+        named += f" and {len(layers) - LISTED_LAYERS} more"
+    return named
+
+
 def _count(number, noun):
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
@@ -233,6 +244,11 @@ class DiagnosisReport:
         ]
 
     def __str__(self):
+        return self.text()
+
+    def text(self, fix="report.fix()"):
+        """The printed report; `fix` names how the user applies the fix
+        (`None`: the report does not say)."""
         lines = self._header()
         for note in self.summary["notes"]:
             if note not in lines[0]:
@@ -246,13 +262,14 @@ class DiagnosisReport:
             lines.append(
                 _wrapped(
                     f"{number}. {finding.severity} {finding.code}: ",
-                    ", ".join(finding.layers) or "-",
+                    _layer_list(finding.layers),
                 )
             )
             lines.append(_wrapped("   ", finding.message))
             lines.append(_wrapped("   Remedy: ", finding.remedy))
-        for fix in self.fixes:
-            lines += ["", _wrapped("report.fix() sets ", fix, indent=0)]
+        if fix is not None:
+            for words in self.fixes:
+                lines += ["", _wrapped(f"{fix} sets ", words, indent=0)]
         return "\n".join(lines)
 
     def __repr__(self):

@@ -260,6 +260,7 @@ def test_the_report_reads_in_120_columns_and_as_json(digits):
     assert max(len(line) for line in text.splitlines()) <= 120
     assert "statistics-mismatch" in text and "Remedy:" in text
     assert "report.fix() sets precise statistics" in text
+    assert "--fix OUT.keras sets" in report.text(fix="--fix OUT.keras")
     loaded = json.loads(report.to_json())
     assert loaded["ok"] is False
     assert loaded["findings"][0]["code"] == report.findings[0].code
