@@ -46,6 +46,18 @@ import bn_keras  # noqa: E402
 TARGET = 5.0
 
 
+def processor():
+    """The CPU's model name (Linux), or what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def mobilenet():
     return keras.applications.MobileNetV2(
         alpha=0.35, weights=None, input_shape=(96, 96, 3)
@@ -199,7 +211,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     print(
-        f"bn-keras diagnose/recalibrate speed: {platform.processor() or '?'}, "
+        f"bn-keras diagnose/recalibrate speed: {processor()}, "
         f"{os.cpu_count()} CPUs, Keras {keras.__version__} on "
         f"{keras.backend.backend()}"
     )
