@@ -77,6 +77,9 @@ def layer_moments(layer, inputs, mask=None):
 
 
 def _float32(x):
+    """A tensor (not a variable) of float32."""
+    if isinstance(x, keras.Variable):
+        x = x.value
     return x if x.dtype == "float32" else ops.cast(x, "float32")
 
 
