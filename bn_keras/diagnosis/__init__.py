@@ -1,9 +1,10 @@
 """Diagnosing batch normalization: `bn_keras.diagnose(model, data)`.
 
 `diagnose` measures a model's batch normalization against data and returns
-a `DiagnosisReport` of `Finding`s; the detectors behind it
-(`bn_keras.diagnosis._detectors`) turn measured figures into findings for
-`bn_keras.callbacks.BatchNormMonitor` too.
+a `DiagnosisReport` of `Finding`s. The detectors behind it
+(`bn_keras.diagnosis._detectors`) are pure functions from measured figures
+to findings, so that figures measured during training give the same
+findings, in the same words.
 """
 
 from bn_keras.diagnosis.diagnose import diagnose

@@ -27,7 +27,9 @@ CODES = {
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    """A finding of `bn_keras.diagnose` (or of `BatchNormMonitor`).
+    """One finding about a model's batch normalization.
+
+    `bn_keras.diagnose` returns them in its report's `findings`.
 
     Args:
         code: A stable name from `CODES` (`"statistics-mismatch"`, ...).
