@@ -110,23 +110,21 @@ def check_batches(model, batches, data):
             f"Received: data of type {type(data).__name__} with {samples} "
             "samples"
         )
-    x = batches[0][0]
+    given = keras.tree.flatten(batches[0][0])
     expected = getattr(model, "inputs", None)
-    given = keras.tree.flatten(x)
-    if not expected or len(expected) != len(given):
-        return
-    for tensor, array in zip(expected, given):
-        shape = tuple(tensor.shape[1:])
-        if len(shape) != len(array.shape) - 1 or any(
-            want is not None and want != got
-            for want, got in zip(shape, tuple(array.shape)[1:])
-        ):
-            raise ValueError(
-                "Argument `data` does not fit the model: it expects inputs "
-                f"of shape {(None, *shape)}, the data's batches have shape "
-                f"{tuple(array.shape)}. Received: data of type "
-                f"{type(data).__name__}"
-            )
+    if not expected or len(expected) != 1 or len(given) != 1:
+        return  # several inputs: Keras matches them itself
+    shape, array = tuple(expected[0].shape[1:]), given[0]
+    if len(shape) != len(array.shape) - 1 or any(
+        want is not None and want != got
+        for want, got in zip(shape, tuple(array.shape)[1:])
+    ):
+        raise ValueError(
+            "Argument `data` does not fit the model: it expects inputs of "
+            f"shape {(None, *shape)}, the data's batches have shape "
+            f"{tuple(array.shape)}. Received: data of type "
+            f"{type(data).__name__}"
+        )
 
 
 def _snapshot(layers):

@@ -158,3 +158,19 @@ def test_fix_without_a_model():
     report = bn_keras.diagnosis.DiagnosisReport([], {"model": "m"})
     with pytest.raises(ValueError, match="no model to fix"):
         report.fix()
+
+
+def test_dict_inputs(data):
+    x, y = data
+    features = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    h = L.Concatenate()(list(features))
+    h = L.BatchNormalization(momentum=0.5)(L.Dense(8, use_bias=False)(h))
+    model = keras.Model(
+        {"a": features[0], "b": features[1]}, L.Dense(3)(L.ReLU()(h))
+    )
+    inputs = {"a": x[:, :3], "b": x[:, 3:]}
+    report = bn_keras.diagnose(model, (inputs, y), batch_size=16)
+    # Statistics never updated: found; precise statistics change the
+    # predictions (the inputs' mean is 1, their spread 3).
+    assert report.findings[0].code == "statistics-mismatch"
+    assert report.summary["samples"] == 96
