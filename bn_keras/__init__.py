@@ -45,24 +45,37 @@ if _started_as_command():
         signal.signal(signal.SIGINT, _interrupted_while_starting)
 else:
     from bn_keras import callbacks
+    from bn_keras import diagnosis
     from bn_keras import layers
     from bn_keras import models
     from bn_keras import registry
+    from bn_keras.diagnosis import diagnose
     from bn_keras.models import convert_batchnorm
     from bn_keras.models import find_batchnorm
     from bn_keras.models import fold_batchnorm
     from bn_keras.models import freeze_batchnorm
     from bn_keras.models import insert_batchnorm
     from bn_keras.models import recalibrate
+    from bn_keras.models import train_inference_gap
 
 # What `__getattr__` imports on first access: `tuner`; started as the
-# command, the other submodules and the functions of `bn_keras.models` too.
-_SUBMODULES = ("callbacks", "layers", "models", "registry", "tuner")
+# command, the other submodules, `diagnose` and the functions of
+# `bn_keras.models` too.
+_SUBMODULES = (
+    "callbacks",
+    "diagnosis",
+    "layers",
+    "models",
+    "registry",
+    "tuner",
+)
 
 __all__ = [
     "__version__",
     "callbacks",
     "convert_batchnorm",
+    "diagnose",
+    "diagnosis",
     "find_batchnorm",
     "fold_batchnorm",
     "freeze_batchnorm",
@@ -71,6 +84,7 @@ __all__ = [
     "models",
     "recalibrate",
     "registry",
+    "train_inference_gap",
     "tuner",
 ]
 
@@ -82,6 +96,8 @@ def __getattr__(name):
 
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "diagnose":
+        return importlib.import_module(f"{__name__}.diagnosis").diagnose
     if name in __all__:  # a function of bn_keras.models
         return getattr(importlib.import_module(f"{__name__}.models"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@
     bn-keras search    search BN placements with keras-tuner
     bn-keras inspect   one row per BN layer of a saved model; fold it
     bn-keras convert   a saved model with its BN layers of another kind
+    bn-keras doctor    what is wrong with a saved model's BN, on data; fix it
 
 Also `python -m bn_keras`. Exit status: 0 on success, 2 for usage errors
 (bad options, unknown names, unreadable or malformed files), as argparse
@@ -21,6 +22,7 @@ import sys
 from bn_keras import _optional
 from bn_keras.cli import compare
 from bn_keras.cli import convert
+from bn_keras.cli import doctor_command
 from bn_keras.cli import inspect_command
 from bn_keras.cli import runtime
 from bn_keras.cli import search
@@ -43,7 +45,8 @@ def build_parser():
         prog=PROG,
         description="Batch normalization done right for Keras 3: compare "
         "placements and variants on your data, search them with "
-        "keras-tuner, inspect and fold the BN layers of a saved model.",
+        "keras-tuner, inspect and fold the BN layers of a saved model, "
+        "diagnose and fix them.",
         epilog="Run 'bn-keras COMMAND --help' for a command's options.",
     )
     parser.add_argument(
@@ -53,7 +56,7 @@ def build_parser():
         title="commands", dest="command", metavar="COMMAND"
     )
     subparsers.required = True
-    for module in (compare, search, inspect_command, convert):
+    for module in (compare, search, inspect_command, convert, doctor_command):
         module.add_parser(subparsers)
     return parser
 

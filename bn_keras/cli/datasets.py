@@ -122,15 +122,18 @@ class Dataset:
         return missing
 
 
-def add_data_arguments(parser):
-    """Adds the data-source options shared by `compare` and `search`."""
+def add_data_arguments(parser, training=True):
+    """Adds the data-source options shared by `compare`, `search` and
+    `doctor`; `training=False` (doctor) for a command that uses every
+    sample as it is and needs the data named (no default dataset)."""
     data = parser.add_argument_group("data")
+    default = "(default: digits)" if training else "(no default)"
     data.add_argument(
         "--dataset",
         metavar="NAME",
-        help=f"built-in dataset: {valid_datasets()} (default: digits, "
+        help=f"built-in dataset: {valid_datasets()} {default}; digits are "
         "8x8 images with scikit-learn's pixel values, 0 to 16, used as they "
-        f"are); {', '.join(images.KERAS_DATASETS)} come from keras.datasets, "
+        f"are; {', '.join(images.KERAS_DATASETS)} come from keras.datasets, "
         "are downloaded once into the Keras cache and scaled to [0, 1]",
     )
     data.add_argument(
@@ -165,7 +168,9 @@ def add_data_arguments(parser):
         type=int,
         metavar="N",
         help="use a random subset of N samples (seeded; 75%% for training, "
-        "25%% for validation) for a quick run",
+        "25%% for validation) for a quick run"
+        if training
+        else "use a random subset of N samples (seeded) for a quick run",
     )
     return data
 

@@ -11,6 +11,7 @@ import contextlib
 import keras
 import numpy as np
 
+from bn_keras._statistics import as_float64
 from bn_keras._validation import check_positive_int
 
 DEFAULT_BATCH_SIZE = 32
@@ -79,6 +80,7 @@ class PooledMoments:
         self.m2 = None
 
     def add(self, rows, weights=None):
+        """Adds `(N, C)` rows of values (with per-row weights, or None)."""
         if weights is None:
             count = float(rows.shape[0])
             if count == 0:
@@ -92,13 +94,34 @@ class PooledMoments:
             w = weights[:, None]
             mean = (w * rows).sum(axis=0) / count
             m2 = (w * np.square(rows - mean)).sum(axis=0)
+        self._merge(count, mean, m2)
+
+    def add_moments(self, count, mean, variance):
+        """Adds groups of values known by their moments: `count`, `mean`
+        and biased `variance` per channel, arrays of shape `(G, C)` (or
+        `(C,)`), merged in float64. Groups of count 0 are left out."""
+        count, mean, variance = (
+            np.atleast_2d(as_float64(value))
+            for value in (count, mean, variance)
+        )
+        total = count.sum(axis=0)
+        if not np.any(total > 0):
+            return
+        safe = np.where(total > 0, total, 1.0)
+        pooled = (count * mean).sum(axis=0) / safe
+        m2 = (count * (variance + np.square(mean - pooled))).sum(axis=0)
+        self._merge(total, pooled, m2)
+
+    def _merge(self, count, mean, m2):
         if self.mean is None:
             self.count, self.mean, self.m2 = count, mean, m2
             return
         total = self.count + count
         delta = mean - self.mean
-        self.mean = self.mean + delta * (count / total)
-        self.m2 = self.m2 + m2 + np.square(delta) * (self.count * count / total)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(total > 0, count / total, 0.0)
+            self.mean = self.mean + delta * share
+            self.m2 = self.m2 + m2 + np.square(delta) * self.count * share
         self.count = total
 
     @property
@@ -121,28 +144,47 @@ def model_inputs(element):
     return element
 
 
-def batch_source(data, batch_size):
-    """Returns a function that starts a new pass over the batches' inputs.
+def inputs_and_targets(element):
+    """`(x, y)` of such an element; `y` is `None` when it has none."""
+    if isinstance(element, tuple):
+        return keras.utils.unpack_x_y_sample_weight(element)[:2]
+    return element, None
 
-    Every pass yields the same batches, except for sources that reshuffle
-    themselves (such as a `tf.data.Dataset` with shuffling): each pass then
-    sees the batches the source gives it.
+
+def _array_source(data, batch_size, pick):
+    x, y = inputs_and_targets(data)
+    size = batch_size or DEFAULT_BATCH_SIZE
+    num_samples = int(keras.tree.flatten(x)[0].shape[0])
+
+    def batch(begin):
+        def cut(values):
+            end = begin + size
+            return keras.tree.map_structure(lambda a: a[begin:end], values)
+
+        if pick is model_inputs:
+            return cut(x)
+        return cut(x), None if y is None else cut(y)
+
+    def start():
+        for begin in range(0, num_samples, size):
+            yield batch(begin)
+
+    return start
+
+
+def batch_source(data, batch_size, targets=False):
+    """Returns a function that starts a new pass over the batches.
+
+    Each batch is its inputs `x`, or with `targets=True` a pair `(x, y)`
+    (`y` is `None` for data without targets). Every pass yields the same
+    batches, except for sources that reshuffle themselves (such as a
+    `tf.data.Dataset` with shuffling): each pass then sees the batches the
+    source gives it.
     """
     check_positive_int("batch_size", batch_size, allow_none=True)
+    pick = inputs_and_targets if targets else model_inputs
     if is_array_like(model_inputs(data)):
-        x = model_inputs(data)
-        size = batch_size or DEFAULT_BATCH_SIZE
-        num_samples = int(keras.tree.flatten(x)[0].shape[0])
-
-        def batch(begin):
-            end = begin + size
-            return keras.tree.map_structure(lambda a: a[begin:end], x)
-
-        def start():
-            for begin in range(0, num_samples, size):
-                yield batch(begin)
-
-        return start
+        return _array_source(data, batch_size, pick)
     if batch_size is not None:
         raise ValueError(
             "Argument `batch_size` only applies to data given as arrays; "
@@ -155,7 +197,7 @@ def batch_source(data, batch_size):
         def start():
             index = 0
             while data.num_batches is None or index < data.num_batches:
-                yield model_inputs(data[index])
+                yield pick(data[index])
                 index += 1
 
         return start
@@ -172,7 +214,7 @@ def batch_source(data, batch_size):
 
         def start():
             for element in data:
-                yield model_inputs(element)
+                yield pick(element)
 
         return start
     # A one-shot iterator (a generator, say): keep the batches it gave so
@@ -182,7 +224,7 @@ def batch_source(data, batch_size):
     def start():
         yield from seen
         for element in iterator:
-            seen.append(model_inputs(element))
+            seen.append(pick(element))
             yield seen[-1]
 
     return start

@@ -1,0 +1,362 @@
+"""Diagnose a model's batch normalization against data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from bn_keras._statistics import dead_channels
+from bn_keras._statistics import nonfinite
+from bn_keras._validation import check_positive_int
+from bn_keras.diagnosis import _detectors
+from bn_keras.diagnosis import _measurements
+from bn_keras.diagnosis._structure import structure_findings
+from bn_keras.diagnosis.diagnosis_report import DiagnosisReport
+from bn_keras.models import _predictions
+from bn_keras.models._placement import batchnorm_neighbours
+
+#: What the report says about a model without batch normalization.
+NO_BATCHNORM = "no batch normalization layers: nothing to diagnose"
+
+#: The codes `report.fix()` repairs with precise statistics.
+_FIXED_BY_STATISTICS = ("statistics-mismatch", "collapsed-variance")
+
+
+def diagnose(
+    model: keras.Model,
+    data: Any,
+    batch_size: int | None = None,
+    steps: int | None = None,
+) -> DiagnosisReport:
+    """Finds what is wrong with a model's batch normalization, with the
+    evidence, and what precise statistics would fix.
+
+    Measures the model against `data`, without changing it (weights,
+    statistics and trainable flags stay as they are), in five passes over
+    the data that share one compiled function:
+
+    1. every batch normalization layer in its training transform, at
+       `batch_size` (the predictions the model learned to make; the
+       spread of each layer's batch statistics between batches);
+    2. inference as the model is (its predictions; the statistics of the
+       input each layer receives);
+    3. two passes computing precise statistics, as `bn_keras.recalibrate`
+       does (the first is pass 1 when that is the same computation);
+    4. inference with the precise statistics (what they would change).
+
+    A model whose first layers' statistics point to inputs on another scale
+    gets one more inference pass, with the inputs rescaled. From these, the
+    detectors of `bn_keras.diagnosis` report findings, each with a stable
+    code (`statistics-mismatch`, `preprocessing-mismatch`,
+    `noisy-batch-statistics`, `nonfinite-statistics`, `collapsed-variance`,
+    `dropout-before-batchnorm`, `bias-before-batchnorm`,
+    `batchnorm-before-output`, `dead-channels`), the layers concerned, a
+    message, the evidence and a remedy. Severities follow the measured
+    impact: `"error"` when predictions are wrong because of it,
+    `"warning"` when they would measurably improve (beyond the noise of
+    recalibrating a model whose statistics are already precise), `"info"`
+    for what costs nothing at inference.
+
+    Every batch normalization layer that `bn_keras.find_batchnorm` finds is
+    measured: Keras's and bn-keras's, in nested models and `BNBlock`s, with
+    raw tensor operations between them. Only the model's first output is
+    compared (as classes, or as values for regression; see
+    `bn_keras.models.train_inference_gap`).
+
+    Args:
+        model: A Keras model.
+        data: Arrays (a NumPy array or tensor, a dict or list of them, or a
+            tuple `(x, y)`), split into batches of `batch_size`; or a
+            `tf.data.Dataset`, a `keras.utils.PyDataset` or an iterable of
+            batches (`x`, `(x, y)` or `(x, y, sample_weight)`), read once
+            and kept in memory. Targets `y` are optional: with them, the
+            report states the metric (accuracy, or the mean squared error
+            for values) as it is and with precise statistics. Use data the
+            model should predict well, without augmentation.
+        batch_size: The batch size the model is trained with, for array
+            data. Defaults to `32`. (Inference and the statistics use
+            batches of at least 32.)
+        steps: Optional positive integer: the number of batches (of
+            `batch_size`) to use. Defaults to all of them.
+
+    Returns:
+        A `bn_keras.diagnosis.DiagnosisReport`: print it for a table,
+        `report.findings`, `report.ok`, `report.to_json()`, and
+        `report.fix()` for a new model with the fixes that need no
+        training.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(8),
+    ...     keras.layers.BatchNormalization(),
+    ...     keras.layers.ReLU(),
+    ...     keras.layers.Dense(3),
+    ... ])
+    >>> rng = np.random.default_rng(0)
+    >>> x = (rng.normal(size=(256, 4)) * 5 + 10).astype("float32")
+    >>> y = (x[:, 0] > 10).astype("int32") + (x[:, 1] > 10)
+    >>> report = bn_keras.diagnose(model, (x, y))
+    >>> report.ok
+    False
+    >>> "statistics-mismatch" in [finding.code for finding in report.findings]
+    True
+    >>> fixed = report.fix()
+    """
+    check_positive_int("batch_size", batch_size, allow_none=True)
+    steps = check_positive_int("steps", steps, allow_none=True)
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Argument `model` must be a `keras.Model`. "
+            f"Received: model of type {type(model).__name__}"
+        )
+    entries = batchnorm_neighbours(model)
+    if not entries:
+        return DiagnosisReport(
+            [], {"model": model.name, "layers": 0, "notes": [NO_BATCHNORM]}
+        )
+    measured = _measurements.measure(model, entries, data, batch_size, steps)
+    findings, impact = _findings(model, entries, measured)
+    return DiagnosisReport(
+        findings,
+        _summary(model, measured, impact, findings),
+        model=model,
+        precise=_fix_plan(findings, measured, impact),
+    )
+
+
+def _kind(measured):
+    outputs, targets = measured.outputs["inference"], measured.targets
+    kind = _predictions.prediction_kind(outputs, targets)
+    probabilities = None
+    if kind == "binary":
+        probabilities = _predictions.classes_are_probabilities(outputs)
+    return kind, probabilities
+
+
+def _impact(measured, before, after):
+    """`_detectors.impact` of going from outputs `before` to `after`."""
+    kind, probabilities = _kind(measured)
+    outputs = measured.outputs
+    changed = _predictions.changed_share(
+        outputs[before], outputs[after], kind, probabilities
+    )
+    if measured.targets is None:
+        return _detectors.impact(changed)
+    name, higher = _predictions.METRICS[kind]
+    return _detectors.impact(
+        changed,
+        name,
+        _predictions.metric(
+            outputs[before], measured.targets, kind, probabilities
+        ),
+        _predictions.metric(
+            outputs[after], measured.targets, kind, probabilities
+        ),
+        higher,
+    )
+
+
+def _layer_figures(measured):
+    """`[(path, layer, statistics, pooled input, depth)]` of the layers
+    with finite statistics that the forward pass called."""
+    return [
+        entry
+        for entry in zip(
+            measured.paths,
+            measured.layers,
+            measured.statistics,
+            measured.inference_inputs,
+            measured.depths,
+        )
+        if entry[3] is not None and entry[2] and not nonfinite(entry[2])
+    ]
+
+
+def _statistics_findings(measured, impact, nonfinite_layers):
+    figures = _layer_figures(measured)
+    distances = [
+        (
+            path,
+            _detectors.statistics_distance(
+                statistics["moving_mean"],
+                statistics["moving_variance"],
+                pooled.mean,
+                pooled.variance,
+                layer.epsilon,
+            ),
+        )
+        for path, layer, statistics, pooled, _ in figures
+    ]
+    collapsed = _detectors.collapsed_variance(
+        {
+            path: (
+                statistics["moving_variance"],
+                pooled.variance > layer.epsilon,
+                layer.epsilon,
+            )
+            for path, layer, statistics, pooled, _ in figures
+        },
+        impact,
+    )
+    explained = set(nonfinite_layers)
+    if collapsed is not None:
+        explained.update(collapsed.layers)
+    mismatch = _detectors.statistics_mismatch(distances, impact, explained)
+    return [mismatch, collapsed]
+
+
+def _preprocessing(measured):
+    first = [
+        (path, stats["moving_mean"], stats["moving_variance"], pooled.variance)
+        for path, _, stats, pooled, depth in _layer_figures(measured)
+        if depth == 1
+    ]
+    factor = _detectors.input_scale(first)
+    if factor is None:
+        return None
+    rescaled = _measurements.rescaled_outputs(measured, factor)
+    impact = support = None
+    if rescaled is not None:
+        measured.outputs["rescaled"] = rescaled
+        impact = _impact(measured, "inference", "rescaled")
+        support = _impact(measured, "precise", "rescaled")["changed_share"]
+    return _detectors.preprocessing_mismatch(
+        factor, [path for path, *_ in first], impact, support
+    )
+
+
+def _noisy(measured):
+    kind, probabilities = _kind(measured)
+    outputs = measured.outputs
+    # Against the precise statistics or the statistics as they are,
+    # whichever training mode agrees with more: what remains is noise.
+    disagreement = min(
+        _predictions.changed_share(
+            outputs[other], outputs["training"], kind, probabilities
+        )
+        for other in ("precise", "inference")
+    )
+    spreads = [
+        (
+            path,
+            _detectors.batch_mean_spread(means, pooled.variance, layer.epsilon),
+        )
+        for path, layer, means, pooled in zip(
+            measured.paths,
+            measured.layers,
+            measured.batch_means,
+            measured.training_inputs,
+        )
+        if means is not None and pooled is not None
+    ]
+    metrics = None
+    if measured.targets is not None:
+        name, higher = _predictions.METRICS[kind]
+        metrics = {
+            "metric": name,
+            "higher_is_better": higher,
+            **{
+                mode: _predictions.metric(
+                    outputs[key], measured.targets, kind, probabilities
+                )
+                for mode, key in (
+                    ("training", "training"),
+                    ("inference", "precise"),
+                )
+            },
+        }
+    return _detectors.noisy_batch_statistics(
+        measured.batch_size, disagreement, spreads, metrics
+    )
+
+
+def _findings(model, entries, measured):
+    """The findings, most serious first, and the impact of precise
+    statistics."""
+    impact = _impact(measured, "inference", "precise")
+    broken = _detectors.nonfinite_statistics(
+        {
+            path: nonfinite(statistics)
+            for path, statistics in zip(measured.paths, measured.statistics)
+        }
+    )
+    preprocessing = _preprocessing(measured)
+    findings = [broken, preprocessing]
+    if preprocessing is None or preprocessing.severity == "info":
+        # Otherwise a wrong input scale explains the statistics' mismatch,
+        # and precise statistics would hide it.
+        findings += _statistics_findings(
+            measured, impact, broken.layers if broken else ()
+        )
+    findings.append(_noisy(measured))
+    findings += structure_findings(model, entries)
+    findings.append(
+        _detectors.dead_channels(
+            {
+                path: (
+                    int(np.sum(dead_channels(statistics["gamma"]))),
+                    statistics["gamma"].size,
+                )
+                for path, statistics in zip(measured.paths, measured.statistics)
+                if "gamma" in statistics
+            }
+        )
+    )
+    order = {severity: i for i, severity in enumerate(("error", "warning"))}
+    findings = [f for f in findings if f is not None]
+    findings.sort(key=lambda f: order.get(f.severity, 2))
+    return findings, impact
+
+
+def _summary(model, measured, impact, findings):
+    summary = {
+        "model": model.name,
+        "layers": len(measured.layers),
+        "samples": measured.num_samples,
+        "batch_size": measured.batch_size,
+        "changed_share": impact["changed_share"],
+        "metric": impact["metric"],
+        "before": impact["before"],
+        "after": impact["after"],
+        "notes": [],
+    }
+    if any(
+        f.code == "preprocessing-mismatch" and f.severity != "info"
+        for f in findings
+    ):
+        summary["notes"].append(
+            "precise statistics would adapt the first layers to the wrong "
+            "input scale and hide it: fix the input pipeline first"
+        )
+    if measured.targets is None:
+        summary["notes"].append(
+            "no targets: the report cannot say whether precise statistics "
+            "make predictions better, only how many change"
+        )
+    return summary
+
+
+def _fix_plan(findings, measured, impact):
+    """The precise statistics `fix()` sets, per layer (`None`: nothing to
+    set), or `None` when no fix needs them or they would not help."""
+    codes = {f.code: f for f in findings}
+    statistics = [
+        codes[code].severity in ("error", "warning")
+        for code in _FIXED_BY_STATISTICS
+        if code in codes
+    ]
+    repair = "nonfinite-statistics" in codes and not any(
+        key in ("gamma", "beta")
+        for bad in codes["nonfinite-statistics"].evidence["nonfinite"].values()
+        for key in bad
+    )
+    if not (any(statistics) or repair) or not _detectors.helps(impact):
+        return None
+    return {
+        id(layer): precise
+        for layer, precise in zip(measured.layers, measured.precise)
+    }
