@@ -177,10 +177,9 @@ def test_custom_scalars_open_on_the_overview_alone(served_comparison):
     base, _, _ = served_comparison
     layout = get_json(f"{base}/data/plugin/custom_scalars/layout")
     titles = [category["title"] for category in layout["category"]]
-    assert titles == ["Overview", "bn00-input", "bn01-dense"]
+    assert titles == ["Overview", "bn01-dense"]
     assert [c.get("closed", False) for c in layout["category"]] == [
         False,
-        True,
         True,
     ]
     overview = [c["multiline"]["tag"] for c in layout["category"][0]["chart"]]
@@ -194,22 +193,22 @@ def test_custom_scalars_open_on_the_overview_alone(served_comparison):
 def test_a_layer_has_one_tag_in_every_configuration(served_comparison):
     """The BN that normalizes the first Dense layer's output is `bn01-dense`
     whatever the placement (after it, before or after its activation, or
-    before the next Dense); the BN of the input (`bn-act-layer` only) is
-    `bn00-input`, absent from the runs that have none."""
+    before the next Dense, with the activation moved after it: no placement
+    puts a BN on this model's input)."""
     base, tags, _ = served_comparison
     layers = {
         run: sorted({t.split("/")[0] for t in run_tags if t.startswith("bn0")})
         for run, run_tags in tags.items()
     }
     assert layers == {
-        "bn-act-layer_batch": ["bn00-input", "bn01-dense"],
+        "bn-act-layer_batch": ["bn01-dense"],
         "layer-act-bn_batch": ["bn01-dense"],
         "layer-bn-act_batch": ["bn01-dense"],
         "no-bn": [],
     }
     # Where each sits, as the text summary reads it from the built graph.
     expected = {
-        "bn-act-layer_batch": "-> BN -> Dense",
+        "bn-act-layer_batch": "Dense -> BN -> relu",
         "layer-act-bn_batch": "Dense(relu) -> BN ->",
         "layer-bn-act_batch": "Dense -> BN -> relu",
     }
