@@ -6,11 +6,10 @@ over batches read once:
 1. training mode at the training batch size (each batch normalization
    layer in its training transform, state updates dropped): the
    predictions the model learned to make, each layer's batch means;
-2. inference as the model is: its predictions, and the statistics of the
-   input each layer receives;
+2. inference as the model is: its predictions;
 3. precise statistics, as `bn_keras.recalibrate` computes them (its
    default, two passes; the first is pass 1 when that is the same
-   computation);
+   computation): the population statistics of each layer's input;
 4. inference with the precise statistics: what they would change.
 
 The model's statistics are set for pass 4 and put back afterwards, in
@@ -48,10 +47,9 @@ class Measurements:
     statistics: list  # `read_statistics` of each layer, as it is
     targets: object  # first targets, concatenated, or None
     outputs: dict  # "training", "inference", "precise": first outputs
-    inference_inputs: list  # PooledMoments (or None) per layer, pass 2
     training_inputs: list  # PooledMoments (or None) per layer, pass 1
     batch_means: list  # (batches, channels) per layer, pass 1
-    precise: list  # (mean, variance) per layer, or None
+    precise: list  # (mean, variance) per layer, or None if never called
     batch_size: int
     num_batches: int
     runner: object
@@ -148,20 +146,19 @@ def _same_as_batch_transform(layers, training, calibration):
 
 
 def _precise(model, layers, runner, inputs, training_pass, reuse):
-    """Sets the precise statistics on the layers; returns them."""
-    pooled = training_pass.pooled
-    for number, transforms in enumerate(
-        recalibration_passes(model, layers, "two-pass")
-    ):
+    """Sets the precise statistics on the layers; returns them, `(mean,
+    variance)` per layer (`None` for a layer never called)."""
+    precise = [None] * len(layers)
+    passes = recalibration_passes(model, layers, "two-pass")
+    for number, transforms in enumerate(passes):
+        pooled = training_pass.pooled
         if number > 0 or not reuse:
             pooled = runner.run(inputs, transforms).pooled
-        for layer, moments in zip(layers, pooled):
+        for index, (layer, moments) in enumerate(zip(layers, pooled)):
             if moments is not None:
                 set_statistics(layer, moments.mean, moments.variance)
-    return [
-        None if moments is None else (moments.mean, moments.variance)
-        for moments in pooled
-    ]
+                precise[index] = (moments.mean, moments.variance)
+    return precise
 
 
 def measure(model, entries, data, batch_size, steps):
@@ -197,7 +194,6 @@ def measure(model, entries, data, batch_size, steps):
             "inference": _predictions.concatenate(now.outputs),
             "precise": _predictions.concatenate(after.outputs),
         },
-        inference_inputs=now.pooled,
         training_inputs=first.pooled,
         batch_means=_full_batches(first.batch_means, training),
         precise=precise,

@@ -161,15 +161,16 @@ def _impact(measured, before, after):
 
 
 def _layer_figures(measured):
-    """`[(path, layer, statistics, pooled input, depth)]` of the layers
-    with finite statistics that the forward pass called."""
+    """`[(path, layer, statistics, (mean, variance), depth)]` of the
+    layers with finite statistics that the forward pass called, with the
+    precise statistics of their inputs."""
     return [
         entry
         for entry in zip(
             measured.paths,
             measured.layers,
             measured.statistics,
-            measured.inference_inputs,
+            measured.precise,
             measured.depths,
         )
         if entry[3] is not None and entry[2] and not nonfinite(entry[2])
@@ -184,21 +185,21 @@ def _statistics_findings(measured, impact, nonfinite_layers):
             _detectors.statistics_distance(
                 statistics["moving_mean"],
                 statistics["moving_variance"],
-                pooled.mean,
-                pooled.variance,
+                mean,
+                variance,
                 layer.epsilon,
             ),
         )
-        for path, layer, statistics, pooled, _ in figures
+        for path, layer, statistics, (mean, variance), _ in figures
     ]
     collapsed = _detectors.collapsed_variance(
         {
             path: (
                 statistics["moving_variance"],
-                pooled.variance > layer.epsilon,
+                variance > layer.epsilon,
                 layer.epsilon,
             )
-            for path, layer, statistics, pooled, _ in figures
+            for path, layer, statistics, (_, variance), _ in figures
         },
         impact,
     )
@@ -210,9 +211,11 @@ def _statistics_findings(measured, impact, nonfinite_layers):
 
 
 def _preprocessing(measured):
+    # The first layers' precise statistics are exact: no batch
+    # normalization layer comes before them.
     first = [
-        (path, stats["moving_mean"], stats["moving_variance"], pooled.variance)
-        for path, _, stats, pooled, depth in _layer_figures(measured)
+        (path, stats["moving_mean"], stats["moving_variance"], variance)
+        for path, _, stats, (_, variance), depth in _layer_figures(measured)
         if depth == 1
     ]
     factor = _detectors.input_scale(first)

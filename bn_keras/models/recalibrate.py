@@ -142,8 +142,14 @@ def recalibrate(
     for transforms in recalibration_passes(model, layers, method):
         result = runner.run(start(), transforms, steps)
         _check_batches(result.num_batches, data)
-        missing = _set_all(layers, result.pooled)
-    _warn_missing(missing)
+        _set_all(layers, result.pooled)
+    _warn_missing(
+        [
+            layer.name
+            for layer, called in zip(layers, result.called)
+            if not called
+        ]
+    )
 
 
 def _check_batches(num_batches, data):
@@ -155,15 +161,11 @@ def _check_batches(num_batches, data):
 
 
 def _set_all(layers, pooled):
-    """Sets each layer's statistics from `pooled` (one `PooledMoments` or
-    `None` per layer); returns the names of the layers left as they were."""
-    missing = []
+    """Sets each layer's statistics from `pooled` (one `PooledMoments` per
+    layer, or `None` to leave the layer as it is)."""
     for layer, moments in zip(layers, pooled):
-        if moments is None:
-            missing.append(layer.name)
-        else:
+        if moments is not None:
             set_statistics(layer, moments.mean, moments.variance)
-    return missing
 
 
 def _warn_missing(missing):
