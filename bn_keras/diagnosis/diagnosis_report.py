@@ -112,10 +112,11 @@ class DiagnosisReport:
             warnings, then information.
         summary: A dict: `model` (its name), `layers` (how many batch
             normalization layers), `samples`, `batch_size`,
-            `changed_share` (the share of predictions that precise
-            statistics change), `metric`, `before` and `after` (with
-            targets: the metric as it is and with precise statistics), and
-            `notes`.
+            `precise_method` (the `bn_keras.recalibrate` method that
+            computed the precise statistics), `changed_share` (the share
+            of predictions that precise statistics change), `metric`,
+            `before` and `after` (with targets: the metric as it is and
+            with precise statistics), and `notes`.
         ok: Whether there is no finding of severity `"error"` or
             `"warning"`.
 
@@ -157,9 +158,13 @@ class DiagnosisReport:
         """What `fix()` changes, in words (empty when it changes nothing)."""
         if self._precise is None:
             return []
+        how = "on the data diagnosed"
+        method = self.summary.get("precise_method")
+        if method not in (None, "two-pass"):
+            how += f', with method="{method}"'
         words = (
             "precise statistics in every batch normalization layer "
-            "(as bn_keras.recalibrate computes them on the data diagnosed)"
+            f"(as bn_keras.recalibrate computes them {how})"
         )
         if self.summary.get("metric") is not None:
             words += (
