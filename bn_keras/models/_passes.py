@@ -70,20 +70,18 @@ def _moments(layer, inputs, mask, rows):
     axis = _channel_axis(layer, ndim)
     if mask is None:
         count = ops.cast(rows, "float32") * _values_per_row(x, axis)
-        safe = ops.maximum(count, 1.0)
-        mean = _sum_but(x, axis) / safe
+        mean = ops.divide_no_nan(_sum_but(x, axis), count)
         squares = ops.square(x - _broadcast(layer, mean, ndim))
-        return count, mean, _sum_but(squares, axis) / safe
+        return count, mean, ops.divide_no_nan(_sum_but(squares, axis), count)
     w = ops.broadcast_to(
         ops.expand_dims(ops.cast(mask, "float32"), -1), ops.shape(x)
     )
     # A mask covers every axis but the last: every channel has as many
     # values left.
     count = ops.sum(w) / x.shape[axis]
-    safe = ops.maximum(count, 1.0)
-    mean = _sum_but(w * x, axis) / safe
+    mean = ops.divide_no_nan(_sum_but(w * x, axis), count)
     squares = w * ops.square(x - _broadcast(layer, mean, ndim))
-    return count, mean, _sum_but(squares, axis) / safe
+    return count, mean, ops.divide_no_nan(_sum_but(squares, axis), count)
 
 
 def _values_per_row(x, axis):
@@ -136,9 +134,8 @@ def _normalize(layer, inputs, mean, variance):
     scale = ops.rsqrt(variance + layer.epsilon)
     if layer.scale:
         scale = scale * _float32(layer.gamma)
-    offset = -mean * scale
-    if layer.center:
-        offset = offset + _float32(layer.beta)
+    offset = mean * scale
+    offset = (_float32(layer.beta) if layer.center else 0.0) - offset
     ndim = len(inputs.shape)
     y = _float32(inputs) * _broadcast(layer, scale, ndim)
     y = y + _broadcast(layer, offset, ndim)
