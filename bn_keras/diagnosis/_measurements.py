@@ -248,3 +248,21 @@ def rescaled_outputs(measurements, factor):
     ]
     result = measurements.runner.run(scaled, "inference", keep=("outputs",))
     return _predictions.concatenate(result.outputs)
+
+
+def partly_precise_outputs(measurements, indices):
+    """Inference outputs with the precise statistics in the layers at
+    `indices` only (the others as they are); the model is left as it
+    was."""
+    layers = [measurements.layers[i] for i in indices]
+    snapshot = _snapshot(layers)
+    try:
+        for layer, index in zip(layers, indices):
+            if measurements.precise[index] is not None:
+                set_statistics(layer, *measurements.precise[index])
+        result = measurements.runner.run(
+            measurements.inputs, "inference", keep=("outputs",)
+        )
+    finally:
+        _restore(layers, snapshot)
+    return _predictions.concatenate(result.outputs)

@@ -17,7 +17,7 @@ from bn_keras.models.find_batchnorm import find_batchnorm
 #: The width of the printed report (a terminal of 120 columns).
 WIDTH = 120
 #: Columns of the table: title and width (the last takes the rest).
-_COLUMNS = (("severity", 8), ("finding", 24), ("layers", 38), ("evidence", 0))
+_COLUMNS = (("severity", 8), ("finding", 24), ("layers", 36), ("evidence", 0))
 
 
 def _cell(text, width):
@@ -55,10 +55,11 @@ def _evidence_cell(finding):
             words = f"inputs ~{1 / factor:.3g}x smaller"
         rescaled = evidence.get("rescaled")
         if rescaled and rescaled.get("metric") is not None:
+            # The metric as it is and with the inputs rescaled.
             words += (
                 f"; {rescaled['metric']} "
                 f"{_detectors.figure(rescaled['before'])} -> "
-                f"{_detectors.figure(rescaled['after'])} rescaled"
+                f"{_detectors.figure(rescaled['after'])}"
             )
         return words
     if "disagreement" in evidence:
@@ -268,7 +269,7 @@ class DiagnosisReport:
         lines = self._header()
         for note in self.summary["notes"]:
             if note not in lines[0]:
-                lines.append(f"note: {note}")
+                lines.append(_wrapped("note: ", note, indent=6))
         if "samples" in self.summary and not self.findings:
             lines.append("No findings: batch normalization looks healthy.")
         if self.findings:
