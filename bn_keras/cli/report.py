@@ -270,8 +270,9 @@ def comparison_summary(out, session, comparison):
 # -- bn-keras search ----------------------------------------------------------
 
 
-def print_search_setup(out, dataset, settings):
-    """The data, the hypermodel and the budget."""
+def print_search_setup(out, dataset, settings, notes=()):
+    """The data, the hypermodel and the budget; `notes` (the placements
+    searched as one, `Search.notes`) after them."""
     if settings.tuner == "hyperband":
         budget = f"hyperband up to {settings.epochs} epochs per trial"
     else:
@@ -285,6 +286,8 @@ def print_search_setup(out, dataset, settings):
         f"hypermodel {settings.hypermodel}{on}, {budget}, batch "
         f"{settings.batch_size}, seed {settings.seed}"
     )
+    for note in notes:
+        out.print(f"note: {note}.", soft_wrap=False)
 
 
 class _TrialProgress(keras.callbacks.Callback):

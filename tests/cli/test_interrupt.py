@@ -11,6 +11,7 @@ import pytest
 
 from bn_keras.cli import experiment
 from bn_keras.cli import runtime
+from bn_keras.cli import tuning
 from tests.cli.helpers import assert_png
 from tests.cli.helpers import entry_point
 from tests.cli.helpers import entry_point_env
@@ -168,7 +169,7 @@ def test_ctrl_c_during_search_writes_the_completed_trials(
     """Ctrl-C in the second trial's first batch (in-process: the check
     after each batch raises it)."""
     started = []
-    original = experiment.TrialRecorder.on_train_begin
+    original = tuning.TrialRecorder.on_train_begin
 
     def on_train_begin(self, logs=None):
         started.append(1)
@@ -179,7 +180,7 @@ def test_ctrl_c_during_search_writes_the_completed_trials(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(
-        experiment.TrialRecorder, "on_train_begin", on_train_begin
+        tuning.TrialRecorder, "on_train_begin", on_train_begin
     )
     monkeypatch.setattr(
         experiment.InterruptCheck, "on_train_batch_end", on_train_batch_end
