@@ -8,6 +8,8 @@ on are counted and left out of the figures they would make infinite or
 alarming (`decayed_as_constant`, `constant_in_batches`).
 """
 
+import collections
+
 import keras
 import numpy as np
 
@@ -90,6 +92,63 @@ def constant_channels(layer, now, before, steps):
         )
     return constant_batches(
         before["moving_variance"], now["moving_variance"], layer.momentum, steps
+    )
+
+
+#: The training batches' statistics since an earlier reading, recovered
+#: from the moving statistics (`window_statistics`): the layer's moving
+#: mean and variance now, the batches' mean and variance (weighted as the
+#: moving average weighs them, the latest most), the channels to compare
+#: (finite, not constant on those batches), and the training steps.
+Window = collections.namedtuple(
+    "Window",
+    ["moving_mean", "moving_variance", "mean", "variance", "kept", "steps"],
+)
+
+
+def window_statistics(layer, now, before, steps):
+    """The mean and variance of the training batches of the `steps` steps
+    between the statistics `before` and `now` of `layer` (a `Window`), or
+    `None` when they cannot be recovered: no step, a layer that does not
+    train, a momentum that is not a number below 1 (cumulative averages).
+
+    Over `k` steps of momentum `m` the moving statistic goes from `before`
+    to `now = m**k * before + (1 - m**k) * w`, where `w` is the mean of
+    the batches' statistics weighted by `m**j` (`j` steps before the
+    last); `moving_average_input` with momentum `m**k` recovers `w`
+    exactly but for the rounding of float32 weights. For renorm layers,
+    whose moving variance derives from `moving_stddev` (the moving average
+    of `sqrt(variance + epsilon)`), the batches' variance is `w**2 -
+    epsilon` of that average.
+    """
+    momentum = layer.momentum
+    if steps < 1 or not layer.trainable or not isinstance(momentum, float):
+        return None
+    decay = momentum**steps
+    if not 0.0 <= decay < 1.0:
+        return None
+    mean = moving_average_input(
+        before["moving_mean"], now["moving_mean"], decay
+    )
+    epsilon = np.float64(np.float32(layer.epsilon))
+    if "moving_stddev" in now:
+        stddev = moving_average_input(
+            before["moving_stddev"], now["moving_stddev"], decay
+        )
+        variance = np.maximum(np.square(stddev) - epsilon, 0.0)
+        moving_variance = np.maximum(
+            np.square(now["moving_stddev"]) - epsilon, 0.0
+        )
+    else:
+        variance = moving_average_input(
+            before["moving_variance"], now["moving_variance"], decay
+        )
+        moving_variance = now["moving_variance"]
+    kept = ~constant_channels(layer, now, before, steps)
+    with np.errstate(invalid="ignore"):
+        kept &= np.isfinite(mean) & np.isfinite(variance) & (variance >= 0)
+    return Window(
+        now["moving_mean"], moving_variance, mean, variance, kept, steps
     )
 
 
@@ -183,7 +242,13 @@ def renorm_figures(layer, now, before):
     figures = {
         f"renorm/{k}": bounds[k] for k in ("rmax", "dmax") if k in bounds
     }
-    if before is not None and layer.trainable:
+    # With `renorm_momentum=1.0` the renorm statistics never move: the
+    # batch's cannot be recovered from their (absent) update.
+    if (
+        before is not None
+        and layer.trainable
+        and getattr(layer, "renorm_momentum", None) != 1.0
+    ):
         old_mean, old_stddev = before
         # The batch's statistics, from the update they made.
         count = None
@@ -287,10 +352,20 @@ def probe_gap(batch_rows, moving_rows, weights, constant):
     return figures
 
 
+def normalized_batch(rows, weights, ghost_of_row, batch):
+    """`(values per channel, samples)` of the smallest batch the layer
+    normalizes: the probe batch, or its smallest ghost batch."""
+    counted = np.ones(len(rows)) if weights is None else weights > 0
+    ghosts = np.unique(ghost_of_row)
+    values = min(int(np.sum(counted[ghost_of_row == g])) for g in ghosts)
+    return values, batch // len(ghosts)
+
+
 def probe_layer_figures(layer, inputs, mask):
     """The probe figures of `layer` on `inputs` (what it receives when the
     model runs the probe batch in inference mode): its train/inference
-    gap and constant channels, and for renorm its clipping."""
+    gap and constant channels, and for renorm its clipping. Returns them
+    with `normalized_batch`: `(figures, (values per channel, samples))`."""
     # The training transform without its state update: the updated
     # statistics that `stateless_call` returns are dropped.
     y_batch, _ = layer.stateless_call(
@@ -302,7 +377,8 @@ def probe_layer_figures(layer, inputs, mask):
     )
     y_moving = layer(inputs, training=False, mask=mask)
     rows, weights = channels_last_2d(layer, inputs, mask)
-    ghosts = ghost_of_rows(layer, int(inputs.shape[0]), len(rows))
+    batch = int(inputs.shape[0])
+    ghosts = ghost_of_rows(layer, batch, len(rows))
     batch_rows, _ = channels_last_2d(layer, y_batch, mask)
     moving_rows, _ = channels_last_2d(layer, y_moving, mask)
     figures = probe_gap(
@@ -321,4 +397,4 @@ def probe_layer_figures(layer, inputs, mask):
             layer.epsilon,
             clipping(layer),
         )
-    return figures
+    return figures, normalized_batch(rows, weights, ghosts, batch)

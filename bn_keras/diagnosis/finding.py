@@ -25,6 +25,8 @@ CODES = {
     "bias-before-batchnorm": "a bias that batch normalization cancels",
     "batchnorm-before-output": "batch normalization on the logits",
     "dead-channels": "channels whose gamma is about zero",
+    "constant-channels": "channels whose input holds one value (seen "
+    "during training)",
 }
 
 
