@@ -29,7 +29,6 @@ import numpy as np
 from bn_keras._statistics import as_float64
 from bn_keras._statistics import dead_channels as dead_gamma
 from bn_keras._statistics import nonfinite
-from bn_keras.callbacks._figures import PROBE_GAP as GAP_FIGURE
 from bn_keras.diagnosis import _detectors
 from bn_keras.diagnosis import _training_detectors
 from bn_keras.diagnosis.finding import CODES
@@ -60,8 +59,8 @@ class LayerEvidence:
     `states` are its statistics (`read_statistics`); `constant`, which
     channels were constant on the training batches since the previous
     write; `probe`, its probe figures of the last write (`{}` without
-    `probe_data`) and `batch`, `(values per channel, samples)` of the
-    smallest batch it normalizes on the probe; `window`, the training
+    `probe_data`) and `batch`, its `ProbeBatch` (the smallest batch it
+    normalizes on the probe, the median gap); `window`, the training
     batches' statistics over the epoch (`window_statistics`, or `None`);
     `clipped`, renorm's clipped fraction at each write so far; `bounds`,
     renorm's bounds in force; `warmup`, `(end, last)` while a
@@ -116,23 +115,22 @@ def _lag(item):
         window.variance[kept],
         item.layer.epsilon,
     )
-    return item.name, figures, item.layer.momentum
+    clipped = None
+    if item.layer.renorm:  # a write without room: clipped throughout
+        clipped = item.clipped[-1] if item.clipped else float("nan")
+        clipped = 1.0 if clipped is None else clipped
+    return item.name, figures, item.layer.momentum, clipped
 
 
 def _probe_figures(layers):
-    """`{name: gap}`, `{name: values per channel}` and `{name: (samples,
-    ghost)}` of the smallest batch each layer normalizes on the probe."""
-    probed = [item for item in layers if GAP_FIGURE in item.probe]
+    """`{name: median gap}`, and `{name: values per channel}` and `{name:
+    (samples, ghost)}` of the smallest batch each layer normalizes on the
+    probe."""
+    probed = [item for item in layers if item.batch is not None]
     return (
-        {item.name: float(item.probe[GAP_FIGURE]) for item in probed},
-        {item.name: item.batch[0] for item in probed},
-        {
-            item.name: (
-                item.batch[1],
-                getattr(item.layer, "virtual_batch_size", None) is not None,
-            )
-            for item in probed
-        },
+        {item.name: item.batch.median_gap for item in probed},
+        {item.name: item.batch.rows for item in probed},
+        {item.name: (item.batch.samples, item.batch.ghost) for item in probed},
     )
 
 
@@ -265,10 +263,15 @@ class AlertLog:
 
     def record_write(self, tag, figures):
         """Keeps renorm's clipped fraction of a write: of the training
-        batch, else of the probe (ghost-batch renorm)."""
+        batch, else of the probe (ghost-batch renorm); `None` while the
+        bounds allow no correction (`rmax` 1, `dmax` 0)."""
         for key in ("renorm/clipped_fraction", "probe/clipped_fraction"):
             if key in figures:
-                self.clipped.setdefault(tag, []).append(float(figures[key]))
+                fraction = float(figures[key])
+                rmax = figures.get("renorm/rmax", np.inf)
+                if rmax <= 1 and figures.get("renorm/dmax", np.inf) <= 0:
+                    fraction = None
+                self.clipped.setdefault(tag, []).append(fraction)
                 return
 
     def warmup(self, layer):

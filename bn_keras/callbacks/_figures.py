@@ -329,11 +329,8 @@ def _weighted_mean(values, weights):
     return (weights[:, None] * values).sum(axis=0) / weights.sum()
 
 
-def probe_gap(batch_rows, moving_rows, weights, constant):
-    """`rms(y_batch - y_moving) / std(y_batch)` per channel, the `constant`
-    channels left out: `{PROBE_GAP: mean, "probe/gap_max": max,
-    "probe/constant_channels": count}`, without the first two when every
-    channel is constant.
+def channel_gaps(batch_rows, moving_rows, weights):
+    """`rms(y_batch - y_moving) / std(y_batch)` per channel.
 
     A channel that is not constant has `std(y_batch) > 0` unless its gamma
     is 0, when both transforms output beta: its gap is then 0. NaN
@@ -343,7 +340,14 @@ def probe_gap(batch_rows, moving_rows, weights, constant):
     center = _weighted_mean(batch_rows, weights)
     std = np.sqrt(_weighted_mean(np.square(batch_rows - center), weights))
     with np.errstate(invalid="ignore", divide="ignore"):
-        gap = np.where(std > 0, rms / std, np.where(rms == 0, 0.0, np.nan))
+        return np.where(std > 0, rms / std, np.where(rms == 0, 0.0, np.nan))
+
+
+def probe_gap(gap, constant):
+    """The probe figures of the channels' gaps (`channel_gaps`), the
+    `constant` channels left out: `{PROBE_GAP: mean, "probe/gap_max": max,
+    "probe/constant_channels": count}`, without the first two when every
+    channel is constant."""
     figures = {"probe/constant_channels": np.sum(constant)}
     kept = gap[~constant]
     if kept.size:
@@ -352,20 +356,37 @@ def probe_gap(batch_rows, moving_rows, weights, constant):
     return figures
 
 
-def normalized_batch(rows, weights, ghost_of_row, batch):
-    """`(values per channel, samples)` of the smallest batch the layer
-    normalizes: the probe batch, or its smallest ghost batch."""
-    counted = np.ones(len(rows)) if weights is None else weights > 0
+#: What the alerts need of a layer's probe besides its written figures:
+#: the values per channel and samples of the smallest batch it normalizes
+#: on the probe (the probe batch, or its smallest ghost batch), whether
+#: those are ghost batches, and the median over channels of the gap
+#: (constant channels left out; NaN if all are).
+ProbeBatch = collections.namedtuple(
+    "ProbeBatch", ["rows", "samples", "ghost", "median_gap"]
+)
+
+
+def probe_batch(layer, batch, weights, ghost_of_row, gap):
+    """The `ProbeBatch` of `layer` on a probe of `batch` samples: its rows'
+    `weights` (`None`: all count) and ghost batches, and the channels'
+    `gap` with the constant channels left out."""
+    counted = np.ones(len(ghost_of_row)) if weights is None else weights > 0
     ghosts = np.unique(ghost_of_row)
     values = min(int(np.sum(counted[ghost_of_row == g])) for g in ghosts)
-    return values, batch // len(ghosts)
+    gap = gap[np.isfinite(gap)]
+    return ProbeBatch(
+        values,
+        batch // len(ghosts),
+        getattr(layer, "virtual_batch_size", None) is not None,
+        float(np.median(gap)) if gap.size else float("nan"),
+    )
 
 
 def probe_layer_figures(layer, inputs, mask):
     """The probe figures of `layer` on `inputs` (what it receives when the
     model runs the probe batch in inference mode): its train/inference
     gap and constant channels, and for renorm its clipping. Returns them
-    with `normalized_batch`: `(figures, (values per channel, samples))`."""
+    with its `ProbeBatch`: `(figures, probe_batch)`."""
     # The training transform without its state update: the updated
     # statistics that `stateless_call` returns are dropped.
     y_batch, _ = layer.stateless_call(
@@ -381,12 +402,9 @@ def probe_layer_figures(layer, inputs, mask):
     ghosts = ghost_of_rows(layer, batch, len(rows))
     batch_rows, _ = channels_last_2d(layer, y_batch, mask)
     moving_rows, _ = channels_last_2d(layer, y_moving, mask)
-    figures = probe_gap(
-        batch_rows,
-        moving_rows,
-        weights,
-        constant_in_batches(rows, weights, ghosts),
-    )
+    gap = channel_gaps(batch_rows, moving_rows, weights)
+    constant = constant_in_batches(rows, weights, ghosts)
+    figures = probe_gap(gap, constant)
     if layer.renorm:
         mean, variance = ghost_moments(rows, weights, ghosts)
         figures["probe/clipped_fraction"] = clipped_fraction(
@@ -397,4 +415,5 @@ def probe_layer_figures(layer, inputs, mask):
             layer.epsilon,
             clipping(layer),
         )
-    return figures, normalized_batch(rows, weights, ghosts, batch)
+    kept = np.where(constant, np.nan, gap)
+    return figures, probe_batch(layer, batch, weights, ghosts, kept)

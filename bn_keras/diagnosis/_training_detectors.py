@@ -7,16 +7,19 @@ statistics follow the training batches, the train/inference gap on the
 monitor's probe batch, renorm's clipping write after write, channels
 that are constant on the training batches. The inputs:
 
-- `lagging_statistics(distances, steps)`: `[(layer, figures, momentum)]`
-  with `figures = statistics_distance(moving_mean, moving_variance, mean,
-  variance, epsilon)`, where `mean` and `variance` are the training
-  batches' over the last `steps` steps, recovered exactly from the update
-  of the moving statistics (the monitor's `window_statistics`); reported
-  as `statistics-mismatch`.
-- `probe_gap(gaps, rows, explained)`: the monitor's `1_probe_gap` per
-  layer (`{layer: gap}`) and the number of values per channel in each
-  batch the layer normalizes on the probe (the probe batch, or each of its
-  ghost batches), one number or `{layer: rows}`; reported as
+- `lagging_statistics(distances, steps)`: `[(layer, figures, momentum,
+  clipped)]` with `figures = statistics_distance(moving_mean,
+  moving_variance, mean, variance, epsilon)`, where `mean` and `variance`
+  are the training batches' over the last `steps` steps, recovered
+  exactly from the update of the moving statistics (the monitor's
+  `window_statistics`), and `clipped` a renorm layer's last clipped
+  fraction (`None` for other layers); reported as `statistics-mismatch`.
+- `probe_gap(gaps, rows, explained)`: each layer's probe gap in its
+  median channel (`{layer: gap}`; the monitor's `1_probe_gap` is the
+  mean, which a few odd channels, such as ReLU units active on one sample,
+  can pull up) and the number of values per channel in each batch the
+  layer normalizes on the probe (the probe batch, or each of its ghost
+  batches), one number or `{layer: rows}`; reported as
   `statistics-mismatch`.
 - `probe_batch_noise(gaps, rows, samples)`: the same figures, for the
   gap that batch noise alone explains; reported as
@@ -85,16 +88,16 @@ def _more(parts):
     )
 
 
-def _average_distance(figures):
-    """`(mean distance, variance factor)` averaged over the finite
-    channels: `mean(|distance|)` and `exp(mean(|log ratio|))`."""
+def _median_distance(figures):
+    """`(mean distance, variance factor)` of the median finite channel:
+    `median(|distance|)` and `exp(median(|log ratio|))`."""
     mean = np.asarray(figures["mean"], dtype=np.float64)
     log_variance = np.abs(np.asarray(figures["log_variance"], np.float64))
     mean = mean[np.isfinite(mean)]
     log_variance = log_variance[np.isfinite(log_variance)]
     return (
-        float(np.mean(mean)) if mean.size else 0.0,
-        float(np.exp(np.mean(log_variance))) if log_variance.size else 1.0,
+        float(np.median(mean)) if mean.size else 0.0,
+        float(np.exp(np.median(log_variance))) if log_variance.size else 1.0,
     )
 
 
@@ -107,17 +110,23 @@ def lagging_statistics(distances, steps, gaps=None):
     """`statistics-mismatch` (a warning) from training: layers whose
     moving statistics lag behind the batches they average.
 
-    A layer lags when, on average over its channels, its moving mean is
-    at least `MEAN_DISTANCE` of the batches' standard deviation away from
-    the batches' mean, or its moving variance at least `VARIANCE_FACTOR`
-    times off theirs. `distances`: `[(layer, figures, momentum)]` (see the
-    module's docstring); `steps`: how many training steps the batches'
-    statistics cover; `gaps`: optional `{layer: probe gap}`, for the
-    message.
+    A layer lags when, in its median channel, the moving mean is at least
+    `MEAN_DISTANCE` of the batches' standard deviation away from the
+    batches' mean, or the moving variance at least `VARIANCE_FACTOR` times
+    off theirs (the median: a few odd channels, such as ReLU units active
+    on a few samples, do not make a layer lag). A renorm layer counts only
+    while its `r` or `d` is clipped on at least `SATURATED_FRACTION` of
+    the channels: unclipped, its correction trains it on what inference
+    computes, however far the batches are. `distances`: `[(layer, figures,
+    momentum, clipped)]` (see the module's docstring); `steps`: how many
+    training steps the batches' statistics cover; `gaps`: optional
+    `{layer: probe gap}`, for the message.
     """
     lagging = []
-    for name, figures, momentum in distances:
-        mean, factor = _average_distance(figures)
+    for name, figures, momentum, clipped in distances:
+        if clipped is not None and not clipped >= SATURATED_FRACTION:
+            continue
+        mean, factor = _median_distance(figures)
         if mean >= MEAN_DISTANCE or factor >= VARIANCE_FACTOR:
             lagging.append(
                 {
@@ -143,7 +152,7 @@ def lagging_statistics(distances, steps, gaps=None):
         probe = (
             f" On the probe batch, {_whose(worst['layer'], listed)} output "
             f"in training and in inference differs by {gap:.2g} of its "
-            "spread."
+            "spread in the median channel."
         )
     return Finding(
         "statistics-mismatch",
@@ -154,7 +163,7 @@ def lagging_statistics(distances, steps, gaps=None):
         f"{_whose(worst['layer'], listed)} moving mean was "
         f"{worst['mean_distance']:.2g} of the batches' standard deviation "
         "away from theirs and its moving variance off theirs by a factor "
-        f"{worst['variance_factor']:.3g}, on average over its channels "
+        f"{worst['variance_factor']:.3g}, in its median channel "
         f"(momentum {worst['momentum']:g}: each step moves the statistics "
         f"{share(1 - worst['momentum'])} of the way to the batch's). "
         f"Inference, validation included, normalizes with them.{probe}",
@@ -187,7 +196,7 @@ def probe_gap(gaps, rows, explained=()):
         "inference does: normalized with the batch's statistics (as in "
         "training) and with the moving ones (as in inference), "
         f"{_whose(worst, list(off))} output differs by {gap:.2g} of its "
-        "spread on average over channels, where batch noise alone gives "
+        "spread in the median channel, where batch noise alone gives "
         f"about {noise:.2g}. The "
         "moving statistics do not match the batch: they lag behind the "
         "weights (too few steps for the momentum), or the probe comes from "
@@ -230,8 +239,8 @@ def probe_batch_noise(gaps, rows, batches=None):
         "values per channel"
         + (f" ({size} samples)" if size else "")
         + f": normalized so, as in training, {_whose(worst, listed)} output "
-        f"differs from inference's by {gap:.2g} of its spread on average "
-        f"over channels, about what batch noise alone gives ({noise:.2g}). "
+        f"differs from inference's by {gap:.2g} of its spread in the median "
+        f"channel, about what batch noise alone gives ({noise:.2g}). "
         "The statistics of such small batches are too noisy for what "
         "inference uses.",
         {
@@ -252,11 +261,10 @@ def _clipping_words(name, bounds, warmup):
             f"0 until step {end}, after this fit's last step ({last}), so "
             "the layer trains as plain batch normalization throughout."
         )
-    rmax, dmax = bounds.get("rmax", np.inf), bounds.get("dmax", np.inf)
-    if rmax <= 1 and dmax <= 0:
+    if _no_room(bounds):
         return (
-            f": rmax {rmax:g} and dmax {dmax:g} allow no correction, so "
-            f"{name} trains as plain batch normalization."
+            f": rmax {bounds['rmax']:g} and dmax {bounds['dmax']:g} allow no "
+            f"correction, so {name} trains as plain batch normalization."
         )
     shown = ", ".join(f"{k} {v:g}" for k, v in bounds.items())
     return (
@@ -268,28 +276,48 @@ def _clipping_words(name, bounds, warmup):
     )
 
 
+def _no_room(bounds):
+    """Whether `bounds` clip every `r` to 1 and every `d` to 0."""
+    return bounds.get("rmax", np.inf) <= 1 and bounds.get("dmax", np.inf) <= 0
+
+
+def _saturated(values, permanent):
+    """The last `SATURATED_WRITES` clipped fractions if all are at least
+    `SATURATED_FRACTION`, else `None`; a write without room (`None`)
+    counts as clipped only when the layer has no room for good."""
+    recent = [
+        (1.0 if permanent else 0.0) if value is None else float(value)
+        for value in values[-SATURATED_WRITES:]
+    ]
+    if len(recent) < SATURATED_WRITES or min(recent) < SATURATED_FRACTION:
+        return None
+    return recent
+
+
 def renorm_clipping_saturated(fractions, bounds=None, warmups=None):
     """`renorm-clipping-saturated` (a warning): renorm layers whose `r` or
     `d` was clipped on at least `SATURATED_FRACTION` of the channels in
     each of the last `SATURATED_WRITES` writes.
 
-    `bounds`: optional `{layer: {"rmax": r, "dmax": d}}`, the bounds in
-    force; `warmups`: optional `{layer: (end, last)}` for the layers whose
-    `RenormClipping` schedule is still in its warm-up (`rmax = 1`, `dmax =
-    0`) until step `end`, the fit ending at step `last` (`None` when
-    unknown). A warm-up that ends within the fit (or may) is what the
-    schedule intends: not reported.
+    `fractions`: `{layer: [clipped fraction of each write]}`, `None` for a
+    write whose bounds allowed no correction (`rmax` 1 and `dmax` 0: all
+    clipped by construction); `bounds`: optional `{layer: {"rmax": r,
+    "dmax": d}}`, the bounds in force; `warmups`: optional `{layer: (end,
+    last)}` for the layers whose `RenormClipping` schedule is still in its
+    warm-up until step `end`, the fit ending at step `last` (`None` when
+    unknown). Bounds without room count only when they stay so: fixed
+    ones, or a warm-up that lasts past the fit (one that ends within it, or
+    may, is what the schedule intends).
     """
     bounds, warmups = bounds or {}, warmups or {}
     saturated = {}
     for name, values in fractions.items():
-        recent = [float(f) for f in values[-SATURATED_WRITES:]]
-        if len(recent) < SATURATED_WRITES or min(recent) < SATURATED_FRACTION:
-            continue
         end, last = warmups.get(name, (None, None))
-        if end is not None and (last is None or end <= last):
-            continue
-        saturated[name] = recent
+        relaxes = end is not None and (last is None or end <= last)
+        permanent = _no_room(bounds.get(name, {})) and not relaxes
+        recent = _saturated(values, permanent)
+        if recent is not None:
+            saturated[name] = recent
     if not saturated:
         return None
     listed = list(saturated)

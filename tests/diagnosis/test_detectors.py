@@ -217,16 +217,19 @@ def lag(mean_distances, variance_ratio=1.0):
 @pytest.mark.parametrize(
     "distances, ratio, lagging",
     [
-        ([0.4, 0.6], 1.0, True),  # 0.5 standard deviations on average
+        ([0.4, 0.6], 1.0, True),  # 0.5 standard deviations
         ([0.3, 0.6], 1.0, False),
-        ([2.0, 0.0, 0.0, 0.0, 0.0], 1.0, False),  # one channel: average 0.4
+        ([0.6, 0.6, 0.0], 1.0, True),  # in two channels of three
+        ([9.0, 0.0, 0.0], 1.0, False),  # one odd channel
         ([0.0, 0.0], 2.0, True),  # the variance twice the batches'
         ([0.0, 0.0], 0.5, True),  # or half
         ([0.0, 0.0], 1.9, False),
     ],
 )
-def test_lagging_statistics_on_average_over_channels(distances, ratio, lagging):
-    finding = t.lagging_statistics([("bn", lag(distances, ratio), 0.99)], 20)
+def test_lagging_statistics_in_the_median_channel(distances, ratio, lagging):
+    finding = t.lagging_statistics(
+        [("bn", lag(distances, ratio), 0.99, None)], 20
+    )
     assert (finding is not None) == lagging
     if lagging:
         assert (finding.code, finding.severity) == (
@@ -236,7 +239,7 @@ def test_lagging_statistics_on_average_over_channels(distances, ratio, lagging):
         assert finding.layers == ("bn",)
         assert finding.remedy == t.REMEDY_LAGGING
         (evidence,) = finding.evidence["layers"]
-        assert evidence["mean_distance"] == pytest.approx(np.mean(distances))
+        assert evidence["mean_distance"] == pytest.approx(np.median(distances))
         assert evidence["variance_factor"] == pytest.approx(
             max(ratio, 1 / ratio)
         )
@@ -245,9 +248,9 @@ def test_lagging_statistics_on_average_over_channels(distances, ratio, lagging):
 def test_lagging_statistics_names_the_worst_layer_and_its_probe_gap():
     finding = t.lagging_statistics(
         [
-            ("a", lag([0.6, 0.6]), 0.99),
-            ("b", lag([0.1, 0.1]), 0.99),
-            ("c", lag([0.0], 16.0), 0.999),
+            ("a", lag([0.6, 0.6]), 0.99, None),
+            ("b", lag([0.1, 0.1]), 0.99, None),
+            ("c", lag([0.0], 16.0), 0.999, None),
         ],
         steps=19,
         gaps={"c": 4.2},
@@ -256,17 +259,30 @@ def test_lagging_statistics_names_the_worst_layer_and_its_probe_gap():
     assert "over the last 19 training steps, c's moving mean was 0 " in (
         finding.message
     )
-    assert "a factor 16, on average over its channels (momentum 0.999: " in (
+    assert "a factor 16, in its median channel (momentum 0.999: " in (
         finding.message
     )
     assert "each step moves the statistics 0.1% of the way" in finding.message
     assert finding.message.endswith(
         "On the probe batch, c's output in training and in inference differs "
-        "by 4.2 of its spread."
+        "by 4.2 of its spread in the median channel."
     )
     # Non-finite channels are left out (their own finding says so).
     nan = lag([np.nan, 0.1])
-    assert t.lagging_statistics([("bn", nan, 0.9)], 5) is None
+    assert t.lagging_statistics([("bn", nan, 0.9, None)], 5) is None
+
+
+@pytest.mark.parametrize(
+    "clipped, lagging",
+    [(1.0, True), (0.9, True), (0.5, False), (np.nan, False)],
+)
+def test_a_renorm_layer_lags_only_while_its_correction_is_clipped(
+    clipped, lagging
+):
+    """Unclipped, renorm's r and d train the layer on what inference
+    computes, however far the batches are from its statistics."""
+    finding = t.lagging_statistics([("bn", lag([2.0], 4.0), 0.99, clipped)], 9)
+    assert (finding is not None) == lagging
 
 
 def test_probe_gap_per_layer_rows_and_explained_layers():
@@ -321,7 +337,8 @@ def test_probe_batch_noise(gap, rows, noisy):
     ],
 )
 def test_renorm_saturation_during_a_warm_up(warmup, reported):
-    fractions = {"bn": [1.0] * d.SATURATED_WRITES}
+    # Writes whose bounds (rmax 1, dmax 0) clip everything by construction.
+    fractions = {"bn": [None] * d.SATURATED_WRITES}
     finding = t.renorm_clipping_saturated(
         fractions,
         {"bn": {"rmax": 1.0, "dmax": 0.0}},
@@ -337,6 +354,14 @@ def test_renorm_saturation_during_a_warm_up(warmup, reported):
         assert "until step 100, after this fit's last step (24)" in (
             finding.message
         )
+
+
+def test_writes_of_an_ended_warm_up_do_not_count():
+    room = {"bn": {"rmax": 1.5, "dmax": 0.5}}
+    two_in_warm_up = {"bn": [None, None, 1.0, 1.0, 1.0]}
+    assert t.renorm_clipping_saturated(two_in_warm_up, room) is None
+    finding = t.renorm_clipping_saturated({"bn": [None] + [1.0] * 5}, room)
+    assert finding.evidence["clipped_fraction"] == {"bn": [1.0] * 5}
 
 
 def test_renorm_saturation_with_room_blames_the_renorm_statistics():
