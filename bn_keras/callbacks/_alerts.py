@@ -74,11 +74,11 @@ class LayerEvidence:
     states: dict
     constant: np.ndarray
     probe: dict = dataclasses.field(default_factory=dict)
-    batch: tuple = None
+    batch: tuple | None = None
     window: object = None
     clipped: tuple = ()
     bounds: dict = dataclasses.field(default_factory=dict)
-    warmup: tuple = None
+    warmup: tuple | None = None
 
     @property
     def name(self):

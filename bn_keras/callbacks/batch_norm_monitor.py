@@ -182,19 +182,30 @@ class BatchNormMonitor(keras.callbacks.Callback):
     with `update_freq="epoch"`, and otherwise at the number of batches
     since the start of `fit`.
 
-    **Alerts.** At every epoch end the monitor checks every layer:
-    non-finite statistics (an error), a moving variance below epsilon in
-    channels that are not constant (a warning), dead channels
-    (`|gamma| < 1e-3`) and constant channels (notes). Each finding has a
-    stable code, the layers it concerns, the evidence and a remedy.
-    `alerts/unhealthy_layers`, how many layers have an error or a warning
-    (0 for a healthy run), opens the Overview; from the first epoch an
-    alert fires, `alerts/<code>` holds how many layers it concerns (0 once
-    it clears), charted at the end of the Overview (where TensorBoard puts
-    the charts only some runs have when it merges their layouts), and the
-    text summary lists it with its remedy. A statistic that is not finite
-    (checked at every write and epoch end) is also reported once per layer
-    with a `RuntimeWarning` naming the layer; with
+    **Alerts.** At every epoch end the monitor runs the detectors of
+    `bn_keras.diagnose` (`bn-keras doctor`) on what it measured: each
+    alert is a `bn_keras.diagnosis.Finding`, with the doctor's stable
+    code, the layers it concerns, a message with the evidence and a
+    remedy, in the doctor's words. Non-finite statistics (an error);
+    `statistics-mismatch` (a warning): moving statistics that lag behind
+    the training batches (the batches' mean and variance over the epoch,
+    recovered exactly from the update of the moving averages, against the
+    moving statistics, in the layer's median channel) or, with
+    `probe_data`, a probe gap beyond batch noise; `noisy-batch-statistics`
+    (a warning): a probe gap that the noise of tiny batches (ghost batches
+    of a few samples) explains; `renorm-clipping-saturated` (a warning):
+    renorm's `r` or `d` clipped on nearly every channel write after
+    write; collapsed variance, dead channels (`|gamma| < 1e-3`) and
+    constant channels (notes). `alerts/unhealthy_layers`, how many layers
+    have an error or a warning (0 for a healthy run), opens the Overview;
+    from the first epoch an alert fires, `alerts/<code>` holds how many
+    layers it concerns (0 once it clears), charted at the end of the
+    Overview (where TensorBoard puts the charts only some runs have when
+    it merges their layouts), and the text summary lists it with its
+    remedy (the summary written as training ends also lists the alerts
+    that fired earlier and cleared). A statistic that is not finite
+    (checked at every write and epoch end) is also reported once per
+    layer with a `RuntimeWarning` naming the layer; with
     `stop_on_nonfinite=True` training then stops.
 
     **Dashboards.** A custom-scalars layout (TensorBoard's "Custom

@@ -192,9 +192,10 @@ def probe_gap(gaps, rows, explained=()):
         "statistics-mismatch",
         "warning",
         list(off),
-        f"On the probe batch, {names(list(off))} normalize far from how "
-        "inference does: normalized with the batch's statistics (as in "
-        "training) and with the moving ones (as in inference), "
+        f"On the probe batch, {names(list(off))} "
+        f"normalize{'s' if len(off) == 1 else ''} far from how inference "
+        "does: normalized with the batch's statistics (as in training) and "
+        "with the moving ones (as in inference), "
         f"{_whose(worst, list(off))} output differs by {gap:.2g} of its "
         "spread in the median channel, where batch noise alone gives "
         f"about {noise:.2g}. The "
