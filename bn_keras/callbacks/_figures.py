@@ -110,7 +110,8 @@ def window_statistics(layer, now, before, steps):
     """The mean and variance of the training batches of the `steps` steps
     between the statistics `before` and `now` of `layer` (a `Window`), or
     `None` when they cannot be recovered: no step, a layer that does not
-    train, a momentum that is not a number below 1 (cumulative averages).
+    train, a momentum that is not a number below 1 (cumulative averages),
+    statistics that did not exist yet.
 
     Over `k` steps of momentum `m` the moving statistic goes from `before`
     to `now = m**k * before + (1 - m**k) * w`, where `w` is the mean of
@@ -124,6 +125,8 @@ def window_statistics(layer, now, before, steps):
     momentum = layer.momentum
     if steps < 1 or not layer.trainable or not isinstance(momentum, float):
         return None
+    if "moving_mean" not in before or "moving_mean" not in now:
+        return None  # a layer built during the window
     decay = momentum**steps
     if not 0.0 <= decay < 1.0:
         return None

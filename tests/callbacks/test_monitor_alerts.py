@@ -105,6 +105,7 @@ def test_window_statistics_are_the_batches_weighted_mean(rng, renorm):
     assert window.kept.all() and window.steps == 6
     # Nothing to recover without a step, or from a frozen average.
     assert window_statistics(layer, before, before, 0) is None
+    assert window_statistics(layer, read_statistics(layer), {}, 6) is None
     layer.trainable = False
     assert window_statistics(layer, read_statistics(layer), before, 6) is None
 
