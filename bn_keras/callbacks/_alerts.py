@@ -29,6 +29,7 @@ import numpy as np
 from bn_keras._statistics import as_float64
 from bn_keras._statistics import dead_channels as dead_gamma
 from bn_keras._statistics import nonfinite
+from bn_keras.callbacks._figures import clipping
 from bn_keras.diagnosis import _detectors
 from bn_keras.diagnosis import _training_detectors
 from bn_keras.diagnosis.finding import CODES
@@ -261,16 +262,24 @@ class AlertLog:
                     start + int(steps) * int(epochs) if known else None
                 )
 
-    def record_write(self, tag, figures):
+    def record_write(self, tag, figures, layer):
         """Keeps renorm's clipped fraction of a write: of the training
-        batch, else of the probe (ghost-batch renorm); `None` while the
-        bounds allow no correction (`rmax` 1, `dmax` 0)."""
-        for key in ("renorm/clipped_fraction", "probe/clipped_fraction"):
+        batch (with the bounds of that batch, the step before the layer's),
+        else of the probe (ghost-batch renorm; the bounds now); `None` when
+        those bounds allow no correction (`rmax` 1, `dmax` 0)."""
+        for key, back in (
+            ("renorm/clipped_fraction", 1),
+            ("probe/clipped_fraction", 0),
+        ):
             if key in figures:
+                step = _renorm_step(layer)
+                if step is not None:
+                    step = max(step - back, 0)
+                bounds = clipping(layer, step)
                 fraction = float(figures[key])
-                rmax = figures.get("renorm/rmax", np.inf)
-                if rmax <= 1 and figures.get("renorm/dmax", np.inf) <= 0:
-                    fraction = None
+                if bounds.get("rmax", np.inf) <= 1:
+                    if bounds.get("dmax", np.inf) <= 0:
+                        fraction = None
                 self.clipped.setdefault(tag, []).append(fraction)
                 return
 

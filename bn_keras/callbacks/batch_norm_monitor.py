@@ -883,8 +883,9 @@ class BatchNormMonitor(keras.callbacks.Callback):
             reading, self._last, probe, self._renorm_snapshot()
         )
         summary = summary_pb2.Summary()
+        layers = dict(zip(self._names, self._layers))
         for name, layer_figures in figures.items():
-            self._alerts.record_write(name, layer_figures)
+            self._alerts.record_write(name, layer_figures, layers[name])
             summary.value.extend(
                 scalar(f"{name}/{key}", value)
                 for key, value in layer_figures.items()
