@@ -102,7 +102,7 @@ def _epoch_charts(names, validation, keras_logs):
 
 
 def overview_category(
-    alert_codes,
+    alerts,
     accuracy_names,
     probe,
     objective=None,
@@ -112,8 +112,8 @@ def overview_category(
     """The Overview, the only category open at first.
 
     Args:
-        alert_codes: Codes of the alerts that have fired in this run, a
-            chart each, last.
+        alerts: `(code, severity)` of the alerts that have fired in this
+            run, a chart each, last.
         accuracy_names: The model's accuracy metrics, as Keras logs them.
         probe: Whether the monitor has `probe_data` (the gap's chart).
         objective: Optional Keras log name whose best value so far
@@ -155,7 +155,8 @@ def overview_category(
         )
     )
     charts += [
-        _line(chart_title(code), f"{ALERTS}/{code}") for code in alert_codes
+        _line(chart_title(code, severity), f"{ALERTS}/{code}")
+        for code, severity in alerts
     ]
     return layout_pb2.Category(title=OVERVIEW, chart=charts)
 
