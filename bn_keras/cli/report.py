@@ -15,6 +15,11 @@ import os
 
 import keras
 
+from bn_keras.callbacks._alerts import UNHEALTHY
+from bn_keras.callbacks._hparams import words
+from bn_keras.callbacks._layout import best_tag
+from bn_keras.callbacks._layout import last_value
+from bn_keras.callbacks._layout import retitle_chart
 from bn_keras.cli import plot
 from bn_keras.cli.common import console
 from bn_keras.cli.common import table
@@ -230,6 +235,33 @@ def write_results(session, results, metric, title, write_table):
     return csv_path, png_path
 
 
+def name_the_leader(session, results, metric):
+    """Names the leaderboard's #1, its figure and its BN's health at the
+    end, in the title of the Overview's chart of the ranking figure, in
+    every run of `session`: the first screen of Custom Scalars then says
+    which configuration won, as the leaderboard does."""
+    (_, first), *_ = leaderboard_rows(results)
+    unhealthy = last_value(first.run_dir, UNHEALTHY)
+    if unhealthy is None:
+        health = ""
+    elif unhealthy == 0:
+        health = "; its BN ends healthy"
+    else:
+        count = round(unhealthy)
+        health = (
+            f"; its BN ends with {count} layer{'s' if count > 1 else ''} "
+            "in error or warning (the Text dashboard says which)"
+        )
+    title = (
+        f"best {words(metric)} so far; #1 in the leaderboard: "
+        f"{first.label}, {_fmt(first.best)} at epoch {first.best_epoch}"
+        f"{health}"
+    )
+    runs = [os.path.join(session, name) for name in sorted(os.listdir(session))]
+    runs = [run for run in runs if os.path.isdir(run)]
+    retitle_chart(runs, best_tag(metric), title)
+
+
 def partial_results(results, total, session, kind="configurations"):
     """What an interrupted command finished, for its last line; `total`
     is `None` when unknown in advance (hyperband)."""
@@ -259,6 +291,7 @@ def comparison_summary(out, session, comparison):
         session, results, metric, title, write_comparison_csv
     )
     print_leaderboard(out, results, metric)
+    name_the_leader(session, results, metric)
     for note in comparison.same_network_notes():
         out.print(f"note: {note}: trained once, one row.", soft_wrap=False)
     out.print(f"leaderboard:  {csv_path}")

@@ -198,6 +198,39 @@ def test_custom_scalars_open_on_the_overview_alone(served_comparison):
 
 
 @pytest.mark.slow
+def test_the_overview_names_the_leaderboards_first(served_comparison):
+    """The first screen says which configuration won: the title of the
+    Overview's chart of the ranking figure names the leaderboard's #1,
+    its figure and best epoch, and its BN's health at the end, in one
+    chart across runs (every run's layout says the same)."""
+    base, _, leaderboard = served_comparison
+    (first,) = [row for row in leaderboard.values() if row["rank"] == "1"]
+    layout = get_json(f"{base}/data/plugin/custom_scalars/layout")
+    (overview,) = [c for c in layout["category"] if c["title"] == "Overview"]
+    titles = [
+        chart["title"]
+        for chart in overview["chart"]
+        if chart["multiline"]["tag"] == ["^epoch/best_val_accuracy$"]
+    ]
+    best = float(first["best_val_accuracy"])
+    (*_, (_, _, unhealthy)) = scalar_values(
+        base, first["run_dir"], "alerts/unhealthy_layers"
+    )
+    health = "its BN ends healthy"
+    if unhealthy:
+        count = round(unhealthy)
+        health = (
+            f"its BN ends with {count} layer{'s' if count > 1 else ''} in "
+            "error or warning (the Text dashboard says which)"
+        )
+    assert titles == [
+        "best validation accuracy so far; #1 in the leaderboard: "
+        f"{first['configuration']}, {best:.4f} at epoch "
+        f"{first['best_epoch']}; {health}"
+    ]
+
+
+@pytest.mark.slow
 def test_a_layer_has_one_tag_in_every_configuration(served_comparison):
     """The BN that normalizes the first Dense layer's output is `bn01-dense`
     whatever the placement (after it, before or after its activation; the
