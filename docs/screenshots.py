@@ -3,7 +3,9 @@
     make screenshots                  # a fresh demo run, then the PNGs
     python docs/screenshots.py --session runs/compare-digits-...  # reuse
 
-Trains the comparison of `make demo` (unless `--session` names one), serves
+Trains the comparison of `make demo` (whose arguments the Makefile passes
+as `--demo-args`, so that they are written once), unless `--session` names
+one; serves
 it with TensorBoard on 127.0.0.1 (a free port), drives Debian's headless
 Chromium through selenium and saves, in `docs/images`, each page as a
 person gets it when they open it (no runs filtered, nothing collapsed or
@@ -44,10 +46,6 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = [
-    "-m", "bn_keras", "compare", "--dataset", "digits", "--model", "cnn",
-    "--epochs", "12", "--normalizations", "batch", "renorm",
-]
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -91,6 +89,11 @@ def parse_args(argv=None):
         "demo's comparison into a temporary folder)",
     )
     parser.add_argument(
+        "--demo-args",
+        help="the arguments of `bn-keras compare` that `make demo` runs "
+        "(`make screenshots` passes them); needed without --session",
+    )
+    parser.add_argument(
         "--python",
         default=os.path.join(REPO, ".venv", "bin", "python"),
         help="the interpreter with bn_keras and TensorBoard (default: "
@@ -103,14 +106,21 @@ def parse_args(argv=None):
     )
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--chromedriver", default="/usr/bin/chromedriver")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.session is None and not args.demo_args:
+        parser.error(
+            "give --session (a compare folder) or --demo-args (the demo's "
+            "`bn-keras compare` arguments; `make screenshots` passes them)"
+        )
+    return args
 
 
-def train_demo(python, logdir):
+def train_demo(python, demo_args, logdir):
     """Runs the demo's comparison into `logdir`; returns its folder."""
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    command = [python, "-m", "bn_keras", "compare", *demo_args.split()]
     subprocess.run(
-        [python, *DEMO, "--logdir", logdir], check=True, cwd=REPO, env=env
+        [*command, "--logdir", logdir], check=True, cwd=REPO, env=env
     )
     (session,) = glob.glob(os.path.join(logdir, "compare-digits-*"))
     return session
@@ -314,7 +324,9 @@ def main(argv=None):
     log_path = os.path.join(scratch, "tensorboard.log")
     server = None
     try:
-        session = args.session or train_demo(args.python, scratch)
+        session = args.session or train_demo(
+            args.python, args.demo_args, scratch
+        )
         with open(log_path, "wb") as log:
             server, base = start_tensorboard(args.python, session, log)
             photograph(args, base)

@@ -3,9 +3,12 @@
 A small convolutional network for scikit-learn's bundled digits (8x8
 grey-scale images of the ten digits; nothing is downloaded) is written
 the usual way, without batch normalization. `BNPlacementHyperModel` turns
-it into a search space: each convolution and the hidden Dense layer gets
-its own placement (BN before the activation, after it, on the layer's
-input, or none) and normalization (plain or ghost batches), and each trial
+it into a search space: each convolution and Dense layer gets its own
+placement (BN after the layer and before its activation, after the
+activation, before the layer with the previous layer's activation moved
+after it as in pre-activation ResNets, or none; the first convolution,
+which reads the input, gets no BN before it, and the logits none after
+them) and normalization (plain or ghost batches), and each trial
 trains a copy of the model, rebuilt with `bn_keras.insert_batchnorm`, from
 a fresh initialization. The report lists the trials, best first, with the
 choices of each layer.
@@ -13,10 +16,13 @@ choices of each layer.
 Every trial also writes TensorBoard logs with its hyperparameters
 (HParams dashboard) and the `BatchNormMonitor`'s figures to a run named
 by its trial id and what it tried, such as
-`<out>/logs/trial_1-bn-act-layer.batch_bn-act-layer.ghost_layer-act`
+`<out>/logs/trial_2-layer-bn-act.ghost_bn-act-layer.ghost_layer-act-x2`
 (`run_name` in `report.json`):
 
     tensorboard --logdir <out>/logs
+
+Two trials can build one network: a layer's `bn-act-layer` puts BN where
+the layer before it would put it with `layer-bn-act`.
 
 Run it:
 

@@ -16,10 +16,11 @@ rmax]` and `[-dmax, dmax]`: training then sees the inference transform.
 It prints, per seed and on average:
 
 - the validation accuracy (inference mode: moving statistics);
-- the train/inference gap: accuracy on the training set computed in
-  training mode (each batch of 4 normalized with its own statistics, from
-  the trained model's state, which is restored after every batch) minus
-  the accuracy on the same samples in inference mode;
+- the train/inference gap (`bn_keras.models.train_inference_gap`):
+  accuracy on the training set computed in training mode (each batch of 4
+  normalized with its own statistics, renorm's corrections from the
+  trained model's state, which it leaves unchanged) minus the accuracy on
+  the same samples in inference mode;
 
 and saves a PNG of the validation accuracy per epoch (mean over seeds).
 
@@ -99,29 +100,6 @@ def normalization(setting, steps_per_epoch):
     )
 
 
-def training_mode_accuracy(model, x, y, batch_size):
-    """Accuracy with every batch normalized as in training.
-
-    Each batch of `batch_size` is normalized with its own statistics (for
-    renorm, corrected with `r` and `d` from the model's end-of-training
-    state). Calling a model with `training=True` updates its moving
-    statistics (and renorm's step counter), so they are put back after
-    every batch: each batch sees the same, final state, and the model is
-    left as it was.
-    """
-    saved = [v.numpy() for v in model.non_trainable_variables]
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        try:
-            logits = model(x[start : start + batch_size], training=True)
-        finally:
-            for variable, value in zip(model.non_trainable_variables, saved):
-                variable.assign(value)
-        predicted = np.argmax(keras.ops.convert_to_numpy(logits), axis=-1)
-        correct += int(np.sum(predicted == y[start : start + batch_size]))
-    return correct / len(x)
-
-
 def _signed(value):
     """`+0.123`, and `+0.000` rather than `-0.000` for tiny negatives."""
     return f"{0.0 if abs(value) < 5e-4 else value:+.3f}"
@@ -150,13 +128,17 @@ def run_seed(seed, epochs, fraction):
             batch_size=BATCH_SIZE,
             verbose=0,
         )
-        inference = model.evaluate(x_train, y_train, verbose=0)[1]
-        training = training_mode_accuracy(model, x_train, y_train, BATCH_SIZE)
+        # Accuracy on the training set in training mode (each batch of 4
+        # normalized as in training) and in inference; the model is left
+        # as it was.
+        gap = bn_keras.models.train_inference_gap(
+            model, (x_train, y_train), batch_size=BATCH_SIZE
+        )
         results[setting] = {
             "val_accuracy": [float(a) for a in history.history["val_accuracy"]],
-            "train_inference": float(inference),
-            "train_training_mode": float(training),
-            "gap": float(training - inference),
+            "train_inference": gap["inference"],
+            "train_training_mode": gap["training"],
+            "gap": gap["gap"],
         }
     return results, len(x_train), len(x_val), steps_per_epoch
 

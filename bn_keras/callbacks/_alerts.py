@@ -1,22 +1,24 @@
 """The alerts of `BatchNormMonitor`: what is wrong with which layer, and
-what to do about it.
+what to do about it, in the words of `bn-keras doctor`.
 
-An alert is a finding with a stable `code` (what the alert scalar
-`alerts/<code>` and its chart in the Overview are named after), a `severity`
-(`"error"`, `"warning"` or `"info"`), the `layers` it concerns (their tag
-prefixes), a `message` naming them with the evidence, and a `remedy`. The
-monitor collects them at every epoch end by running each detector of
-`DETECTORS` on the `LayerEvidence` of every layer; a detector is a
-function from that list to a list of `Alert`s, so a new one (such as the
-`bn_keras.diagnosis` detectors, fed from the probe gap, the drift and the
-renorm clipping the monitor measures) is one more entry. The monitor then
-writes `alerts/unhealthy_layers` (how many layers have an error or a
+An alert is a `bn_keras.diagnosis.Finding` (a stable `code`, a
+`severity`, the `layers`, a `message` with the evidence, a `remedy`)
+made by the detectors of `bn_keras.diagnosis`: those of
+`_detectors` for what a saved model shows too (non-finite statistics,
+collapsed variance, dead channels), those of `_training_detectors` for
+what only training shows (moving statistics lagging behind the batches,
+the probe gap, batch noise on the probe, renorm clipping saturated write
+after write, constant channels). The words, codes and thresholds live
+there, once; this module is the monitor's side. At every epoch end the
+monitor gathers what it measured about each layer in a `LayerEvidence`;
+each function of `DETECTORS` feeds one detector from them. The monitor
+then writes `alerts/unhealthy_layers` (how many layers have an error or a
 warning: 0 for a healthy run), charted first in the Overview of every
 run; for every code that has fired in the run, `alerts/<code>` (how many
 layers it concerns, 0 once it clears) and a chart of it at the end of the
 Overview (where TensorBoard puts the charts that only some runs have when
 it merges their layouts); and the text summary's alert table
-(`alert_table`).
+(`alert_table`). A finding names a layer `"<tag> (<path>)"`.
 """
 
 import collections
@@ -24,9 +26,14 @@ import dataclasses
 
 import numpy as np
 
-from bn_keras._statistics import DEAD_GAMMA
-from bn_keras._statistics import dead_channels
+from bn_keras._statistics import as_float64
+from bn_keras._statistics import dead_channels as dead_gamma
 from bn_keras._statistics import nonfinite
+from bn_keras.callbacks._figures import clipping
+from bn_keras.diagnosis import _detectors
+from bn_keras.diagnosis import _training_detectors
+from bn_keras.diagnosis.finding import CODES
+from bn_keras.diagnosis.finding import SEVERITIES
 
 #: Tag prefix of the alert scalars: `alerts/<code>`.
 ALERTS = "alerts"
@@ -34,29 +41,32 @@ ALERTS = "alerts"
 #: How many BN layers have an error or a warning: 0 for a healthy run.
 UNHEALTHY = f"{ALERTS}/unhealthy_layers"
 
-SEVERITIES = ("error", "warning", "info")
-
-
-@dataclasses.dataclass(frozen=True)
-class Alert:
-    """One finding of the monitor, about one or more BN layers."""
-
-    code: str
-    severity: str
-    layers: tuple  # tag prefixes
-    message: str
-    remedy: str
+#: The codes the monitor can raise, in the order of their charts.
+MONITOR_CODES = (
+    "nonfinite-statistics",
+    "statistics-mismatch",
+    "noisy-batch-statistics",
+    "renorm-clipping-saturated",
+    "collapsed-variance",
+    "dead-channels",
+    "constant-channels",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerEvidence:
     """What the monitor knows about one BN layer at an epoch end.
 
-    `states` are its statistics (`read_statistics`), `constant` which
-    channels' moving variance counts as constant (the training batches
-    since the previous write had no variance in them), `probe` its probe
-    figures (`{}` without `probe_data`), `figures` every figure written
-    for it at its last write.
+    `states` are its statistics (`read_statistics`); `constant`, which
+    channels were constant on the training batches since the previous
+    write; `probe`, its probe figures of the last write (`{}` without
+    `probe_data`) and `batch`, its `ProbeBatch` (the smallest batch it
+    normalizes on the probe, the median gap); `window`, the training
+    batches' statistics over the epoch (`window_statistics`, or `None`);
+    `clipped`, renorm's clipped fraction at each write so far; `bounds`,
+    renorm's bounds in force; `warmup`, `(end, last)` while a
+    `RenormClipping` schedule keeps `rmax = 1`, `dmax = 0` until step `end`,
+    the fit ending at step `last` (`None` when unknown).
     """
 
     tag: str
@@ -64,12 +74,16 @@ class LayerEvidence:
     layer: object
     states: dict
     constant: np.ndarray
-    probe: dict
-    figures: dict
+    probe: dict = dataclasses.field(default_factory=dict)
+    batch: tuple | None = None
+    window: object = None
+    clipped: tuple = ()
+    bounds: dict = dataclasses.field(default_factory=dict)
+    warmup: tuple | None = None
 
     @property
     def name(self):
-        """`tag (path)`, how messages name a layer."""
+        """`tag (path)`, how findings name a layer."""
         return f"{self.tag} ({self.path})"
 
     @property
@@ -77,187 +91,324 @@ class LayerEvidence:
         return int(np.size(self.states.get("moving_variance")))
 
 
-#: Per code: (severity, what the chart's title says, the remedy).
-CODES = {
-    "nonfinite-statistics": (
-        "error",
-        "layers with NaN or infinite statistics",
-        "The inference output of these layers is wrong. Look for NaN or "
-        "Inf in the data, or a diverging loss: lower the learning rate, "
-        "clip gradients, or stop with stop_on_nonfinite=True.",
-    ),
-    "collapsed-variance": (
-        "warning",
-        "layers with a moving variance below epsilon",
-        "Inference divides these channels by about sqrt(epsilon): check "
-        "the input's scale (standardize it, or use input_batchnorm) and "
-        "recalibrate the statistics (bn_keras.recalibrate) on training "
-        "data.",
-    ),
-    "dead-channels": (
-        "info",
-        "layers with dead channels (gamma near 0)",
-        "Dead channels output beta whatever their input; a few cost "
-        "nothing. Many of them point at too strong a weight decay on gamma "
-        "or too high a learning rate.",
-    ),
-    "constant-channels": (
-        "info",
-        "layers with constant channels",
-        "Nothing to do when the data holds them (a pixel that is 0 in "
-        "every image); they are left out of the gap and of the smallest "
-        "moving variance. Dead ReLU units upstream show here too.",
-    ),
-}
+def tag_of(name):
+    """The tag of a layer named `"<tag> (<path>)"` (tags hold no space)."""
+    return name.split(" ", 1)[0]
 
 
-def make_alert(code, items):
-    """The `Alert` of `code` from `(LayerEvidence, detail)` pairs, with
-    the severity and remedy of `CODES`."""
-    severity, _, remedy = CODES[code]
-    message = "; ".join(f"{item.name}: {detail}" for item, detail in items)
-    return Alert(
-        code, severity, tuple(item.tag for item, _ in items), message, remedy
-    )
-
-
-def _fired(code, items):
-    return [make_alert(code, items)] if items else []
+# -- the detectors, fed from the evidence ---------------------------------
 
 
 def nonfinite_statistics(layers):
-    """Layers with a NaN or an infinity in their statistics."""
-    items = []
-    for item in layers:
-        bad = nonfinite(item.states)
-        if bad:
-            items.append((item, f"non-finite {', '.join(bad)}"))
-    return _fired("nonfinite-statistics", items)
+    """NaN or an infinity in a layer's statistics, gamma or beta."""
+    return _detectors.nonfinite_statistics(
+        {item.name: nonfinite(item.states) for item in layers}
+    )
+
+
+def _lag(item):
+    window = item.window
+    kept = window.kept
+    figures = _detectors.statistics_distance(
+        window.moving_mean[kept],
+        window.moving_variance[kept],
+        window.mean[kept],
+        window.variance[kept],
+        item.layer.epsilon,
+    )
+    clipped = None
+    if item.layer.renorm:  # a write without room: clipped throughout
+        clipped = item.clipped[-1] if item.clipped else float("nan")
+        clipped = 1.0 if clipped is None else clipped
+    return item.name, figures, item.layer.momentum, clipped
+
+
+def _probe_figures(layers):
+    """`{name: median gap}`, and `{name: values per channel}` and `{name:
+    (samples, ghost)}` of the smallest batch each layer normalizes on the
+    probe."""
+    probed = [item for item in layers if item.batch is not None]
+    return (
+        {item.name: item.batch.median_gap for item in probed},
+        {item.name: item.batch.rows for item in probed},
+        {item.name: (item.batch.samples, item.batch.ghost) for item in probed},
+    )
+
+
+def statistics_mismatch(layers):
+    """Moving statistics lagging behind the training batches; a probe gap
+    beyond batch noise in the other layers."""
+    windowed = [item for item in layers if item.window is not None]
+    steps = max((item.window.steps for item in windowed), default=0)
+    gaps, rows, _ = _probe_figures(layers)
+    lagging = _training_detectors.lagging_statistics(
+        [_lag(item) for item in windowed], steps, gaps
+    )
+    explained = lagging.layers if lagging is not None else ()
+    return [lagging, _training_detectors.probe_gap(gaps, rows, explained)]
+
+
+def noisy_batch_statistics(layers):
+    """A probe gap that the noise of small batches explains."""
+    return _training_detectors.probe_batch_noise(*_probe_figures(layers))
+
+
+def renorm_clipping_saturated(layers):
+    """Renorm's r or d clipped on nearly every channel, write after write."""
+    renorm = [item for item in layers if item.clipped]
+    return _training_detectors.renorm_clipping_saturated(
+        {item.name: list(item.clipped) for item in renorm},
+        {item.name: item.bounds for item in renorm},
+        {item.name: item.warmup for item in renorm if item.warmup},
+    )
 
 
 def collapsed_variance(layers):
-    """Layers whose moving variance is below epsilon in channels that are
-    not constant."""
-    items = []
+    """A moving variance below epsilon in channels whose training batches'
+    variance is above it (or, before an epoch has ended, that are not
+    constant)."""
+    found = {}
     for item in layers:
         variance = item.states.get("moving_variance")
         if variance is None:
             continue
-        small = int(np.sum(~item.constant & (variance < item.layer.epsilon)))
-        if small:
-            items.append(
-                (
-                    item,
-                    f"{small}/{item.channels} channels not constant, with a "
-                    f"moving variance below epsilon ({item.layer.epsilon:g})",
-                )
+        varies = ~item.constant
+        if item.window is not None:
+            varies = item.window.kept & (
+                item.window.variance > item.layer.epsilon
             )
-    return _fired("collapsed-variance", items)
+        found[item.name] = (variance, varies, item.layer.epsilon)
+    return _detectors.collapsed_variance(found)
 
 
-def dead_gamma(layers):
-    """Layers with channels whose `|gamma|` is below `DEAD_GAMMA`."""
-    items = []
-    for item in layers:
-        if "gamma" not in item.states:
-            continue
-        dead = int(np.sum(dead_channels(item.states["gamma"])))
-        if dead:
-            items.append(
-                (
-                    item,
-                    f"{dead}/{item.channels} channels dead (abs(gamma) < "
-                    f"{DEAD_GAMMA:g})",
-                )
+def dead_channels(layers):
+    """Channels whose `|gamma|` is about 0."""
+    return _detectors.dead_channels(
+        {
+            item.name: (
+                int(np.sum(dead_gamma(item.states["gamma"]))),
+                item.channels,
             )
-    return _fired("dead-channels", items)
+            for item in layers
+            if "gamma" in item.states
+        }
+    )
 
 
 def constant_channels(layers):
-    """Layers with channels constant on the training batches or on the
-    probe batch."""
-    items = []
-    for item in layers:
-        parts = []
-        if np.any(item.constant):
-            parts.append(
-                f"{int(np.sum(item.constant))}/{item.channels} constant on "
-                "the training batches"
+    """Channels constant on the training batches or on the probe batch."""
+    return _training_detectors.constant_channels(
+        {
+            item.name: (
+                int(np.sum(item.constant)),
+                int(item.probe.get("probe/constant_channels", 0)),
+                item.channels,
             )
-        on_probe = int(item.probe.get("probe/constant_channels", 0))
-        if on_probe:
-            parts.append(f"{on_probe}/{item.channels} on the probe batch")
-        if parts:
-            items.append((item, "channels " + ", ".join(parts)))
-    return _fired("constant-channels", items)
+            for item in layers
+        }
+    )
 
 
-#: The detectors the monitor runs at every epoch end, in this order.
+#: The detectors the monitor runs at every epoch end, in this order; each
+#: returns a `Finding`, `None` or a list of them.
 DETECTORS = (
     nonfinite_statistics,
+    statistics_mismatch,
+    noisy_batch_statistics,
+    renorm_clipping_saturated,
     collapsed_variance,
-    dead_gamma,
+    dead_channels,
     constant_channels,
 )
 
 
 def collect(layers, detectors=DETECTORS):
-    """Every alert of `detectors` on `layers` (`LayerEvidence`s), errors
+    """Every finding of `detectors` on `layers` (`LayerEvidence`s), errors
     first, then warnings, then notes, each kind in detector order."""
-    alerts = [alert for detector in detectors for alert in detector(layers)]
-    return sorted(alerts, key=lambda alert: SEVERITIES.index(alert.severity))
+    findings = []
+    for detector in detectors:
+        found = detector(layers)
+        found = found if isinstance(found, list) else [found]
+        findings += [finding for finding in found if finding is not None]
+    return sorted(findings, key=lambda f: SEVERITIES.index(f.severity))
 
 
-def unhealthy_layers(alerts):
-    """How many layers an error or a warning of `alerts` concerns."""
+class AlertLog:
+    """The alerts of one `fit`: the findings of the last epoch end, the
+    codes that have fired (with their severity, for the Overview's
+    charts), each renorm layer's clipped fraction write after write, and
+    what fired during training, for the text summary.
+
+    Args:
+        layers: The BN layers, `[(tag, layer)]`.
+        params: The callbacks' `params` of `fit` (`epochs`, `steps`).
+    """
+
+    def __init__(self, layers, params):
+        self.findings = []
+        self.fired = {}  # code: severity
+        self.clipped = {}  # tag: [clipped fraction of each write]
+        self.seen = {}  # (code, remedy): [finding, first, last, tags]
+        steps, epochs = (
+            (params or {}).get("steps"),
+            (params or {}).get("epochs"),
+        )
+        self._fit_end = {}  # id(layer): the renorm step at the fit's end
+        for _, layer in layers:
+            if getattr(layer, "renorm_schedule", None) is not None:
+                start = _renorm_step(layer)
+                known = steps and epochs and start is not None
+                self._fit_end[id(layer)] = (
+                    start + int(steps) * int(epochs) if known else None
+                )
+
+    def record_write(self, tag, figures, layer):
+        """Keeps renorm's clipped fraction of a write: of the training
+        batch (with the bounds of that batch, the step before the layer's),
+        else of the probe (ghost-batch renorm; the bounds now); `None` when
+        those bounds allow no correction (`rmax` 1, `dmax` 0)."""
+        for key, back in (
+            ("renorm/clipped_fraction", 1),
+            ("probe/clipped_fraction", 0),
+        ):
+            if key in figures:
+                step = _renorm_step(layer)
+                if step is not None:
+                    step = max(step - back, 0)
+                bounds = clipping(layer, step)
+                fraction = float(figures[key])
+                if bounds.get("rmax", np.inf) <= 1:
+                    if bounds.get("dmax", np.inf) <= 0:
+                        fraction = None
+                self.clipped.setdefault(tag, []).append(fraction)
+                return
+
+    def warmup(self, layer):
+        """`(end, last)` while `layer`'s `RenormClipping` schedule keeps
+        `rmax = 1`, `dmax = 0` (until step `end`; the fit ends at `last`)."""
+        end = getattr(
+            getattr(layer, "renorm_schedule", None), "warmup_steps", None
+        )
+        step = _renorm_step(layer)
+        if end is None or step is None or step >= end:
+            return None
+        return end, self._fit_end.get(id(layer))
+
+    def update(self, findings, epoch=None):
+        """Takes the findings of an epoch end (`epoch` counted from 1; `None`
+        as training begins); returns whether a code fired for the first
+        time."""
+        self.findings = findings
+        new = {
+            f.code: f.severity
+            for f in reversed(findings)
+            if f.code not in self.fired
+        }
+        self.fired.update(new)
+        if epoch is not None:
+            for finding in findings:
+                key = (finding.code, finding.remedy)
+                entry = self.seen.setdefault(key, [finding, epoch, epoch, []])
+                entry[0], entry[2] = finding, epoch
+                entry[3] += [
+                    t for t in map(tag_of, finding.layers) if t not in entry[3]
+                ]
+        return bool(new)
+
+    def cleared(self):
+        """`[(finding, first, last, tags)]`: what fired during training and
+        not at the last epoch end, in the order it first fired."""
+        current = {(f.code, f.remedy) for f in self.findings}
+        return [tuple(e) for key, e in self.seen.items() if key not in current]
+
+
+def _renorm_step(layer):
+    step = getattr(layer, "renorm_step", None)
+    return None if step is None else int(as_float64(step))
+
+
+def unhealthy_layers(findings):
+    """How many layers an error or a warning of `findings` concerns."""
     return len(
         {
-            tag
-            for alert in alerts
-            if alert.severity in ("error", "warning")
-            for tag in alert.layers
+            tag_of(name)
+            for finding in findings
+            if finding.severity in ("error", "warning")
+            for name in finding.layers
         }
     )
 
 
-def counts(alerts):
-    """`{code: number of layers}` of `alerts`."""
-    result = collections.Counter()
-    for alert in alerts:
-        result[alert.code] += len(alert.layers)
-    return dict(result)
+def counts(findings):
+    """`{code: number of layers}` of `findings`, in `MONITOR_CODES`
+    order."""
+    layers = collections.defaultdict(set)
+    for finding in findings:
+        layers[finding.code].update(tag_of(name) for name in finding.layers)
+    order = {code: i for i, code in enumerate(MONITOR_CODES)}
+    return {
+        code: len(layers[code])
+        for code in sorted(layers, key=lambda c: order.get(c, len(order)))
+    }
 
 
-def chart_title(code):
-    """The title of an alert's chart in the Overview: its severity, what
-    it counts, its code, and where the remedy is."""
-    severity, title, _ = CODES.get(code, ("warning", code, ""))
-    return f"{severity.upper()}: {title} ({code}; what to do: Text)"
+def chart_title(code, severity):
+    """The title of an alert's chart in the Overview: its severity, code,
+    what it counts, and where the remedy is."""
+    return (
+        f"{severity.upper()} {code}, how many BN layers: {CODES[code]} "
+        "(what to do: Text)"
+    )
 
 
 #: How many layers the alert table names before it counts the rest.
 _LAYERS_NAMED = 3
 
 
-def _layers_cell(layers):
-    named = ", ".join(layers[:_LAYERS_NAMED])
-    rest = len(layers) - _LAYERS_NAMED
+def _layers_cell(names):
+    tags = [tag_of(name) for name in names]
+    named = ", ".join(tags[:_LAYERS_NAMED])
+    rest = len(tags) - _LAYERS_NAMED
     return f"{named} and {rest} more" if rest > 0 else named
 
 
-def alert_table(alerts):
-    """Markdown lines: `"No alerts."`, or a table of `alerts` (severity,
-    code, layers: short cells, so that TensorBoard's narrowest text card
-    breaks no word), then a list with each alert's evidence and remedy."""
-    if not alerts:
-        return ["No alerts."]
-    lines = ["| severity | alert | layers |", "|---|---|---|"]
-    lines += [
-        f"| {a.severity} | {a.code} | {_layers_cell(a.layers)} |"
-        for a in alerts
-    ]
-    lines.append("")
-    lines += [
-        f"- **{a.code}**: {a.message}. *What to do:* {a.remedy}" for a in alerts
-    ]
+def _epochs(first, last):
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+
+def alert_table(findings, cleared=()):
+    """Markdown lines: `"No alerts."`, or a table of `findings` (severity,
+    code, layers' tags: short cells, so that TensorBoard's narrowest text
+    card breaks no word), then a list with each finding's message, with
+    its evidence, and remedy. Then, if any, the alerts that fired earlier
+    in training and cleared (`AlertLog.cleared`), with the epochs they
+    fired at and their last message."""
+    lines = ["No alerts."] if not findings else []
+    if findings:
+        lines = ["| severity | alert | layers |", "|---|---|---|"]
+        lines += [
+            f"| {f.severity} | {f.code} | {_layers_cell(f.layers)} |"
+            for f in findings
+        ]
+        lines.append("")
+        lines += [
+            f"- **{f.code}** ({f.severity}): {f.message} *What to do:* "
+            f"{f.remedy}"
+            for f in findings
+        ]
+    if cleared:
+        lines += ["", "Earlier in training, cleared since:", ""]
+        lines += ["| epochs | severity | alert | layers |", "|---|---|---|---|"]
+        lines += [
+            f"| {_epochs(first, last)} | {f.severity} | {f.code} | "
+            f"{_layers_cell(tags)} |"
+            for f, first, last, tags in cleared
+        ]
+        lines.append("")
+        lines += [
+            f"- **{f.code}** ({f.severity}, {_epochs(first, last)}"
+            f"{'' if first == last else f'; as at epoch {last}'}): "
+            f"{f.message} *What to do:* {f.remedy}"
+            for f, first, last, _ in cleared
+        ]
     return lines

@@ -8,6 +8,8 @@ on are counted and left out of the figures they would make infinite or
 alarming (`decayed_as_constant`, `constant_in_batches`).
 """
 
+import collections
+
 import keras
 import numpy as np
 
@@ -90,6 +92,66 @@ def constant_channels(layer, now, before, steps):
         )
     return constant_batches(
         before["moving_variance"], now["moving_variance"], layer.momentum, steps
+    )
+
+
+#: The training batches' statistics since an earlier reading, recovered
+#: from the moving statistics (`window_statistics`): the layer's moving
+#: mean and variance now, the batches' mean and variance (weighted as the
+#: moving average weighs them, the latest most), the channels to compare
+#: (finite, not constant on those batches), and the training steps.
+Window = collections.namedtuple(
+    "Window",
+    ["moving_mean", "moving_variance", "mean", "variance", "kept", "steps"],
+)
+
+
+def window_statistics(layer, now, before, steps):
+    """The mean and variance of the training batches of the `steps` steps
+    between the statistics `before` and `now` of `layer` (a `Window`), or
+    `None` when they cannot be recovered: no step, a layer that does not
+    train, a momentum that is not a number below 1 (cumulative averages),
+    statistics that did not exist yet.
+
+    Over `k` steps of momentum `m` the moving statistic goes from `before`
+    to `now = m**k * before + (1 - m**k) * w`, where `w` is the mean of
+    the batches' statistics weighted by `m**j` (`j` steps before the
+    last); `moving_average_input` with momentum `m**k` recovers `w`
+    exactly but for the rounding of float32 weights. For renorm layers,
+    whose moving variance derives from `moving_stddev` (the moving average
+    of `sqrt(variance + epsilon)`), the batches' variance is `w**2 -
+    epsilon` of that average.
+    """
+    momentum = layer.momentum
+    if steps < 1 or not layer.trainable or not isinstance(momentum, float):
+        return None
+    if "moving_mean" not in before or "moving_mean" not in now:
+        return None  # a layer built during the window
+    decay = momentum**steps
+    if not 0.0 <= decay < 1.0:
+        return None
+    mean = moving_average_input(
+        before["moving_mean"], now["moving_mean"], decay
+    )
+    epsilon = np.float64(np.float32(layer.epsilon))
+    if "moving_stddev" in now:
+        stddev = moving_average_input(
+            before["moving_stddev"], now["moving_stddev"], decay
+        )
+        variance = np.maximum(np.square(stddev) - epsilon, 0.0)
+        moving_variance = np.maximum(
+            np.square(now["moving_stddev"]) - epsilon, 0.0
+        )
+    else:
+        variance = moving_average_input(
+            before["moving_variance"], now["moving_variance"], decay
+        )
+        moving_variance = now["moving_variance"]
+    kept = ~constant_channels(layer, now, before, steps)
+    with np.errstate(invalid="ignore"):
+        kept &= np.isfinite(mean) & np.isfinite(variance) & (variance >= 0)
+    return Window(
+        now["moving_mean"], moving_variance, mean, variance, kept, steps
     )
 
 
@@ -183,7 +245,13 @@ def renorm_figures(layer, now, before):
     figures = {
         f"renorm/{k}": bounds[k] for k in ("rmax", "dmax") if k in bounds
     }
-    if before is not None and layer.trainable:
+    # With `renorm_momentum=1.0` the renorm statistics never move: the
+    # batch's cannot be recovered from their (absent) update.
+    if (
+        before is not None
+        and layer.trainable
+        and getattr(layer, "renorm_momentum", None) != 1.0
+    ):
         old_mean, old_stddev = before
         # The batch's statistics, from the update they made.
         count = None
@@ -264,11 +332,8 @@ def _weighted_mean(values, weights):
     return (weights[:, None] * values).sum(axis=0) / weights.sum()
 
 
-def probe_gap(batch_rows, moving_rows, weights, constant):
-    """`rms(y_batch - y_moving) / std(y_batch)` per channel, the `constant`
-    channels left out: `{PROBE_GAP: mean, "probe/gap_max": max,
-    "probe/constant_channels": count}`, without the first two when every
-    channel is constant.
+def channel_gaps(batch_rows, moving_rows, weights):
+    """`rms(y_batch - y_moving) / std(y_batch)` per channel.
 
     A channel that is not constant has `std(y_batch) > 0` unless its gamma
     is 0, when both transforms output beta: its gap is then 0. NaN
@@ -278,7 +343,14 @@ def probe_gap(batch_rows, moving_rows, weights, constant):
     center = _weighted_mean(batch_rows, weights)
     std = np.sqrt(_weighted_mean(np.square(batch_rows - center), weights))
     with np.errstate(invalid="ignore", divide="ignore"):
-        gap = np.where(std > 0, rms / std, np.where(rms == 0, 0.0, np.nan))
+        return np.where(std > 0, rms / std, np.where(rms == 0, 0.0, np.nan))
+
+
+def probe_gap(gap, constant):
+    """The probe figures of the channels' gaps (`channel_gaps`), the
+    `constant` channels left out: `{PROBE_GAP: mean, "probe/gap_max": max,
+    "probe/constant_channels": count}`, without the first two when every
+    channel is constant."""
     figures = {"probe/constant_channels": np.sum(constant)}
     kept = gap[~constant]
     if kept.size:
@@ -287,10 +359,37 @@ def probe_gap(batch_rows, moving_rows, weights, constant):
     return figures
 
 
+#: What the alerts need of a layer's probe besides its written figures:
+#: the values per channel and samples of the smallest batch it normalizes
+#: on the probe (the probe batch, or its smallest ghost batch), whether
+#: those are ghost batches, and the median over channels of the gap
+#: (constant channels left out; NaN if all are).
+ProbeBatch = collections.namedtuple(
+    "ProbeBatch", ["rows", "samples", "ghost", "median_gap"]
+)
+
+
+def probe_batch(layer, batch, weights, ghost_of_row, gap):
+    """The `ProbeBatch` of `layer` on a probe of `batch` samples: its rows'
+    `weights` (`None`: all count) and ghost batches, and the channels'
+    `gap` with the constant channels left out."""
+    counted = np.ones(len(ghost_of_row)) if weights is None else weights > 0
+    ghosts = np.unique(ghost_of_row)
+    values = min(int(np.sum(counted[ghost_of_row == g])) for g in ghosts)
+    gap = gap[np.isfinite(gap)]
+    return ProbeBatch(
+        values,
+        batch // len(ghosts),
+        getattr(layer, "virtual_batch_size", None) is not None,
+        float(np.median(gap)) if gap.size else float("nan"),
+    )
+
+
 def probe_layer_figures(layer, inputs, mask):
     """The probe figures of `layer` on `inputs` (what it receives when the
     model runs the probe batch in inference mode): its train/inference
-    gap and constant channels, and for renorm its clipping."""
+    gap and constant channels, and for renorm its clipping. Returns them
+    with its `ProbeBatch`: `(figures, probe_batch)`."""
     # The training transform without its state update: the updated
     # statistics that `stateless_call` returns are dropped.
     y_batch, _ = layer.stateless_call(
@@ -302,15 +401,13 @@ def probe_layer_figures(layer, inputs, mask):
     )
     y_moving = layer(inputs, training=False, mask=mask)
     rows, weights = channels_last_2d(layer, inputs, mask)
-    ghosts = ghost_of_rows(layer, int(inputs.shape[0]), len(rows))
+    batch = int(inputs.shape[0])
+    ghosts = ghost_of_rows(layer, batch, len(rows))
     batch_rows, _ = channels_last_2d(layer, y_batch, mask)
     moving_rows, _ = channels_last_2d(layer, y_moving, mask)
-    figures = probe_gap(
-        batch_rows,
-        moving_rows,
-        weights,
-        constant_in_batches(rows, weights, ghosts),
-    )
+    gap = channel_gaps(batch_rows, moving_rows, weights)
+    constant = constant_in_batches(rows, weights, ghosts)
+    figures = probe_gap(gap, constant)
     if layer.renorm:
         mean, variance = ghost_moments(rows, weights, ghosts)
         figures["probe/clipped_fraction"] = clipped_fraction(
@@ -321,4 +418,5 @@ def probe_layer_figures(layer, inputs, mask):
             layer.epsilon,
             clipping(layer),
         )
-    return figures
+    kept = np.where(constant, np.nan, gap)
+    return figures, probe_batch(layer, batch, weights, ghosts, kept)

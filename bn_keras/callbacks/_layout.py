@@ -102,7 +102,7 @@ def _epoch_charts(names, validation, keras_logs):
 
 
 def overview_category(
-    alert_codes,
+    alerts,
     accuracy_names,
     probe,
     objective=None,
@@ -112,8 +112,8 @@ def overview_category(
     """The Overview, the only category open at first.
 
     Args:
-        alert_codes: Codes of the alerts that have fired in this run, a
-            chart each, last.
+        alerts: `(code, severity)` of the alerts that have fired in this
+            run, a chart each, last.
         accuracy_names: The model's accuracy metrics, as Keras logs them.
         probe: Whether the monitor has `probe_data` (the gap's chart).
         objective: Optional Keras log name whose best value so far
@@ -155,7 +155,8 @@ def overview_category(
         )
     )
     charts += [
-        _line(chart_title(code), f"{ALERTS}/{code}") for code in alert_codes
+        _line(chart_title(code, severity), f"{ALERTS}/{code}")
+        for code, severity in alerts
     ]
     return layout_pb2.Category(title=OVERVIEW, chart=charts)
 
@@ -269,6 +270,60 @@ def layer_category(tag, layer, probe):
         _line(f"{tag}: {title}", f"{tag}/{suffix}") for title, suffix in titled
     ]
     return layout_pb2.Category(title=tag, chart=charts + bands, closed=True)
+
+
+def _last_tensor(run_dir, tag):
+    """The `TensorProto` last written under `tag` in `run_dir` (the
+    event files of that folder only), or `None`."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        run_dir, size_guidance={event_accumulator.TENSORS: 0}
+    )
+    accumulator.Reload()
+    if tag not in accumulator.Tags()["tensors"]:
+        return None
+    return accumulator.Tensors(tag)[-1].tensor_proto
+
+
+def last_value(run_dir, tag):
+    """The last scalar written under `tag` in `run_dir`, or `None`."""
+    proto = _last_tensor(run_dir, tag)
+    return None if proto is None else float(proto.float_val[0])
+
+
+def read_layout(run_dir):
+    """The last Custom Scalars layout written in `run_dir`, or `None`."""
+    proto = _last_tensor(run_dir, layout_metadata.CONFIG_SUMMARY_TAG)
+    if proto is None:
+        return None
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(proto.string_val[0])
+    return layout
+
+
+def retitle_chart(run_dirs, tag, title):
+    """Gives the chart of `tag` the title `title` in the layout of every
+    run of `run_dirs`, written anew at step 0 (the layout TensorBoard
+    shows is each run's last).
+
+    Every run must get the same title: TensorBoard merges the runs'
+    layouts chart by chart, and would show a chart under each title. Used
+    once the runs are finished, to say in the Overview which run won.
+    """
+    from bn_keras.callbacks._event_writer import SummaryWriter
+
+    for run_dir in run_dirs:
+        layout = read_layout(run_dir)
+        if layout is None:
+            continue
+        for category in layout.category:
+            for chart in category.chart:
+                if list(chart.multiline.tag) == [_exactly(tag)]:
+                    chart.title = title
+        writer = SummaryWriter(run_dir)
+        writer.write(layout_summary(list(layout.category)), step=0)
+        writer.close()
 
 
 def layout_summary(categories):

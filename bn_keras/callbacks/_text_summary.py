@@ -61,11 +61,12 @@ def _value(value):
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def summary_markdown(rows, alerts, notes=(), hparams=None):
-    """Markdown: the `notes` (paragraphs), the `alerts` (`Alert`s: a
-    table, then what to do), the `hparams` (a dict) as a table, then a
-    table of `rows`: what a person needs first comes first, as TensorBoard
-    shows a text in a card of limited height.
+def summary_markdown(rows, alerts, notes=(), hparams=None, cleared=()):
+    """Markdown: the `notes` (paragraphs), the `alerts` (`Finding`s: a
+    table, then what to do; then those that fired earlier and `cleared`,
+    see `alert_table`), the `hparams` (a dict) as a table, then a table of
+    `rows`: what a person needs first comes first, as TensorBoard shows a
+    text in a card of limited height.
 
     `rows` are `(tag, layer, placement)` tuples, `placement` a `(path,
     text)` pair or `None`.
@@ -73,7 +74,7 @@ def summary_markdown(rows, alerts, notes=(), hparams=None):
     lines = []
     for note in notes:
         lines += [note, ""]
-    lines += ["**Alerts**", "", *alert_table(alerts), ""]
+    lines += ["**Alerts**", "", *alert_table(alerts, cleared), ""]
     if hparams:
         lines += ["| hyperparameter | value |", "|---|---|"]
         lines += [f"| {name} | {_value(v)} |" for name, v in hparams.items()]

@@ -21,10 +21,12 @@ from bn_keras._validation import is_integer
 from bn_keras.callbacks import _alerts
 from bn_keras.callbacks._event_writer import SummaryWriter
 from bn_keras.callbacks._figures import affine_figures
+from bn_keras.callbacks._figures import clipping
 from bn_keras.callbacks._figures import constant_channels
 from bn_keras.callbacks._figures import drift_figures
 from bn_keras.callbacks._figures import probe_layer_figures
 from bn_keras.callbacks._figures import renorm_figures
+from bn_keras.callbacks._figures import window_statistics
 from bn_keras.callbacks._hparams import check_values
 from bn_keras.callbacks._hparams import experiment_summary
 from bn_keras.callbacks._hparams import session_summary
@@ -180,19 +182,30 @@ class BatchNormMonitor(keras.callbacks.Callback):
     with `update_freq="epoch"`, and otherwise at the number of batches
     since the start of `fit`.
 
-    **Alerts.** At every epoch end the monitor checks every layer:
-    non-finite statistics (an error), a moving variance below epsilon in
-    channels that are not constant (a warning), dead channels
-    (`|gamma| < 1e-3`) and constant channels (notes). Each finding has a
-    stable code, the layers it concerns, the evidence and a remedy.
-    `alerts/unhealthy_layers`, how many layers have an error or a warning
-    (0 for a healthy run), opens the Overview; from the first epoch an
-    alert fires, `alerts/<code>` holds how many layers it concerns (0 once
-    it clears), charted at the end of the Overview (where TensorBoard puts
-    the charts only some runs have when it merges their layouts), and the
-    text summary lists it with its remedy. A statistic that is not finite
-    (checked at every write and epoch end) is also reported once per layer
-    with a `RuntimeWarning` naming the layer; with
+    **Alerts.** At every epoch end the monitor runs the detectors of
+    `bn_keras.diagnose` (`bn-keras doctor`) on what it measured: each
+    alert is a `bn_keras.diagnosis.Finding`, with the doctor's stable
+    code, the layers it concerns, a message with the evidence and a
+    remedy, in the doctor's words. Non-finite statistics (an error);
+    `statistics-mismatch` (a warning): moving statistics that lag behind
+    the training batches (the batches' mean and variance over the epoch,
+    recovered exactly from the update of the moving averages, against the
+    moving statistics, in the layer's median channel) or, with
+    `probe_data`, a probe gap beyond batch noise; `noisy-batch-statistics`
+    (a warning): a probe gap that the noise of tiny batches (ghost batches
+    of a few samples) explains; `renorm-clipping-saturated` (a warning):
+    renorm's `r` or `d` clipped on nearly every channel write after
+    write; collapsed variance, dead channels (`|gamma| < 1e-3`) and
+    constant channels (notes). `alerts/unhealthy_layers`, how many layers
+    have an error or a warning (0 for a healthy run), opens the Overview;
+    from the first epoch an alert fires, `alerts/<code>` holds how many
+    layers it concerns (0 once it clears), charted at the end of the
+    Overview (where TensorBoard puts the charts only some runs have when
+    it merges their layouts), and the text summary lists it with its
+    remedy (the summary written as training ends also lists the alerts
+    that fired earlier and cleared). A statistic that is not finite
+    (checked at every write and epoch end) is also reported once per
+    layer with a `RuntimeWarning` naming the layer; with
     `stop_on_nonfinite=True` training then stops.
 
     **Dashboards.** A custom-scalars layout (TensorBoard's "Custom
@@ -465,10 +478,14 @@ class BatchNormMonitor(keras.callbacks.Callback):
             and getattr(layer, "virtual_batch_size", None) is None
         ]
         self._best = None  # (value, epoch from 1) of the objective
-        self._alerts = []
-        self._fired = []  # alert codes that have fired, in order
+        self._alerts = _alerts.AlertLog(
+            list(zip(self._names, self._layers)), self.params
+        )
         self._last_epoch_step = 0
         self._latest = {}  # per tag: (constant channels, probe, figures)
+        self._probe_batches = {}  # per tag: (values per channel, samples)
+        self._windows = {}  # per tag: the epoch's `Window`
+        self._window_start = None  # the reading as the epoch began
         self._placements = placements(model) if self._layers else {}
         # The Overview shows validation curves (what the layout says until
         # an epoch ends without validation figures: then training curves,
@@ -489,12 +506,18 @@ class BatchNormMonitor(keras.callbacks.Callback):
         self._last = self._epoch_start = self._start
         self._last_step = 0
         self._last_probe = None  # the probe of the last write, once written
-        self._alerts = _alerts.collect(self._evidence(self._start.states))
+        self._alerts.update(_alerts.collect(self._evidence(self._start.states)))
         self._write_text(
             "Written as training began; the summary written as it ended "
             "lists the alerts found during training.",
             step=0,
         )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # The statistics the epoch's moving averages start from, read after
+        # the previous epoch's callbacks (`PreciseBN` may have set them).
+        if self._layers:
+            self._window_start = self._reading(self._sync())
 
     def on_train_batch_begin(self, batch, logs=None):
         self._batch_begins += 1
@@ -533,7 +556,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
             reading, figures = self._epoch_figures(step)
             wide = model_figures(figures, reading.states)
             summary.value.extend(scalar(t, v) for t, v in wide.items())
-            summary.value.extend(self._alert_scalars(reading.states))
+            summary.value.extend(self._alert_scalars(reading.states, epoch + 1))
             if logs is not None:
                 logs[LOG_MAX_DRIFT] = float(wide[MAX_DRIFT])
                 logs[LOG_MIN_VARIANCE] = float(wide.get(MIN_VARIANCE, np.nan))
@@ -631,27 +654,45 @@ class BatchNormMonitor(keras.callbacks.Callback):
             probe = self._probe() if self.probe_data is not None else {}
             figures = self._figures(reading, self._epoch_start, probe, None)
             self._check_finite(reading.states)
+        # The training batches' statistics over the epoch, for the alerts.
+        start = self._window_start or self._epoch_start
+        steps = _steps_between(start, reading)
+        self._windows = {
+            name: window_statistics(
+                layer, reading.states[name], start.states[name], steps
+            )
+            for name, layer in zip(self._names, self._layers)
+        }
         self._epoch_start = reading
         return reading, figures
 
     # -- alerts ----------------------------------------------------------
 
     def _evidence(self, states):
-        """A `LayerEvidence` per layer, from `states` and the last
-        figures."""
+        """A `LayerEvidence` per layer, from `states`, the last figures,
+        the epoch's windows and the renorm history."""
         evidence = []
         for name, layer in zip(self._names, self._layers):
-            constant, probe, figures = self._latest.get(
+            constant, probe, _ = self._latest.get(
                 name, (np.zeros(0, dtype=bool), {}, {})
             )
             if constant.size == 0:
                 constant = np.zeros(
                     np.shape(states[name].get("moving_variance")), dtype=bool
                 )
-            path = self._path(name, layer)
             evidence.append(
                 _alerts.LayerEvidence(
-                    name, path, layer, states[name], constant, probe, figures
+                    name,
+                    self._path(name, layer),
+                    layer,
+                    states[name],
+                    constant,
+                    probe=probe,
+                    batch=self._probe_batches.get(name),
+                    window=self._windows.get(name),
+                    clipped=tuple(self._alerts.clipped.get(name, ())),
+                    bounds=clipping(layer) if layer.renorm else {},
+                    warmup=self._alerts.warmup(layer),
                 )
             )
         return evidence
@@ -660,19 +701,18 @@ class BatchNormMonitor(keras.callbacks.Callback):
         placement = self._placements.get(id(layer))
         return placement[0] if placement else layer.name
 
-    def _alert_scalars(self, states):
-        """Collects the alerts; `alerts/<code>` of every code that has
-        fired (the layout gets a chart for each new one)."""
-        self._alerts = _alerts.collect(self._evidence(states))
-        counts = _alerts.counts(self._alerts)
-        new = [code for code in counts if code not in self._fired]
-        if new:
-            self._fired += new
+    def _alert_scalars(self, states, epoch):
+        """Collects the alerts of the epoch (from 1); `alerts/<code>` of
+        every code that has fired (the layout gets a chart for each new
+        one)."""
+        findings = _alerts.collect(self._evidence(states))
+        if self._alerts.update(findings, epoch):
             self._write_layout()
-        unhealthy = _alerts.unhealthy_layers(self._alerts)
+        counts = _alerts.counts(findings)
+        unhealthy = _alerts.unhealthy_layers(findings)
         return [scalar(_alerts.UNHEALTHY, unhealthy)] + [
             scalar(f"{_alerts.ALERTS}/{code}", counts.get(code, 0))
-            for code in self._fired
+            for code in self._alerts.fired
         ]
 
     # -- the dashboards --------------------------------------------------
@@ -680,12 +720,13 @@ class BatchNormMonitor(keras.callbacks.Callback):
     def _write_layout(self):
         """The Custom Scalars layout: the Overview, then each layer's."""
         probe = self.probe_data is not None
-        order = {code: i for i, code in enumerate(_alerts.CODES)}
-        codes = sorted(self._fired, key=lambda c: order.get(c, len(order)))
+        order = {code: i for i, code in enumerate(_alerts.MONITOR_CODES)}
+        fired = self._alerts.fired
+        codes = sorted(fired, key=lambda c: order.get(c, len(order)))
         objective = self._objective
         categories = [
             overview_category(
-                codes,
+                [(code, fired[code]) for code in codes],
                 accuracy_names(self.model),
                 probe,
                 objective=None if objective is None else objective.name,
@@ -754,7 +795,11 @@ class BatchNormMonitor(keras.callbacks.Callback):
         ]
         hparams = self._hparams_values() if self.hparams is not False else {}
         markdown = summary_markdown(
-            rows, self._alerts, self._notes(note), hparams
+            rows,
+            self._alerts.findings,
+            self._notes(note),
+            hparams,
+            self._alerts.cleared(),
         )
         self._writer.write(text_summary(markdown), step)
 
@@ -790,11 +835,15 @@ class BatchNormMonitor(keras.callbacks.Callback):
         first = {}
         for layer, inputs, mask in calls:
             first.setdefault(id(layer), (inputs, mask))
-        return {
-            name: probe_layer_figures(layer, *first[id(layer)])
-            for name, layer in zip(self._names, self._layers)
-            if id(layer) in first
-        }
+        figures = {}
+        for name, layer in zip(self._names, self._layers):
+            if id(layer) in first:
+                layer_figures, batch = probe_layer_figures(
+                    layer, *first[id(layer)]
+                )
+                figures[name] = layer_figures
+                self._probe_batches[name] = batch
+        return figures
 
     # -- writing ---------------------------------------------------------
 
@@ -834,7 +883,9 @@ class BatchNormMonitor(keras.callbacks.Callback):
             reading, self._last, probe, self._renorm_snapshot()
         )
         summary = summary_pb2.Summary()
+        layers = dict(zip(self._names, self._layers))
         for name, layer_figures in figures.items():
+            self._alerts.record_write(name, layer_figures, layers[name])
             summary.value.extend(
                 scalar(f"{name}/{key}", value)
                 for key, value in layer_figures.items()

@@ -18,12 +18,22 @@ class PreciseBN(keras.callbacks.Callback):
     """Recomputes exact population statistics of every BN layer during `fit`.
 
     At the end of training (`on="train_end"`) or of every epoch
-    (`on="epoch_end"`), calls `bn_keras.recalibrate(model, data, steps)`:
-    each batch normalization layer's moving mean and variance become the
-    exact pooled statistics of its inputs over `steps` batches of `data`,
-    computed layer by layer in forward order with the model in inference
-    mode, instead of the exponential averages kept during training. See
-    `bn_keras.recalibrate` for the details (renorm layers included).
+    (`on="epoch_end"`), calls `bn_keras.recalibrate(model, data, steps,
+    batch_size)` with its default method, `"two-pass"`: each batch
+    normalization layer's moving mean and variance become the pooled
+    statistics of its inputs over `steps` batches of `data`, instead of
+    the exponential averages kept during training. Two compiled passes
+    over the batches: in the first, every layer normalizes by its own
+    batch's statistics while the moments of its inputs are pooled (exact
+    for the first layers); in the second, those layers run in inference
+    with their new statistics and the layers right after them get exact
+    statistics too, deeper layers the batch-normalized estimate, which
+    predicts as the exact statistics do within the noise of recalibration.
+    For the exact statistics of every layer (one partial pass per layer,
+    in forward order with the model in inference mode, tens of times
+    slower), call `bn_keras.recalibrate(model, data, method="layerwise")`
+    yourself. See `bn_keras.recalibrate` for the details (renorm layers
+    included).
 
     With `on="epoch_end"`, keep in mind that `fit` evaluates the validation
     data before the epoch-end callbacks run: an epoch's validation metrics

@@ -1,7 +1,9 @@
 """The HParams dashboard of `bn-keras compare`: one session per configuration.
 
 Each configuration's run holds its session and the experiment config,
-written by its `BatchNormMonitor`: the placement, the normalization, the
+written by its `BatchNormMonitor`: the placement (every placement that
+builds the configuration's network: `"layer-bn-act = bn-act-layer"` where
+pre-activation builds layer-bn-act's network), the normalization, the
 input normalization (when the comparison tries several), the momentum
 and, when ghost batches are compared, the ghost batch size; the objective
 first among the metrics (its best value, as the leaderboard ranks by,
@@ -28,7 +30,7 @@ def configuration_hparams(configuration, settings):
     """
     has_bn = configuration.has_batchnorm
     values = {
-        "placement": configuration.placement if has_bn else NONE,
+        "placement": configuration.placements if has_bn else NONE,
         "normalization": configuration.normalization if has_bn else NONE,
     }
     if tuple(settings.input_batchnorms) != ("none",):

@@ -44,7 +44,11 @@ configuration (bn_keras's BatchNormMonitor: the BN figures and alerts,
 Keras's epoch metrics, the best validation figure and the HParams session;
 epochs counted from 1 as in the leaderboard), leaderboard.csv and a PNG of
 the validation curves into a new folder under --logdir (earlier runs are
-never overwritten).
+never overwritten). Configurations that build the same network (the same
+layers, configurations, wiring and initial weights, the BN layers' names
+aside) are trained once, in one row that names them all: on the mlp and
+cnn, chains without residual connections, pre-activation builds
+layer-bn-act's network (the row "layer-bn-act = bn-act-layer + batch").
 
 placements (aliases in parentheses; 'no BN' is always trained):
 {placements}

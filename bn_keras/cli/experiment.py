@@ -1,12 +1,14 @@
 """What the commands train: configurations, models, training and results.
 
 `bn-keras compare` trains one model per `Configuration` through a
-`Comparison`; `bn-keras search` runs a keras-tuner search through a
-`Search`. Both keep a `Result` per finished configuration or trial (an
-interrupted command keeps what finished), with losses in the target's
-units (`in_target_units`). The objective of a task (validation accuracy,
-or validation loss for regression) is decided by `objective`, and only
-there. Nothing here prints or writes summaries: that is
+`Comparison` (configurations that build the same network merged:
+`merge_same_networks`); `bn-keras search` runs a keras-tuner search through
+`bn_keras.cli.tuning.Search`, with this module's models, training
+callbacks and results. Both keep a `Result` per finished configuration or
+trial (an interrupted command keeps what finished), with losses in the
+target's units (`in_target_units`). The objective of a task (validation
+accuracy, or validation loss for regression) is decided by `objective`,
+and only there. Nothing here prints or writes summaries: that is
 `bn_keras.cli.report`.
 """
 
@@ -26,6 +28,7 @@ from bn_keras.cli import runtime
 from bn_keras.cli._comparison_hparams import configuration_hparams
 from bn_keras.cli.common import UsageError
 from bn_keras.models import insert_batchnorm
+from bn_keras.models._signature import network_signature
 
 #: "Epochs to 95%": the first epoch whose validation accuracy is at least
 #: 95% of the best (for a loss: at most the best / 0.95).
@@ -56,11 +59,24 @@ def higher_is_better(metric):
 @dataclasses.dataclass(frozen=True)
 class Configuration:
     """One model to train: a placement (or none) and a normalization, and
-    the input normalization (`insert_batchnorm`'s `input_batchnorm` name)."""
+    the input normalization (`insert_batchnorm`'s `input_batchnorm` name).
+
+    `same_as` lists the other placements that build the same network on
+    the comparison's model (see `merge_same_networks`): this configuration
+    is trained once for all of them, and its label, run folder and HParams
+    name them all (`"layer-bn-act = bn-act-layer"`).
+    """
 
     placement: str  # canonical; "layer-act" is no BN
     normalization: str = None
     input_batchnorm: str = "none"
+    same_as: tuple = ()
+
+    @property
+    def placements(self):
+        """`"layer-bn-act"`, or with `same_as`,
+        `"layer-bn-act = bn-act-layer"`."""
+        return " = ".join((self.placement, *self.same_as))
 
     @property
     def has_batchnorm(self):
@@ -86,14 +102,15 @@ class Configuration:
         normalization = self.normalization
         if normalization == "ghost" and ghost_batch_size:
             normalization = f"ghost({ghost_batch_size})"
-        return f"{self.placement} + {normalization}"
+        return f"{self.placements} + {normalization}"
 
     @property
     def slug(self):
         """The configuration's run folder name."""
         slug = "no-bn"
         if self.has_batchnorm:
-            slug = f"{self.placement}_{self.normalization}"
+            placements = "=".join((self.placement, *self.same_as))
+            slug = f"{placements}_{self.normalization}"
         if self.input_batchnorm != "none":
             return f"input-{self.input_batchnorm}_{slug}"
         return slug
@@ -113,6 +130,64 @@ def configurations(placements, normalizations, input_batchnorms=("none",)):
                     Configuration(placement, normalization, input_batchnorm)
                 )
     return result
+
+
+def merge_same_networks(configurations, signature):
+    """The configurations, those that build the same network merged.
+
+    Two configurations with the same normalization and input normalization
+    whose models have the same `signature` (a function of a configuration:
+    `bn_keras.models._signature.network_signature` of its model) are one:
+    the first keeps its place, and the others' placements go to its
+    `same_as`.
+
+    Args:
+        configurations: `Configuration`s, in order.
+        signature: A function `Configuration -> str`.
+
+    Returns:
+        A list of `Configuration`s, in the order of their first one.
+    """
+    merged = {}
+    for configuration in configurations:
+        key = (
+            signature(configuration),
+            configuration.normalization,
+            configuration.input_batchnorm,
+        )
+        first = merged.get(key)
+        if first is None:
+            merged[key] = configuration
+        else:
+            merged[key] = dataclasses.replace(
+                first, same_as=(*first.same_as, configuration.placement)
+            )
+    return list(merged.values())
+
+
+def is_chain(model):
+    """Whether `model` is a chain of layers: a Sequential model without
+    nested models (no residual connection, no branch)."""
+    return isinstance(model, keras.Sequential) and not any(
+        isinstance(layer, keras.Model) for layer in model.layers
+    )
+
+
+def same_network_note(placements, chain):
+    """Why `placements` (a tuple, as merged) build one network, as a
+    clause; `chain`: whether the model is a chain (`is_chain`)."""
+    first, *others = placements
+    if chain and set(placements) == {"layer-bn-act", "bn-act-layer"}:
+        return (
+            "on this model, a chain without residual connections, "
+            "pre-activation (bn-act-layer) builds the same network as "
+            "layer-bn-act"
+        )
+    verb = "builds" if len(others) == 1 else "build"
+    return (
+        f"on this model, {' and '.join(others)} {verb} the same network "
+        f"as {first} (the same layers, wiring and initial weights)"
+    )
 
 
 # -- models -------------------------------------------------------------------
@@ -255,6 +330,7 @@ def train(
     verbose=False,
     on_epoch=None,
     hparams=None,
+    note=None,
 ):
     """Fits a compiled model with its TensorBoard run in `run_dir`.
 
@@ -275,6 +351,7 @@ def train(
         on_epoch: Optional function called with each epoch (from 0) as it
             begins.
         hparams: Optional dict of the run's HParams values.
+        note: Optional paragraph for the run's text summary.
 
     Returns:
         `(history, seconds)`: Keras's history (metric name to a list of
@@ -283,7 +360,7 @@ def train(
     """
     clock = _EpochClock(on_epoch)
     callbacks = [
-        *logging_callbacks(run_dir, dataset, batch_size, hparams),
+        *logging_callbacks(run_dir, dataset, batch_size, hparams, note),
         clock,
         InterruptCheck(),
     ]
@@ -301,20 +378,34 @@ def train(
 class RunMonitor(BatchNormMonitor):
     """The `BatchNormMonitor` of a `compare` configuration or a `search`
     trial: losses written in the target's units (times `loss_scale`), as
-    the leaderboard and the plot show them.
+    the leaderboard and the plot show them, and a note of the command's
+    in the run's text summary.
 
     Args:
         log_dir: As `BatchNormMonitor`'s.
         loss_scale: What a loss is multiplied by (`Dataset.loss_scale`).
+        note: Optional paragraph for the text summary, after the
+            monitor's own (when it was written).
         **kwargs: `BatchNormMonitor`'s other arguments.
     """
 
-    def __init__(self, log_dir, loss_scale=1.0, **kwargs):
+    def __init__(self, log_dir, loss_scale=1.0, note=None, **kwargs):
         super().__init__(log_dir, **kwargs)
         self.loss_scale = float(loss_scale)
+        self.note = note
 
     def _settings(self):
-        return {**super()._settings(), "loss_scale": self.loss_scale}
+        return {
+            **super()._settings(),
+            "loss_scale": self.loss_scale,
+            "note": self.note,
+        }
+
+    def _notes(self, note):
+        notes = super()._notes(note)
+        if self.note:
+            notes.insert(1, self.note)
+        return notes
 
     def _epoch_values(self, logs):
         values = super()._epoch_values(logs)
@@ -324,11 +415,12 @@ class RunMonitor(BatchNormMonitor):
         }
 
 
-def logging_callbacks(log_dir, dataset, batch_size, hparams=None):
+def logging_callbacks(log_dir, dataset, batch_size, hparams=None, note=None):
     """The `RunMonitor` writing the run in `log_dir`: probed on the first
     validation batch (the train/inference gap is a metric of the HParams
     dashboard), ranked by the task's `objective`, with `hparams` as its
-    HParams session (by default, its model's BN described)."""
+    HParams session (by default, its model's BN described) and `note` in
+    its text summary."""
     return [
         RunMonitor(
             log_dir,
@@ -336,6 +428,7 @@ def logging_callbacks(log_dir, dataset, batch_size, hparams=None):
             probe_data=dataset.x_val[:batch_size],
             objective=objective(dataset.task),
             hparams=hparams,
+            note=note,
         ),
     ]
 
@@ -475,9 +568,12 @@ class Comparison:
     """One model per configuration, from the same initial weights.
 
     The base model is built (seeded) when the comparison is created, so
-    that a usage error (a CNN on tabular data) comes before any output.
-    `results` fills as configurations finish: what an interrupted
-    comparison has done stays there.
+    that a usage error (a CNN on tabular data) comes before any output,
+    and so is each configuration's model, once, to find those that build
+    the same network (`merge_same_networks`): `configurations` are the
+    ones trained, `requested` counts those asked for. `results` fills as
+    configurations finish: what an interrupted comparison has done stays
+    there.
 
     Args:
         settings: A `ComparisonSettings`.
@@ -489,13 +585,37 @@ class Comparison:
         self.dataset = dataset
         keras.utils.set_random_seed(settings.seed)
         self.base = build_base_model(settings.model, dataset, settings.quick)
-        self.configurations = configurations(
+        requested = configurations(
             settings.placements,
             settings.normalizations,
             settings.input_batchnorms,
         )
+        self.requested = len(requested)
+        self.configurations = merge_same_networks(requested, self._signature)
         self.metric = objective(dataset.task)
         self.results = []
+
+    def _model(self, configuration):
+        settings = self.settings
+        return make_model(
+            self.base,
+            configuration,
+            settings.ghost_batch_size,
+            self.total_steps,
+            settings.momentum,
+        )
+
+    def _signature(self, configuration):
+        return network_signature(self._model(configuration))
+
+    def same_network_notes(self):
+        """Why configurations were merged: a clause per set of placements
+        that build one network (`same_network_note`), in order."""
+        chain = is_chain(self.base)
+        merged = dict.fromkeys(
+            (c.placement, *c.same_as) for c in self.configurations if c.same_as
+        )
+        return [same_network_note(group, chain) for group in merged]
 
     def setup_warnings(self):
         """What is wrong with the batch sizes here, as messages."""
@@ -544,13 +664,7 @@ class Comparison:
     def train_one(self, configuration, session, on_epoch=None):
         """Trains one configuration into `session/<its slug>`."""
         settings = self.settings
-        model = make_model(
-            self.base,
-            configuration,
-            settings.ghost_batch_size,
-            self.total_steps,
-            settings.momentum,
-        )
+        model = self._model(configuration)
         compile_model(model, self.dataset.task, settings.learning_rate)
         run_dir = os.path.join(session, configuration.slug)
         history, seconds = train(
@@ -563,6 +677,7 @@ class Comparison:
             verbose=settings.verbose,
             on_epoch=on_epoch,
             hparams=configuration_hparams(configuration, settings),
+            note=self._run_note(configuration),
         )
         return Result(
             configuration.label(settings.ghost_batch_size),
@@ -573,218 +688,10 @@ class Comparison:
             configuration,
         )
 
-
-# -- bn-keras search ----------------------------------------------------------
-
-
-def tuner_class(name):
-    """The keras-tuner class of a `--tuner` name."""
-    from bn_keras.tuner import get_tuner
-
-    try:
-        return get_tuner(name)
-    except ImportError as error:
-        raise UsageError(f"--tuner {name}: {error}") from None
-
-
-def _placement_hypermodel(settings, dataset):
-    from bn_keras import tuner
-
-    keras.utils.set_random_seed(settings.seed)
-    base = build_base_model(settings.model, dataset, settings.quick)
-    compile_model(base, dataset.task, settings.learning_rate)
-    return tuner.BNPlacementHyperModel(
-        model=base,
-        placements=settings.placements,
-        normalizations=settings.normalizations,
-        per_layer=not settings.shared,
-    )
-
-
-def _search_model(settings, dataset):
-    from bn_keras import tuner
-
-    space = {
-        "num_classes": (
-            dataset.num_classes if dataset.task == "classification" else None
-        ),
-        "placements": settings.placements,
-        "normalizations": settings.normalizations,
-    }
-    if settings.hypermodel == "mlp":
-        if settings.quick:
-            space.update(num_layers=(1, 2), units=(16, 32))
-        return tuner.BNSearchMLP(input_shape=(dataset.num_features,), **space)
-    if dataset.image_shape is None:
-        raise UsageError(
-            f"--hypermodel cnn needs image data ({IMAGE_SOURCES}); "
-            f"{dataset.name} has {dataset.num_features} features: use "
-            "--hypermodel placement or mlp"
-        )
-    if settings.quick:
-        space.update(num_blocks=(1, 2), filters=(8, 16))
-    return tuner.BNSearchCNN(input_shape=dataset.image_shape, **space)
-
-
-def build_hypermodel(settings, dataset):
-    """The hypermodel of `--hypermodel`: placements on the `compare`
-    architecture, or a ready-made `BNSearchMLP` / `BNSearchCNN`."""
-    if settings.hypermodel == "placement":
-        return _placement_hypermodel(settings, dataset)
-    return _search_model(settings, dataset)
-
-
-def make_tuner(settings, hypermodel, task, session):
-    """The tuner, with its trials in `session/tuner`."""
-    if settings.tuner == "hyperband":
-        budget = {"max_epochs": settings.epochs, "factor": 3}
-    else:
-        budget = {"max_trials": settings.trials}
-    return tuner_class(settings.tuner)(
-        hypermodel,
-        objective=objective(task),
-        seed=settings.seed,
-        directory=session,
-        project_name="tuner",
-        overwrite=False,
-        **budget,
-    )
-
-
-class TrialRecorder(keras.callbacks.Callback):
-    """Records each trial's Keras history and epoch times, by trial id.
-
-    keras-tuner deep-copies the search's callbacks for every trial; the
-    copy is this same object, so that it sees every trial.
-
-    Args:
-        tuner: The tuner whose running trial each `fit` belongs to.
-    """
-
-    def __init__(self, tuner):
-        super().__init__()
-        self.tuner = tuner
-        self.histories = {}  # trial id -> metric name -> one float per epoch
-        self.seconds = {}  # trial id -> seconds per epoch
-        self.first_epochs = {}  # trial id -> its first epoch, from 1
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def on_train_begin(self, logs=None):
-        trial = self.tuner.oracle.ongoing_trials.get(self.tuner.tuner_id)
-        self._trial = trial.trial_id if trial else str(len(self.histories))
-        self.histories[self._trial] = {}
-        self.seconds[self._trial] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-        self.first_epochs.setdefault(self._trial, epoch + 1)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds[self._trial].append(time.perf_counter() - self._start)
-        history = self.histories[self._trial]
-        for name, value in (logs or {}).items():
-            history.setdefault(name, []).append(float(value))
-
-
-class Search:
-    """A keras-tuner search of BN placements, and its completed trials.
-
-    The hypermodel is built (seeded) when the search is created, so that a
-    usage error (a CNN on tabular data) comes before any output. `results`
-    lists the trials completed so far: what an interrupted search has done.
-
-    Args:
-        settings: A `SearchSettings`.
-        dataset: A `bn_keras.cli.datasets.Dataset`.
-    """
-
-    def __init__(self, settings, dataset):
-        self.settings = settings
-        self.dataset = dataset
-        self.metric = objective(dataset.task)
-        self.hypermodel = build_hypermodel(settings, dataset)
-        self.tuner = None
-        self.logdir = None
-
-    def setup_warnings(self):
-        """What is wrong with the batch size here, as messages."""
-        return batch_warnings(self.dataset, self.settings.batch_size)
-
-    def run(self, session, callbacks=()):
-        """Searches, with the tuner's trials in `session/tuner` and one
-        TensorBoard run per trial under `session/logs`.
-
-        Every trial is logged by a `RunMonitor` (its HParams session, the
-        trial's values, set by `BNHyperModel`); `callbacks` are added to
-        it.
-        """
-        settings = self.settings
-        self.tuner = make_tuner(
-            settings, self.hypermodel, self.dataset.task, session
-        )
-        self.recorder = TrialRecorder(self.tuner)
-        self.logdir = os.path.join(session, "logs")
-        epochs = {"epochs": settings.epochs}
-        if settings.tuner == "hyperband":
-            epochs = {}  # hyperband decides, up to its max_epochs
-        keras.utils.set_random_seed(settings.seed)
-        self.tuner.search(
-            self.dataset.x_train,
-            self.dataset.y_train,
-            validation_data=(self.dataset.x_val, self.dataset.y_val),
-            batch_size=settings.batch_size,
-            callbacks=[
-                *logging_callbacks(
-                    self.logdir, self.dataset, settings.batch_size
-                ),
-                self.recorder,
-                InterruptCheck(),
-                *callbacks,
-            ],
-            verbose=2 if settings.verbose else 0,
-            **epochs,
-        )
-
-    def results(self):
-        """A `Result` per completed trial (losses in the target's units)."""
-        from bn_keras.tuner._trial_runs import run_name
-
-        if self.tuner is None:
-            return []
-        results = []
-        for trial_id, history in self.recorder.histories.items():
-            trial = self.tuner.oracle.trials.get(trial_id)
-            done = trial is not None and str(trial.status) == "COMPLETED"
-            if not done or self.metric not in history:
-                continue
-            values = trial.hyperparameters.values
-            results.append(
-                Result(
-                    f"trial {trial_id}",
-                    os.path.join(self.logdir, run_name(trial_id, values)),
-                    in_target_units(history, self.dataset),
-                    self.recorder.seconds[trial_id],
-                    self.metric,
-                    first_epoch=self.recorder.first_epochs[trial_id],
-                    trial_id=trial_id,
-                )
-            )
-        return results
-
-    def best_model(self):
-        """The best trial's model at its best epoch, without its optimizer;
-        for regression, with a last layer that turns its standardized
-        outputs back into the target's units."""
-        with warnings.catch_warnings():
-            # keras-tuner's checkpoints hold the optimizer's state too.
-            warnings.filterwarnings("ignore", message="Skipping variable")
-            best = self.tuner.get_best_models(1)[0]
-        dataset = self.dataset
-        if dataset.task != "regression":
-            return best
-        outputs = keras.layers.Rescaling(
-            dataset.target_scale, offset=dataset.target_mean, name="to_target"
-        )(best.outputs[0])
-        return keras.Model(best.inputs, outputs, name=best.name)
+    def _run_note(self, configuration):
+        """The text summary's sentence on a merged configuration."""
+        if not configuration.same_as:
+            return None
+        placements = (configuration.placement, *configuration.same_as)
+        note = same_network_note(placements, is_chain(self.base))
+        return f"Trained once for {' and '.join(placements)}: {note}."

@@ -166,7 +166,11 @@ def figure(results, metric, title):
         _integer_epochs(panel, results)
         panel.grid(True, alpha=0.3)
     _legend(result, axes[0], metric)
-    result.suptitle(f"{title}: ranked by best {_axis_label(metric)}")
+    # From the left edge: centred on the figure, a long title would run
+    # under the legend that a long configuration name widens.
+    result.suptitle(
+        f"{title}: ranked by best {_axis_label(metric)}", x=0.01, ha="left"
+    )
     return result
 
 

@@ -15,6 +15,11 @@ import os
 
 import keras
 
+from bn_keras.callbacks._alerts import UNHEALTHY
+from bn_keras.callbacks._hparams import words
+from bn_keras.callbacks._layout import best_tag
+from bn_keras.callbacks._layout import last_value
+from bn_keras.callbacks._layout import retitle_chart
 from bn_keras.cli import plot
 from bn_keras.cli.common import console
 from bn_keras.cli.common import table
@@ -76,11 +81,16 @@ def print_comparison_setup(out, comparison):
     statistics cannot keep up with so short a run."""
     settings = comparison.settings
     count = len(comparison.configurations)
+    plan = f"{count} configuration{'s' if count > 1 else ''}"
+    if comparison.requested > count:
+        plan += (
+            f" ({comparison.requested} asked for: some build the same "
+            "network)"
+        )
     out.print(comparison.dataset.describe())
     out.print(
         f"model {settings.model} ({comparison.base.count_params():,} "
-        f"parameters without BN), {count} "
-        f"configuration{'s' if count > 1 else ''} x {settings.epochs} "
+        f"parameters without BN), {plan} x {settings.epochs} "
         f"epochs, batch {settings.batch_size}, Adam "
         f"{settings.learning_rate:g}, BN momentum {settings.momentum:g}, "
         f"seed {settings.seed}"
@@ -92,7 +102,8 @@ def print_comparison_setup(out, comparison):
             f"note: {steps} training steps in all, and BN's moving statistics "
             f"(momentum {settings.momentum:g}) average over about "
             f"{horizon:.0f} steps: they will lag behind, and BN's validation "
-            "figures suffer for it. More epochs or --momentum 0.9 avoid that."
+            "figures suffer for it. More epochs or --momentum 0.9 avoid that.",
+            soft_wrap=False,
         )
 
 
@@ -163,7 +174,7 @@ def _configuration_cells(result):
     configuration = result.configuration
     return [
         result.label,
-        configuration.placement if configuration.has_batchnorm else "none",
+        configuration.placements if configuration.has_batchnorm else "none",
         configuration.normalization or "none",
     ]
 
@@ -185,15 +196,17 @@ def write_comparison_csv(path, results, metric):
 
 
 def print_leaderboard(out, results, metric):
-    """The leaderboard as a table, best first."""
+    """The leaderboard as a table, best first; the figures' headers on two
+    lines, so that a configuration's name fits on one line (`"input renorm
+    + layer-bn-act = bn-act-layer + batch"` in 100 columns)."""
     name = "val acc" if metric == "val_accuracy" else "val loss"
     columns = [
         ("#", "right"),
         ("configuration", "left"),
-        (f"best {name}", "right"),
-        ("best epoch", "right"),
-        ("epochs to 95%", "right"),
-        (f"final {name}", "right"),
+        (f"best\n{name}", "right"),
+        ("best\nepoch", "right"),
+        ("epochs\nto 95%", "right"),
+        (f"final\n{name}", "right"),
         ("s/epoch", "right"),
     ]
     rows = [
@@ -220,6 +233,33 @@ def write_results(session, results, metric, title, write_table):
     ranked = [result for _, result in leaderboard_rows(results)]
     plot.write_plot(png_path, ranked, metric, title)
     return csv_path, png_path
+
+
+def name_the_leader(session, results, metric):
+    """Names the leaderboard's #1, its figure and its BN's health at the
+    end, in the title of the Overview's chart of the ranking figure, in
+    every run of `session`: the first screen of Custom Scalars then says
+    which configuration won, as the leaderboard does."""
+    (_, first), *_ = leaderboard_rows(results)
+    unhealthy = last_value(first.run_dir, UNHEALTHY)
+    if unhealthy is None:
+        health = ""
+    elif unhealthy == 0:
+        health = "; its BN ends healthy"
+    else:
+        count = round(unhealthy)
+        health = (
+            f"; its BN ends with {count} layer{'s' if count > 1 else ''} "
+            "in error or warning (the Text dashboard says which)"
+        )
+    title = (
+        f"best {words(metric)} so far; #1 in the leaderboard: "
+        f"{first.label}, {_fmt(first.best)} at epoch {first.best_epoch}"
+        f"{health}"
+    )
+    runs = [os.path.join(session, name) for name in sorted(os.listdir(session))]
+    runs = [run for run in runs if os.path.isdir(run)]
+    retitle_chart(runs, best_tag(metric), title)
 
 
 def partial_results(results, total, session, kind="configurations"):
@@ -251,6 +291,9 @@ def comparison_summary(out, session, comparison):
         session, results, metric, title, write_comparison_csv
     )
     print_leaderboard(out, results, metric)
+    name_the_leader(session, results, metric)
+    for note in comparison.same_network_notes():
+        out.print(f"note: {note}: trained once, one row.", soft_wrap=False)
     out.print(f"leaderboard:  {csv_path}")
     out.print(f"plot:         {png_path}")
     out.print(f"TensorBoard:  {session} (one run per configuration)")
@@ -260,8 +303,9 @@ def comparison_summary(out, session, comparison):
 # -- bn-keras search ----------------------------------------------------------
 
 
-def print_search_setup(out, dataset, settings):
-    """The data, the hypermodel and the budget."""
+def print_search_setup(out, dataset, settings, notes=()):
+    """The data, the hypermodel and the budget; `notes` (the placements
+    searched as one, `Search.notes`) after them."""
     if settings.tuner == "hyperband":
         budget = f"hyperband up to {settings.epochs} epochs per trial"
     else:
@@ -275,6 +319,8 @@ def print_search_setup(out, dataset, settings):
         f"hypermodel {settings.hypermodel}{on}, {budget}, batch "
         f"{settings.batch_size}, seed {settings.seed}"
     )
+    for note in notes:
+        out.print(f"note: {note}.", soft_wrap=False)
 
 
 class _TrialProgress(keras.callbacks.Callback):

@@ -6,7 +6,7 @@ trial budget, and prints `bn_keras.tuner.placement_report`.
 
 This module holds the command's options and their checks, which need no
 Keras; the hypermodel, the tuner and the search are
-`bn_keras.cli.experiment.Search`'s, the output `bn_keras.cli.report`'s,
+`bn_keras.cli.tuning.Search`'s, the output `bn_keras.cli.report`'s,
 both imported once the options are checked.
 """
 
@@ -42,7 +42,9 @@ hypermodels:
   placement  bn_keras.tuner.BNPlacementHyperModel on the architecture of
              'bn-keras compare' (--model mlp|cnn): one placement and
              normalization choice per Dense/convolution layer (--shared:
-             one choice for all), and whether the inputs get BN
+             one choice for all; then placements that build the same
+             network are searched once: on these chains, bn-act-layer
+             builds layer-bn-act's), and whether the inputs get BN
   mlp        bn_keras.tuner.BNSearchMLP: depth, widths, learning rate and BN
              per block
   cnn        bn_keras.tuner.BNSearchCNN: the same for a small CNN (images)
@@ -202,17 +204,17 @@ def _search(search, session):
 def run(args):
     settings = parse(args)
     runtime.start_keras(settings.verbose)
-    from bn_keras.cli import experiment
     from bn_keras.cli import report
+    from bn_keras.cli import tuning
 
-    experiment.tuner_class(settings.tuner)  # bayesian needs scipy: say so
+    tuning.tuner_class(settings.tuner)  # bayesian needs scipy: say so
     dataset = datasets.load_from_args(args)
     if settings.hypermodel == "mlp":
         dataset.flatten_images()
-    search = experiment.Search(settings, dataset)
+    search = tuning.Search(settings, dataset)
     session = new_session_dir(args.logdir, f"search-{dataset.name}")
     out = console()
-    report.print_search_setup(out, dataset, settings)
+    report.print_search_setup(out, dataset, settings, search.notes)
     runtime.warn_all(search.setup_warnings())
     finished = runtime.completed(_search, search, session)
     rows = report.search_summary(out, search, session)

@@ -11,7 +11,8 @@ from typing import Any
 #: structure that costs nothing at inference.
 SEVERITIES = ("error", "warning", "info")
 
-#: The stable codes of the findings, and what each is about.
+#: The stable codes of the findings, and what each is about (the last
+#: only `BatchNormMonitor` raises: it needs the training batches).
 CODES = {
     "statistics-mismatch": "moving statistics do not match the data",
     "preprocessing-mismatch": "the input is on another scale than in training",
@@ -25,6 +26,8 @@ CODES = {
     "bias-before-batchnorm": "a bias that batch normalization cancels",
     "batchnorm-before-output": "batch normalization on the logits",
     "dead-channels": "channels whose gamma is about zero",
+    "constant-channels": "channels whose input holds one value (seen "
+    "during training)",
 }
 
 
@@ -32,7 +35,9 @@ CODES = {
 class Finding:
     """One finding about a model's batch normalization.
 
-    `bn_keras.diagnose` returns them in its report's `findings`.
+    `bn_keras.diagnose` returns them in its report's `findings`;
+    `bn_keras.callbacks.BatchNormMonitor` raises them as alerts during
+    training, from the same detectors.
 
     Args:
         code: A stable name from `CODES` (`"statistics-mismatch"`, ...).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import keras_tuner
@@ -18,6 +19,10 @@ from bn_keras.tuner.bn_hyperparameters import SETTINGS
 _SLOT_KEYS = (PLACEMENT, NORMALIZATION, *SETTINGS)
 _SHORT = SHORT_SETTINGS
 _COMPLETED = "COMPLETED"
+
+#: A slot cell's normalization and settings are wrapped, between words,
+#: into lines of at most this many characters (a placement name's 12).
+_SLOT_LINE = 14
 
 
 def _slots(space_names, trials):
@@ -48,17 +53,22 @@ def _number(value):
 
 
 def _slot_cell(info):
+    """The placement, then the normalization and its settings, in lines
+    of at most `_SLOT_LINE` characters (a longer word keeps a line of its
+    own)."""
     if not info:
         return "-"
-    text = info[PLACEMENT]
+    lines = [info[PLACEMENT]]
     if NORMALIZATION in info:
-        details = " ".join(
+        words = [info[NORMALIZATION]] + [
             f"{_SHORT[k]}={_number(info[k])}"
             for k in _SLOT_KEYS[2:]
             if k in info
+        ]
+        lines += textwrap.wrap(
+            " ".join(words), _SLOT_LINE, break_long_words=False
         )
-        text += f"\n{info[NORMALIZATION]}" + (f" {details}" if details else "")
-    return text
+    return "\n".join(lines)
 
 
 def placement_report(
@@ -171,22 +181,12 @@ def _caption(oracle, count, constant):
     return caption
 
 
-def _run_cell(name):
-    """A run name broken into lines after the trial id and each slot."""
-    trial, dash, configuration = name.partition("-")
-    parts = configuration.split("_")
-    lines = [trial + dash] + [f"{part}_" for part in parts[:-1]] + parts[-1:]
-    return "\n".join(line for line in lines if line)
-
-
-def _print(rows, slots, oracle, console):
-    from rich.console import Console
+def _table(rows, slots, oracle):
+    """The rich `Table` of `rows`: a line per trial's run name (cut short
+    with an ellipsis where the column is made narrower), its score, a
+    column per slot, and the hyperparameters that varied."""
     from rich.table import Table
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console.width = 120
     objective = getattr(oracle.objective, "name", "score")
     direction = getattr(oracle.objective, "direction", None)
     # Values that no trial changed go to the caption, not to every row.
@@ -198,10 +198,9 @@ def _print(rows, slots, oracle, console):
         show_lines=True,
     )
     table.add_column("#", justify="right")
-    run_cells = [_run_cell(row["run_name"]) for row in rows]
-    table.add_column("trial (TensorBoard run)", overflow="fold")
+    table.add_column("TensorBoard\nrun", overflow="ellipsis", no_wrap=True)
     table.add_column(
-        objective + (f" ({direction})" if direction else ""), justify="right"
+        objective + (f"\n({direction})" if direction else ""), justify="right"
     )
     for slot in slots:
         table.add_column(slot)
@@ -215,15 +214,43 @@ def _print(rows, slots, oracle, console):
     ]
     if any(varied):
         table.add_column("other hyperparameters", overflow="fold")
-    for row, run_cell, other in zip(rows, run_cells, varied):
+    for row, other in zip(rows, varied):
         score = row["score"]
         cells = [
             str(row["rank"]),
-            run_cell,
+            row["run_name"],
             "-" if score is None else f"{score:.4f}",
             *[_slot_cell(row["slots"].get(slot)) for slot in slots],
         ]
         if any(varied):
             cells.append(other or "-")
         table.add_row(*cells)
+    return table
+
+
+def _fit(console, table, rows):
+    """Narrows the run column until `table` fits `console`, down to the
+    trial ids (`trial_03-…`); a table still too wide has its other columns
+    wrapped by rich."""
+    unlimited = console.options.update_width(10_000)
+    excess = console.measure(table, options=unlimited).maximum - console.width
+    names = [row["run_name"] for row in rows]
+    widest = max([len(name) for name in names] + [len("TensorBoard")])
+    narrowest = max(
+        [len(name.partition("-")[0]) + 2 for name in names]
+        + [len("TensorBoard")]
+    )
+    if excess > 0:
+        table.columns[1].max_width = max(widest - excess, narrowest)
+
+
+def _print(rows, slots, oracle, console):
+    from rich.console import Console
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = 120
+    table = _table(rows, slots, oracle)
+    _fit(console, table, rows)
     console.print(table)

@@ -1,5 +1,6 @@
 """A real TensorBoard server finds the monitor's run, charts and layout."""
 
+import html
 import json
 import re
 import socket
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import bn_keras
+from bn_keras.diagnosis import _training_detectors
 
 STARTUP_TIMEOUT_S = 120
 
@@ -55,7 +57,11 @@ def constant_channels_model():
                     [-1.0] + [0.0] * 7
                 ),
             ),
-            bn_keras.layers.BatchRenormalization(name="second_bn"),
+            # Momentum 0.5: its statistics keep up within the 3 steps of
+            # an epoch (no alert but the constant channels' note).
+            bn_keras.layers.BatchRenormalization(
+                momentum=0.5, name="second_bn"
+            ),
             keras.layers.Dense(2),
         ]
     )
@@ -117,6 +123,19 @@ def stop(server):
         server.wait(timeout=10)
 
 
+def text_of(base, run):
+    """The last text summary of `run` as TensorBoard serves it (HTML),
+    and as a person reads it (tags left out, entities decoded)."""
+    query = urllib.parse.urlencode({"run": run, "tag": "batchnorm/layers"})
+    served = get_json(f"{base}/data/plugin/text/text?{query}")[-1]["text"]
+    return served, html.unescape(re.sub(r"<[^>]+>", "", served))
+
+
+def table_row(*cells):
+    """A row of a Markdown table, as TensorBoard renders it."""
+    return "\n".join(f"<td>{cell}</td>" for cell in cells)
+
+
 def scalar_values(base, run, tag):
     query = urllib.parse.urlencode({"run": run, "tag": tag})
     return get_json(f"{base}/data/plugin/scalars/scalars?{query}")
@@ -140,11 +159,32 @@ def broken_model():
     return model
 
 
+def stale_model():
+    """Momentum 0.999 for a few steps on inputs far from mean 0 and
+    variance 1: inference normalizes with statistics that barely moved
+    from their initial values. A warning, which names the layer and says
+    what to do."""
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4, name="hidden"),
+            keras.layers.BatchNormalization(momentum=0.999, name="lagging"),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
 @pytest.fixture(scope="module")
 def served_runs(tmp_path_factory):
-    """Two fits served by one TensorBoard: `constant` (constant channels,
-    Keras's TensorBoard beside the monitor) and `broken` (the monitor
-    alone, a NaN in the second epoch's data)."""
+    """Three fits served by one TensorBoard: `constant` (constant channels,
+    Keras's TensorBoard beside the monitor), `broken` (the monitor alone,
+    NaN statistics from the first epoch's end) and `stale` (statistics
+    lagging behind the batches)."""
     rng = np.random.default_rng(0)
     log_dir = tmp_path_factory.mktemp("served")
     x = rng.normal(size=(64, 5)).astype("float32")
@@ -185,10 +225,25 @@ def served_runs(tmp_path_factory):
                 bn_keras.callbacks.BatchNormMonitor(log_dir / "broken"),
             ],
         )
+    stale_model().fit(
+        x * 4.0 + 10.0,
+        y,
+        batch_size=16,
+        epochs=3,
+        verbose=0,
+        callbacks=[
+            bn_keras.callbacks.BatchNormMonitor(
+                log_dir / "stale", probe_data=x[:16] * 4.0 + 10.0
+            )
+        ],
+    )
     server, base = start_tensorboard(log_dir)
     try:
         wait_for_tag(
             server, base, log_dir, "broken", "alerts/nonfinite-statistics"
+        )
+        wait_for_tag(
+            server, base, log_dir, "stale", "alerts/statistics-mismatch"
         )
         tags = wait_for_tag(
             server, base, log_dir, "constant", "bn01-dense/1_probe_gap"
@@ -207,6 +262,7 @@ def test_tensorboard_serves_the_monitor_charts(served_runs):
         "constant",
         "constant/train",
         "constant/validation",
+        "stale",
     ]
     tags = {
         run.removeprefix("constant").lstrip("/") or ".": run_tags
@@ -278,7 +334,11 @@ def test_tensorboard_serves_the_monitor_charts(served_runs):
         ["^epoch_accuracy$"]
     )
     assert ["^epoch_loss$"] in overview
-    assert overview[-1] == ["^alerts/constant\\-channels$"]
+    # The alerts only some runs have come last, in the order of the runs.
+    assert overview[-2:] == [
+        ["^alerts/constant\\-channels$"],
+        ["^alerts/statistics\\-mismatch$"],
+    ]
     unhealthy = scalar_values(base, "constant", "alerts/unhealthy_layers")
     assert [v for _, _, v in unhealthy] == [0.0, 0.0]  # notes only
     served = {tag for run_scalars in all_tags.values() for tag in run_scalars}
@@ -292,14 +352,22 @@ def test_tensorboard_serves_the_monitor_charts(served_runs):
             (pattern,) = chart["multiline"]["tag"]
             assert any(re.search(pattern, t) for t in served), pattern
 
-    # The text summary: one table row per layer, in forward order.
-    query = urllib.parse.urlencode(
-        {"run": "constant", "tag": "batchnorm/layers"}
+    # The text summary: one table row per layer, in forward order, after
+    # the alerts (here a note).
+    served, last = text_of(base, "constant")
+    assert table_row("info", "constant-channels", "bn00-input, bn01-dense") in (
+        served
     )
-    texts = get_json(f"{base}/data/plugin/text/text?{query}")
-    last = texts[-1]["text"]
-    assert last.index("bn00-input") < last.index("bn01-dense")
-    assert "channels 1/5 constant on the training batches" in last
+    rows = [
+        served.index(f"<td>{tag}</td>") for tag in ("bn00-input", "bn01-dense")
+    ]
+    assert rows == sorted(rows)
+    assert (
+        "Channels whose input holds one value, with no variance to "
+        "normalize: bn00-input (first_bn): 1/5 on the training batches, 1/5 "
+        "on the probe batch; bn01-dense (second_bn): 1/8 on the training "
+        "batches, 1/8 on the probe batch."
+    ) in last
 
 
 @pytest.mark.slow
@@ -317,8 +385,50 @@ def test_a_broken_model_raises_an_alert_naming_the_layer_and_remedy(
     unhealthy = scalar_values(base, "broken", "alerts/unhealthy_layers")
     assert [v for _, _, v in unhealthy] == [1.0, 1.0, 1.0]
     # The text summary names the layer and says what to do.
-    query = urllib.parse.urlencode({"run": "broken", "tag": "batchnorm/layers"})
-    last = get_json(f"{base}/data/plugin/text/text?{query}")[-1]["text"]
-    assert "nonfinite-statistics" in last
-    assert "bn01-hidden (poisoned): non-finite moving_variance" in last
-    assert "Look for NaN or Inf in the data, or a diverging loss" in last
+    served, last = text_of(base, "broken")
+    assert table_row("error", "nonfinite-statistics", "bn01-hidden") in served
+    assert (
+        "nonfinite-statistics (error): NaN or Inf in bn01-hidden "
+        "(poisoned): moving_variance (4): every prediction that passes "
+        "through them is wrong. What to do: report.fix() recomputes the "
+        "moving statistics from the data. Restore the weights from a "
+        "checkpoint taken before training diverged; look for a NaN or Inf "
+        "batch or a diverging loss"
+    ) in last
+
+
+@pytest.mark.slow
+def test_stale_statistics_raise_an_alert_naming_the_layer_and_remedy(
+    served_runs,
+):
+    base, _ = served_runs
+    # A warning at every epoch end, charted in the Overview.
+    values = scalar_values(base, "stale", "alerts/statistics-mismatch")
+    assert [(step, value) for _, step, value in values] == [
+        (1, 1.0),
+        (2, 1.0),
+        (3, 1.0),
+    ]
+    unhealthy = scalar_values(base, "stale", "alerts/unhealthy_layers")
+    assert [v for _, _, v in unhealthy] == [1.0, 1.0, 1.0]
+    layout = get_json(f"{base}/data/plugin/custom_scalars/layout")
+    titles = {
+        chart["title"]
+        for chart in layout["category"][0]["chart"]
+        if chart["multiline"]["tag"] == ["^alerts/statistics\\-mismatch$"]
+    }
+    assert titles == {
+        "WARNING statistics-mismatch, how many BN layers: moving statistics "
+        "do not match the data (what to do: Text)"
+    }
+    # The text summary names the layer, says why, and what to do, in the
+    # words of `bn-keras doctor`.
+    served, last = text_of(base, "stale")
+    assert table_row("warning", "statistics-mismatch", "bn01-hidden") in served
+    assert (
+        "statistics-mismatch (warning): The moving statistics of bn01-hidden "
+        "(lagging) lag behind the training batches: over the last 4 training "
+        "steps"
+    ) in last
+    remedy = _training_detectors.REMEDY_LAGGING.replace("`", "")
+    assert f"What to do: {remedy}" in last

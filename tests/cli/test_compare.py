@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from bn_keras.cli import main
+from tests.callbacks.helpers import LAYOUT_TAG
+from tests.callbacks.helpers import read_events
 from tests.cli.helpers import assert_png
 from tests.cli.helpers import event_files
 from tests.cli.helpers import read_csv
@@ -19,18 +21,21 @@ from tests.tuner.helpers import hparams_experiments
 from tests.tuner.helpers import hparams_sessions
 
 EPOCHS = 2
+#: On compare's MLP, a chain, pre-activation builds layer-bn-act's network:
+#: the 5 configurations asked for are 3 networks, trained once each.
 LABELS = {
     "no-bn": "no BN",
-    "layer-bn-act_batch": "layer-bn-act + batch",
-    "layer-bn-act_ghost": "layer-bn-act + ghost(8)",
-    "bn-act-layer_batch": "bn-act-layer + batch",
-    "bn-act-layer_ghost": "bn-act-layer + ghost(8)",
+    "layer-bn-act=bn-act-layer_batch": "layer-bn-act = bn-act-layer + batch",
+    "layer-bn-act=bn-act-layer_ghost": (
+        "layer-bn-act = bn-act-layer + ghost(8)"
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """One quick comparison on digits: 5 configurations of 2 epochs."""
+    """One quick comparison on digits: 5 configurations of 2 epochs, of
+    which 3 are distinct networks."""
     logdir = tmp_path_factory.mktemp("compare") / "runs"
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -65,18 +70,28 @@ def test_compare_exits_zero_and_ends_with_tensorboard_command(digits_run):
     assert digits_run["status"] == 0, digits_run["err"]
     lines = digits_run["out"].rstrip().splitlines()
     assert lines[-1].strip() == f"tensorboard --logdir {digits_run['session']}"
-    assert "5 configurations x 2 epochs" in digits_run["out"]
+    assert (
+        "3 configurations (5 asked for: some build the same network) x 2 "
+        "epochs" in digits_run["out"]
+    )
     # 2 epochs of 43 steps: shorter than the moving statistics' horizon.
     assert "note: 86 training steps in all" in digits_run["out"]
-    # The progress bar goes to stderr, and ends complete.
-    assert "5/5" in digits_run["err"]
+    # The progress bar goes to stderr, and ends complete: one step per
+    # network trained.
+    assert "3/3" in digits_run["err"]
 
 
 @pytest.mark.slow
 def test_compare_leaderboard_csv(digits_run):
     rows = read_csv(digits_run["session"] / "leaderboard.csv")
-    assert [row["rank"] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert [row["rank"] for row in rows] == ["1", "2", "3"]
     assert {row["run_dir"]: row["configuration"] for row in rows} == LABELS
+    # The placement column names both placements, as HParams does.
+    assert sorted(row["placement"] for row in rows) == [
+        "layer-bn-act = bn-act-layer",
+        "layer-bn-act = bn-act-layer",
+        "none",
+    ]
     best = [float(row["best_val_accuracy"]) for row in rows]
     assert best == sorted(best, reverse=True)
     for row in rows:
@@ -130,7 +145,9 @@ def test_compare_printed_table(digits_run):
         for line in out.splitlines()
         if line.strip()[:1].isdigit() and "+" in line or "no BN" in line
     ]
-    header = next(line for line in out.splitlines() if "best val acc" in line)
+    # The figures' headers on two lines: "best" above "val acc".
+    header = next(line for line in out.splitlines() if "val acc" in line)
+    assert header.split()[:3] == ["#", "configuration", "val"]
     assert all(len(line) <= 100 for line in [header, *lines])
     table = [line.split() for line in lines]
     # One printed row per configuration, in leaderboard order.
@@ -142,6 +159,14 @@ def test_compare_printed_table(digits_run):
             float(row["best_val_accuracy"]), abs=5e-5
         )
         assert cells[-4] == row["best_epoch"]
+    # Why one row names two placements, under the table, in 100 columns.
+    note = out[out.index("note: on this model") : out.index("leaderboard:")]
+    assert " ".join(note.split()) == (
+        "note: on this model, a chain without residual connections, "
+        "pre-activation (bn-act-layer) builds the same network as "
+        "layer-bn-act: trained once, one row."
+    )
+    assert all(len(line) <= 100 for line in note.splitlines())
     session = str(digits_run["session"])
     assert f"leaderboard:  {os.path.join(session, 'leaderboard.csv')}" in out
     plot = os.path.join(session, "validation_curves.png")
@@ -163,8 +188,10 @@ def test_compare_run_folders_and_event_files(digits_run):
     ) == sorted(LABELS)
     epochs = list(range(1, EPOCHS + 1))
     for name in LABELS:
-        # One run per configuration: one event file, no subfolder.
-        assert len(event_files(session / name)) == 1, name
+        # One run per configuration, no subfolder: the training's event
+        # file, then the Overview's layout retitled once ranked, alone.
+        training, ranked = sorted(event_files(session / name))
+        assert list(read_events(str(session / name / ranked))) == [LAYOUT_TAG]
         assert not [p for p in (session / name).iterdir() if p.is_dir()]
         # The monitor's figures, one step per epoch counted from 1, with
         # Keras's epoch metrics that the Overview compares; the baseline
@@ -191,6 +218,15 @@ def test_compare_run_folders_and_event_files(digits_run):
         steps = scalars["batchnorm/max_drift_in_std"]
         assert sorted(steps) == epochs
         assert any(tag.endswith("/1_probe_gap") for tag in scalars)
+        # The text summary says why the run stands for two placements.
+        texts = read_events(session / name)["batchnorm/layers"]
+        text = texts[max(texts)].item().decode()
+        assert (
+            "Trained once for layer-bn-act and bn-act-layer: on this model, "
+            "a chain without residual connections, pre-activation "
+            "(bn-act-layer) builds the same network as layer-bn-act."
+        ) in text
+        assert "| placement | layer-bn-act = bn-act-layer |" in text
 
 
 @pytest.mark.slow
@@ -295,7 +331,7 @@ def test_compare_regression_ranks_by_lowest_loss(tmp_path, capsys):
     losses = [float(row["best_val_loss"]) for row in rows]
     assert losses == sorted(losses)
     assert all(math.isfinite(v) and v > 0 for v in losses)
-    assert "regression" in out and "best val loss" in out
+    assert "regression" in out and "val loss" in out
     assert_png(tmp_path / session / "validation_curves.png")
     # The runs' losses are in the target's units, as the leaderboard's
     # (to its 6 significant digits).

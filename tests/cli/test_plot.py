@@ -1,6 +1,7 @@
 """The PNG of `compare` and `search`: what a user reads off it."""
 
 import pytest
+from matplotlib.text import Text
 
 from bn_keras.cli import plot
 from bn_keras.cli.experiment import Configuration
@@ -130,3 +131,26 @@ def test_many_curves_stay_distinct(count):
         if line.get_marker() == "."
     }
     assert len(styles) == count
+
+
+def test_the_title_clears_a_wide_legend():
+    """A long configuration name widens the legend: the title, over the
+    panels, stays clear of it."""
+    label = "input renorm + layer-bn-act = bn-act-layer + ghost(8)"
+    results = [
+        _result(
+            f"{label} {i}",
+            {"val_accuracy": [0.5, 0.6 + i / 100], "val_loss": [1.0, 0.9]},
+        )
+        for i in range(8)
+    ]
+    figure = plot.figure(results, "val_accuracy", "fashion_mnist, cnn")
+    renderer = _renderer(figure)
+    (legend,) = figure.legends
+    (title,) = [
+        text.get_window_extent(renderer)
+        for text in figure.findobj(Text)
+        if text.get_text() == figure.get_suptitle()
+    ]
+    assert not title.overlaps(legend.get_window_extent(renderer))
+    assert title.x0 >= 0

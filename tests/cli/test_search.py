@@ -9,6 +9,8 @@ import pytest
 
 import bn_keras
 from bn_keras.cli import datasets
+from bn_keras.cli import experiment
+from bn_keras.cli import tuning
 from tests.cli.helpers import assert_png
 from tests.cli.helpers import event_files
 from tests.cli.helpers import read_csv
@@ -142,7 +144,9 @@ def test_search_ready_made_mlp_regression(tmp_path, capsys):
     assert status == 0, err
     assert "scales: 1500 train / 500 validation samples" in out
     assert "hypermodel mlp, grid search, 2 trials x 1 epochs" in out
-    assert "val_loss (min)" in out
+    # The objective's header: its name, its direction below.
+    header = [line for line in out.splitlines() if line.startswith("┃")]
+    assert "val_loss" in header[-2] and "(min)" in header[-1]
     assert "block_0" in out
     (session,) = session_dirs(tmp_path, "search-scales")
     session = tmp_path / session
@@ -157,6 +161,65 @@ def test_search_ready_made_mlp_regression(tmp_path, capsys):
         float(np.mean((predicted - raw) ** 2)), rel=1e-3
     )
     assert float(first["best_val_loss"]) > 1.0  # not the standardized loss
+
+
+def test_shared_placements_that_build_one_network_are_searched_once():
+    """With one choice for every layer, pre-activation builds layer-bn-act's
+    network on compare's chains: one of them is searched; on a model with
+    a residual connection, both."""
+    keras.utils.set_random_seed(0)
+    base = experiment.build_base_model("mlp", datasets.load("wine"))
+    searched, merged = tuning.shared_placements(
+        base, bn_keras.registry.PLACEMENTS, ("batch", "renorm")
+    )
+    assert searched == ("layer-bn-act", "layer-act-bn", "layer-act")
+    assert [(c.placement, c.same_as) for c in merged] == [
+        ("layer-bn-act", ("bn-act-layer",))
+    ]
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(8, activation="relu")(inputs)
+    h = keras.layers.Add()([h, keras.layers.Dense(8, activation="relu")(h)])
+    residual = keras.Model(inputs, keras.layers.Dense(3)(h))
+    searched, merged = tuning.shared_placements(
+        residual, ("bn-act-layer", "layer-bn-act"), ("batch",)
+    )
+    assert (searched, merged) == (("bn-act-layer", "layer-bn-act"), [])
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only
+def test_search_shared_grid_trains_one_network_once(tmp_path, capsys):
+    status, out, err = run_cli(
+        capsys,
+        "search",
+        "--quick",
+        "--shared",
+        "--tuner",
+        "grid",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--placements",
+        "bn-act-layer",
+        "layer-bn-act",
+        "--normalizations",
+        "batch",
+        "--logdir",
+        tmp_path,
+    )
+    assert status == 0, err
+    note = out[out.index("note: on this model") : out.index("Batch norm")]
+    assert " ".join(note.split()) == (
+        "note: on this model, a chain without residual connections, "
+        "pre-activation (bn-act-layer) builds the same network as "
+        "layer-bn-act: searched once, as bn-act-layer."
+    )
+    (session,) = session_dirs(tmp_path, "search-digits")
+    rows = read_csv(tmp_path / session / "leaderboard.csv")
+    assert len(rows) == 2
+    for row in rows:
+        assert "batchnorm/placement=bn-act-layer" in row["hyperparameters"]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bn_keras.diagnosis import _detectors as d
+from bn_keras.diagnosis import _training_detectors as t
 from bn_keras.diagnosis.finding import Finding
 
 
@@ -183,7 +184,7 @@ def test_collapsed_variance_only_where_inputs_vary():
 
 def test_renorm_clipping_saturated_needs_successive_writes():
     saturated = [0.95] * d.SATURATED_WRITES
-    finding = d.renorm_clipping_saturated(
+    finding = t.renorm_clipping_saturated(
         {"a": [0.1] + saturated, "b": saturated[:-1] + [0.5], "c": [1.0]}
     )
     assert finding.layers == ("a",)
@@ -193,10 +194,201 @@ def test_renorm_clipping_saturated_needs_successive_writes():
 
 def test_probe_gap_above_batch_noise():
     # 6 values per channel: batch noise alone gives a gap of 0.5.
-    assert d.probe_gap({"a": 0.6}, rows=6) is None
-    finding = d.probe_gap({"a": 0.6, "b": 0.1}, rows=2048)
+    assert t.probe_gap({"a": 0.6}, rows=6) is None
+    finding = t.probe_gap({"a": 0.6, "b": 0.1}, rows=2048)
     assert finding.code == "statistics-mismatch"
     assert finding.layers == ("a",)
+
+
+def lag(mean_distances, variance_ratio=1.0):
+    """`statistics_distance` of moving statistics `mean_distances`
+    standard deviations off per channel, variances `variance_ratio` off."""
+    mean_distances = np.asarray(mean_distances, dtype=np.float64)
+    channels = mean_distances.size
+    return d.statistics_distance(
+        mean_distances,
+        np.full(channels, variance_ratio),
+        np.zeros(channels),
+        np.ones(channels),
+        0.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "distances, ratio, lagging",
+    [
+        ([0.4, 0.6], 1.0, True),  # 0.5 standard deviations
+        ([0.3, 0.6], 1.0, False),
+        ([0.6, 0.6, 0.0], 1.0, True),  # in two channels of three
+        ([9.0, 0.0, 0.0], 1.0, False),  # one odd channel
+        ([0.0, 0.0], 2.0, True),  # the variance twice the batches'
+        ([0.0, 0.0], 0.5, True),  # or half
+        ([0.0, 0.0], 1.9, False),
+    ],
+)
+def test_lagging_statistics_in_the_median_channel(distances, ratio, lagging):
+    finding = t.lagging_statistics(
+        [("bn", lag(distances, ratio), 0.99, None)], 20
+    )
+    assert (finding is not None) == lagging
+    if lagging:
+        assert (finding.code, finding.severity) == (
+            "statistics-mismatch",
+            "warning",
+        )
+        assert finding.layers == ("bn",)
+        assert finding.remedy == t.REMEDY_LAGGING
+        (evidence,) = finding.evidence["layers"]
+        assert evidence["mean_distance"] == pytest.approx(np.median(distances))
+        assert evidence["variance_factor"] == pytest.approx(
+            max(ratio, 1 / ratio)
+        )
+
+
+def test_lagging_statistics_names_the_worst_layer_and_its_probe_gap():
+    finding = t.lagging_statistics(
+        [
+            ("a", lag([0.6, 0.6]), 0.99, None),
+            ("b", lag([0.1, 0.1]), 0.99, None),
+            ("c", lag([0.0], 16.0), 0.999, None),
+        ],
+        steps=19,
+        gaps={"c": 4.2},
+    )
+    assert finding.layers == ("a", "c")
+    assert "over the last 19 training steps, c's moving mean was 0 " in (
+        finding.message
+    )
+    assert "a factor 16, in its median channel (momentum 0.999: " in (
+        finding.message
+    )
+    assert "each step moves the statistics 0.1% of the way" in finding.message
+    assert finding.message.endswith(
+        "On the probe batch, c's output in training and in inference differs "
+        "by 4.2 of its spread in the median channel."
+    )
+    # Non-finite channels are left out (their own finding says so).
+    nan = lag([np.nan, 0.1])
+    assert t.lagging_statistics([("bn", nan, 0.9, None)], 5) is None
+
+
+@pytest.mark.parametrize(
+    "clipped, lagging",
+    [(1.0, True), (0.9, True), (0.5, False), (np.nan, False)],
+)
+def test_a_renorm_layer_lags_only_while_its_correction_is_clipped(
+    clipped, lagging
+):
+    """Unclipped, renorm's r and d train the layer on what inference
+    computes, however far the batches are from its statistics."""
+    finding = t.lagging_statistics([("bn", lag([2.0], 4.0), 0.99, clipped)], 9)
+    assert (finding is not None) == lagging
+
+
+def test_probe_gap_per_layer_rows_and_explained_layers():
+    gaps = {"dense": 0.9, "ghost": 0.9, "lagging": 3.0}
+    rows = {"dense": 2048, "ghost": 4, "lagging": 2048}
+    # Ghost batches of 4 values: noise alone gives 0.61, 0.9 is within 3x.
+    finding = t.probe_gap(gaps, rows, explained=("lagging",))
+    assert finding.layers == ("dense",)
+    assert finding.evidence["probe_gap"] == {"dense": 0.9}
+    assert finding.evidence["batch_noise"]["dense"] == pytest.approx(
+        np.sqrt(1.5 / 2048)
+    )
+    assert finding.remedy == d.REMEDY_RECALIBRATE
+
+
+@pytest.mark.parametrize(
+    "gap, rows, noisy",
+    [
+        (0.87, 2, True),  # sqrt(1.5 / 2): the noise of batches of 2
+        (0.55, 6, True),  # noise 0.5: at the threshold
+        (0.45, 2, False),  # the gap itself below half the spread
+        (0.6, 7, False),  # noise 0.46 < 0.5: not called noisy
+        (3.0, 2, False),  # beyond 3x the noise: a mismatch instead
+    ],
+)
+def test_probe_batch_noise(gap, rows, noisy):
+    finding = t.probe_batch_noise(
+        {"bn": gap}, {"bn": rows}, {"bn": (rows, True)}
+    )
+    assert (finding is not None) == noisy
+    if noisy:
+        assert (finding.code, finding.severity) == (
+            "noisy-batch-statistics",
+            "warning",
+        )
+        assert f"ghost batches of only {rows} values per channel" in (
+            finding.message
+        )
+        assert finding.remedy == d.REMEDY_NOISY
+    # A gap `probe_gap` does not report unless it is beyond the noise.
+    mismatch = t.probe_gap({"bn": gap}, {"bn": rows})
+    assert not (noisy and mismatch is not None)
+
+
+@pytest.mark.parametrize(
+    "warmup, reported",
+    [
+        (None, True),  # fixed bounds
+        ((100, 24), True),  # the warm-up lasts past the fit's end
+        ((20, 24), False),  # the schedule relaxes the bounds within the fit
+        ((100, None), False),  # the fit's length is unknown
+    ],
+)
+def test_renorm_saturation_during_a_warm_up(warmup, reported):
+    # Writes whose bounds (rmax 1, dmax 0) clip everything by construction.
+    fractions = {"bn": [None] * d.SATURATED_WRITES}
+    finding = t.renorm_clipping_saturated(
+        fractions,
+        {"bn": {"rmax": 1.0, "dmax": 0.0}},
+        {} if warmup is None else {"bn": warmup},
+    )
+    assert (finding is not None) == reported
+    if not reported:
+        return
+    assert finding.remedy == t.REMEDY_RENORM
+    if warmup is None:
+        assert "rmax 1 and dmax 0 allow no correction" in finding.message
+    else:
+        assert "until step 100, after this fit's last step (24)" in (
+            finding.message
+        )
+
+
+def test_writes_of_an_ended_warm_up_do_not_count():
+    room = {"bn": {"rmax": 1.5, "dmax": 0.5}}
+    two_in_warm_up = {"bn": [None, None, 1.0, 1.0, 1.0]}
+    assert t.renorm_clipping_saturated(two_in_warm_up, room) is None
+    finding = t.renorm_clipping_saturated({"bn": [None] + [1.0] * 5}, room)
+    assert finding.evidence["clipped_fraction"] == {"bn": [1.0] * 5}
+
+
+def test_renorm_saturation_with_room_blames_the_renorm_statistics():
+    finding = t.renorm_clipping_saturated(
+        {"bn": [0.95] * d.SATURATED_WRITES}, {"bn": {"rmax": 3.0, "dmax": 5.0}}
+    )
+    assert "(rmax 3, dmax 5 in bn): the correction stays at its bounds" in (
+        finding.message
+    )
+    assert finding.evidence["bounds"] == {"bn": {"rmax": 3.0, "dmax": 5.0}}
+
+
+def test_constant_channels_are_information():
+    assert t.constant_channels({"bn": (0, 0, 8)}) is None
+    finding = t.constant_channels(
+        {"a": (2, 0, 8), "b": (0, 1, 4), "c": (0, 0, 4)}
+    )
+    assert (finding.code, finding.severity) == ("constant-channels", "info")
+    assert finding.layers == ("a", "b")
+    assert (
+        "a: 2/8 on the training batches; b: 1/4 on the probe batch"
+        in finding.message
+    )
+    assert finding.evidence["constant_channels"] == {
+        "a": [2, 0, 8],
+        "b": [0, 1, 4],
+    }
 
 
 def test_structural_findings_are_information():

@@ -49,6 +49,8 @@ def test_finetune_small_batches_quick(capsys):
     assert summary["freeze_batchnorm"]["gap"] == pytest.approx(0, abs=1e-6)
     assert "fine-tuned on 40 images of 5-9 (batches of 4" in printed
     assert "mean  convert to renorm" in printed
+    # The gap is bn_keras.models.train_inference_gap's: no copy here.
+    assert not hasattr(example, "training_mode_accuracy")
 
 
 def test_each_setting_starts_from_the_pretrained_features():
