@@ -47,8 +47,11 @@ def recalibrate(
     weights, and with a momentum close to 1 they may barely have moved from
     their initial values when training stops. `recalibrate` replaces them by
     the pooled mean and (biased, as Keras records it) variance of all the
-    values each layer receives over `steps` batches of `data`, as fvcore's
-    `PreciseBN` and PyTorch's `swa_utils.update_bn` do.
+    values each layer receives over `steps` batches of `data`. fvcore's
+    `PreciseBN` and PyTorch's `swa_utils.update_bn` estimate the same
+    statistics from per-batch means and variances (the pooled mean; their
+    variance averages the batches' variances, so it leaves out how far the
+    batch means spread); `recalibrate` pools the moments of all values.
 
     Every batch normalization layer found by `bn_keras.find_batchnorm` is
     recalibrated: Keras's and bn-keras's, including those in nested models,
