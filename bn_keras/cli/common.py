@@ -297,6 +297,18 @@ def check_keras_output(path, option=None):
         raise UsageError(f"{given}: the output must be a .keras file")
 
 
+def save_model(model, path, option=None):
+    """Saves `model` to `path`; a `UsageError` naming the path (and
+    `option`, the option that gave it) when it cannot be written."""
+    try:
+        model.save(path)
+    except OSError as error:
+        given = path if option is None else f"{option} {path}"
+        raise UsageError(
+            f"{given}: cannot write: {error.strerror or error}"
+        ) from error
+
+
 def _what_it_is(path):
     """A few words on a file that is not a zip archive."""
     with open(path, "rb") as file:

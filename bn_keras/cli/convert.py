@@ -19,6 +19,7 @@ from bn_keras.cli.common import add_command
 from bn_keras.cli.common import check_keras_output
 from bn_keras.cli.common import check_model_file
 from bn_keras.cli.common import console
+from bn_keras.cli.common import save_model
 
 HELP = "write a saved model with its BN layers converted (e.g. to renorm)"
 
@@ -357,15 +358,6 @@ def settings_line(layers):
     return ", ".join(parts)
 
 
-def _save(new, path):
-    try:
-        new.save(path)
-    except OSError as error:
-        raise UsageError(
-            f"{path}: cannot write: {error.strerror or error}"
-        ) from error
-
-
 def run(args):
     check_keras_output(args.out)
     layers = _layer_names(args)
@@ -379,7 +371,7 @@ def run(args):
     checked = overrides(settings)
     model = load(args.model)
     new = convert(model, args.model, to, layers, checked)
-    _save(new, args.out)
+    save_model(new, args.out)
     out = console()
     for line in summary(model, new, layers):
         out.print(f"converted {line}")

@@ -13,6 +13,7 @@ import numpy as np
 
 from bn_keras.cli import datasets
 from bn_keras.cli.common import UsageError
+from bn_keras.cli.common import save_model
 from bn_keras.cli.inspect import load
 from bn_keras.diagnosis import diagnose
 from bn_keras.diagnosis.diagnosis_report import WIDTH
@@ -92,20 +93,11 @@ def load_data(args, model):
     return x, y
 
 
-def _save(fixed, path):
-    try:
-        fixed.save(path)
-    except OSError as error:
-        raise UsageError(
-            f"--fix {path}: cannot write: {error.strerror or error}"
-        ) from error
-
-
 def _write_fix(report, path):
     """Writes `--fix`; returns the line that says what it holds."""
     if report.summary.get("layers", 0) == 0:
         return f"nothing to fix: {path} not written"
-    _save(report.fix(), path)
+    save_model(report.fix(), path, option="--fix")
     if report.fixes:
         return textwrap.fill(f"wrote {path}: " + "; ".join(report.fixes), WIDTH)
     return textwrap.fill(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import keras
@@ -34,17 +35,24 @@ def diagnose(
     evidence, and what precise statistics would fix.
 
     Measures the model against `data`, without changing it (weights,
-    statistics and trainable flags stay as they are), in five passes over
-    the data that share one compiled function:
+    statistics and trainable flags stay as they are), in passes over the
+    data that share one compiled function:
 
     1. every batch normalization layer in its training transform, at
        `batch_size` (the predictions the model learned to make; the
        spread of each layer's batch statistics between batches);
-    2. inference as the model is (its predictions; the statistics of the
-       input each layer receives);
-    3. two passes computing precise statistics, as `bn_keras.recalibrate`
-       does (the first is pass 1 when that is the same computation);
+    2. inference as the model is (its predictions);
+    3. precise statistics: the population statistics of each layer's
+       input, as `bn_keras.recalibrate` computes them, in two passes
+       (`method="two-pass"`) where that is exact (no batch normalization
+       layer with more than one other before it), else in one
+       (`method="one-pass"`); the first is pass 1 whenever that is the
+       same computation;
     4. inference with the precise statistics (what they would change).
+
+    A model with MobileNetV2's 52 layers, with data at batch size 32, gets
+    three passes; `report.summary["precise_method"]` says which method
+    computed the precise statistics.
 
     A model whose first layers' statistics point to inputs on another scale
     gets one more inference pass, with the inputs rescaled. From these, the
@@ -161,15 +169,16 @@ def _impact(measured, before, after):
 
 
 def _layer_figures(measured):
-    """`[(path, layer, statistics, pooled input, depth)]` of the layers
-    with finite statistics that the forward pass called."""
+    """`[(path, layer, statistics, (mean, variance), depth)]` of the
+    layers with finite statistics that the forward pass called, with the
+    precise statistics of their inputs."""
     return [
         entry
         for entry in zip(
             measured.paths,
             measured.layers,
             measured.statistics,
-            measured.inference_inputs,
+            measured.precise,
             measured.depths,
         )
         if entry[3] is not None and entry[2] and not nonfinite(entry[2])
@@ -184,36 +193,94 @@ def _statistics_findings(measured, impact, nonfinite_layers):
             _detectors.statistics_distance(
                 statistics["moving_mean"],
                 statistics["moving_variance"],
-                pooled.mean,
-                pooled.variance,
+                mean,
+                variance,
                 layer.epsilon,
             ),
         )
-        for path, layer, statistics, pooled, _ in figures
+        for path, layer, statistics, (mean, variance), _ in figures
     ]
-    collapsed = _detectors.collapsed_variance(
-        {
-            path: (
-                statistics["moving_variance"],
-                pooled.variance > layer.epsilon,
-                layer.epsilon,
-            )
-            for path, layer, statistics, pooled, _ in figures
-        },
-        impact,
-    )
+    collapsed_figures = {
+        path: (
+            statistics["moving_variance"],
+            variance > layer.epsilon,
+            layer.epsilon,
+        )
+        for path, layer, statistics, (_, variance), _ in figures
+    }
+    collapsed = _detectors.collapsed_variance(collapsed_figures, impact)
     explained = set(nonfinite_layers)
     if collapsed is not None:
         explained.update(collapsed.layers)
-    mismatch = _detectors.statistics_mismatch(distances, impact, explained)
+    # Measured against precise statistics, a layer's distance is its own
+    # (not carried over from the layers before it): the layers with a
+    # finding of their own count as matching, and any other layer off is a
+    # mismatch.
+    mismatch = _detectors.statistics_mismatch(
+        [
+            (path, _matching(figures) if path in explained else figures)
+            for path, figures in distances
+        ],
+        impact,
+        explained,
+    )
+    if mismatch is not None and collapsed is not None:
+        # The impact of precise statistics is the mismatch's as much as
+        # the collapsed variances': measure theirs alone.
+        collapsed = _detectors.collapsed_variance(
+            collapsed_figures, _collapsed_impact(measured, collapsed.layers)
+        )
     return [mismatch, collapsed]
 
 
+def _matching(figures):
+    """`statistics_distance` figures of statistics that match the data."""
+    return {key: np.zeros_like(value) for key, value in figures.items()}
+
+
+def _collapsed_impact(measured, paths):
+    """`_impact` of precise statistics in the layers at `paths` only."""
+    indices = [measured.paths.index(path) for path in paths]
+    measured.outputs["collapsed"] = _measurements.partly_precise_outputs(
+        measured, indices
+    )
+    return _impact(measured, "inference", "collapsed")
+
+
+def _initial(statistics):
+    """Whether a layer's moving statistics are still their initial values
+    (mean 0, variance 1): never updated."""
+    return bool(
+        np.all(statistics["moving_mean"] == 0)
+        and np.all(statistics["moving_variance"] == 1)
+    )
+
+
+def _untrained(measured):
+    """Whether every batch normalization layer holds its initial weights
+    and statistics (gamma 1, beta 0, moving mean 0, moving variance 1), at
+    least one with gamma or beta: the model was never trained (or its batch
+    normalization never was)."""
+    statistics = [s for s in measured.statistics if s]
+    affine = [
+        s[key] for s in statistics for key in ("gamma", "beta") if key in s
+    ]
+    return (
+        bool(statistics and affine)
+        and all(_initial(s) for s in statistics)
+        and all(np.all(s.get("gamma", 1) == 1) for s in statistics)
+        and all(np.all(s.get("beta", 0) == 0) for s in statistics)
+    )
+
+
 def _preprocessing(measured):
+    # The first layers' precise statistics are exact: no batch
+    # normalization layer comes before them. Statistics never updated say
+    # nothing of the scale the model was trained on.
     first = [
-        (path, stats["moving_mean"], stats["moving_variance"], pooled.variance)
-        for path, _, stats, pooled, depth in _layer_figures(measured)
-        if depth == 1
+        (path, stats["moving_mean"], stats["moving_variance"], variance)
+        for path, _, stats, (_, variance), depth in _layer_figures(measured)
+        if depth == 1 and not _initial(stats)
     ]
     factor = _detectors.input_scale(first)
     if factor is None:
@@ -292,7 +359,12 @@ def _findings(model, entries, measured):
         findings += _statistics_findings(
             measured, impact, broken.layers if broken else ()
         )
-    findings.append(_noisy(measured))
+    noisy = _noisy(measured)
+    if noisy is not None and _untrained(measured):
+        # Training-mode predictions of an untrained model are no sign of
+        # the batch size it was trained at.
+        noisy = dataclasses.replace(noisy, severity="info")
+    findings.append(noisy)
     findings += structure_findings(model, entries)
     findings.append(
         _detectors.dead_channels(
@@ -318,6 +390,7 @@ def _summary(model, measured, impact, findings):
         "layers": len(measured.layers),
         "samples": measured.num_samples,
         "batch_size": measured.batch_size,
+        "precise_method": measured.precise_method,
         "changed_share": impact["changed_share"],
         "metric": impact["metric"],
         "before": impact["before"],
@@ -331,6 +404,12 @@ def _summary(model, measured, impact, findings):
         summary["notes"].append(
             "precise statistics would adapt the first layers to the wrong "
             "input scale and hide it: fix the input pipeline first"
+        )
+    if _untrained(measured):
+        summary["notes"].append(
+            "every batch normalization layer holds its initial weights and "
+            "statistics: the model looks untrained (train it before judging "
+            "its predictions)"
         )
     if measured.targets is None:
         summary["notes"].append(

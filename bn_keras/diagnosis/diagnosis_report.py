@@ -17,7 +17,7 @@ from bn_keras.models.find_batchnorm import find_batchnorm
 #: The width of the printed report (a terminal of 120 columns).
 WIDTH = 120
 #: Columns of the table: title and width (the last takes the rest).
-_COLUMNS = (("severity", 8), ("finding", 24), ("layers", 38), ("evidence", 0))
+_COLUMNS = (("severity", 8), ("finding", 24), ("layers", 36), ("evidence", 0))
 
 
 def _cell(text, width):
@@ -55,10 +55,11 @@ def _evidence_cell(finding):
             words = f"inputs ~{1 / factor:.3g}x smaller"
         rescaled = evidence.get("rescaled")
         if rescaled and rescaled.get("metric") is not None:
+            # The metric as it is and with the inputs rescaled.
             words += (
                 f"; {rescaled['metric']} "
                 f"{_detectors.figure(rescaled['before'])} -> "
-                f"{_detectors.figure(rescaled['after'])} rescaled"
+                f"{_detectors.figure(rescaled['after'])}"
             )
         return words
     if "disagreement" in evidence:
@@ -112,10 +113,11 @@ class DiagnosisReport:
             warnings, then information.
         summary: A dict: `model` (its name), `layers` (how many batch
             normalization layers), `samples`, `batch_size`,
-            `changed_share` (the share of predictions that precise
-            statistics change), `metric`, `before` and `after` (with
-            targets: the metric as it is and with precise statistics), and
-            `notes`.
+            `precise_method` (the `bn_keras.recalibrate` method that
+            computed the precise statistics), `changed_share` (the share
+            of predictions that precise statistics change), `metric`,
+            `before` and `after` (with targets: the metric as it is and
+            with precise statistics), and `notes`.
         ok: Whether there is no finding of severity `"error"` or
             `"warning"`.
 
@@ -157,9 +159,13 @@ class DiagnosisReport:
         """What `fix()` changes, in words (empty when it changes nothing)."""
         if self._precise is None:
             return []
+        how = "on the data diagnosed"
+        method = self.summary.get("precise_method")
+        if method not in (None, "two-pass"):
+            how += f', with method="{method}"'
         words = (
             "precise statistics in every batch normalization layer "
-            "(as bn_keras.recalibrate computes them on the data diagnosed)"
+            f"(as bn_keras.recalibrate computes them {how})"
         )
         if self.summary.get("metric") is not None:
             words += (
@@ -263,7 +269,7 @@ class DiagnosisReport:
         lines = self._header()
         for note in self.summary["notes"]:
             if note not in lines[0]:
-                lines.append(f"note: {note}")
+                lines.append(_wrapped("note: ", note, indent=6))
         if "samples" in self.summary and not self.findings:
             lines.append("No findings: batch normalization looks healthy.")
         if self.findings:

@@ -47,8 +47,11 @@ def recalibrate(
     weights, and with a momentum close to 1 they may barely have moved from
     their initial values when training stops. `recalibrate` replaces them by
     the pooled mean and (biased, as Keras records it) variance of all the
-    values each layer receives over `steps` batches of `data`, as fvcore's
-    `PreciseBN` and PyTorch's `swa_utils.update_bn` do.
+    values each layer receives over `steps` batches of `data`. fvcore's
+    `PreciseBN` and PyTorch's `swa_utils.update_bn` estimate the same
+    statistics from per-batch means and variances (the pooled mean; their
+    variance averages the batches' variances, so it leaves out how far the
+    batch means spread); `recalibrate` pools the moments of all values.
 
     Every batch normalization layer found by `bn_keras.find_batchnorm` is
     recalibrated: Keras's and bn-keras's, including those in nested models,
@@ -142,8 +145,14 @@ def recalibrate(
     for transforms in recalibration_passes(model, layers, method):
         result = runner.run(start(), transforms, steps)
         _check_batches(result.num_batches, data)
-        missing = _set_all(layers, result.pooled)
-    _warn_missing(missing)
+        _set_all(layers, result.pooled)
+    _warn_missing(
+        [
+            layer.name
+            for layer, called in zip(layers, result.called)
+            if not called
+        ]
+    )
 
 
 def _check_batches(num_batches, data):
@@ -155,15 +164,11 @@ def _check_batches(num_batches, data):
 
 
 def _set_all(layers, pooled):
-    """Sets each layer's statistics from `pooled` (one `PooledMoments` or
-    `None` per layer); returns the names of the layers left as they were."""
-    missing = []
+    """Sets each layer's statistics from `pooled` (one `PooledMoments` per
+    layer, or `None` to leave the layer as it is)."""
     for layer, moments in zip(layers, pooled):
-        if moments is None:
-            missing.append(layer.name)
-        else:
+        if moments is not None:
             set_statistics(layer, moments.mean, moments.variance)
-    return missing
 
 
 def _warn_missing(missing):

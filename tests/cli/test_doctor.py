@@ -169,3 +169,16 @@ def test_data_on_another_scale_is_named(files, capsys, tmp_path):
     assert status == 1
     assert "preprocessing-mismatch" in out
     assert "larger than in training" in out
+
+
+def test_a_fix_that_cannot_be_written_is_a_usage_error(files, capsys):
+    out_path = files / "no-such-folder" / "fixed.keras"
+    status, _, err = run_cli(
+        capsys, "doctor", files / "lagging.keras", "--dataset", "digits",
+        "--fix", out_path,
+    )
+    assert status == 2
+    assert err.strip().splitlines()[-1] == (
+        f"bn-keras doctor: error: --fix {out_path}: cannot write: "
+        "No such file or directory"
+    )

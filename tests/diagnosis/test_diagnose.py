@@ -174,3 +174,35 @@ def test_dict_inputs(data):
     # predictions (the inputs' mean is 1, their spread 3).
     assert report.findings[0].code == "statistics-mismatch"
     assert report.summary["samples"] == 96
+
+
+def chain(depth):
+    """Dense -> BN -> ReLU `depth` times, statistics never updated."""
+    layers = [keras.Input((5,))]
+    for _ in range(depth):
+        layers += [L.Dense(6), L.BatchNormalization(), L.ReLU()]
+    return keras.Sequential(layers + [L.Dense(3)])
+
+
+@pytest.mark.parametrize("depth, method", [(2, "two-pass"), (3, "one-pass")])
+def test_fix_sets_what_recalibrate_computes(depth, method, data):
+    # Two passes where they are exact (no layer deeper than 2), else one.
+    x, _ = data
+    model = chain(depth)
+    report = bn_keras.diagnose(model, x)  # without targets: fix() applies
+    assert report.summary["precise_method"] == method
+    assert report.fixes
+    fixed = report.fix()
+    bn_keras.recalibrate(model, x, method=method)
+    for ours, reference in zip(
+        bn_keras.find_batchnorm(fixed), bn_keras.find_batchnorm(model)
+    ):
+        np.testing.assert_allclose(
+            ours.moving_mean, reference.moving_mean, rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            ours.moving_variance, reference.moving_variance, rtol=1e-5
+        )
+    text = " ".join(report.text().split())
+    assert "as bn_keras.recalibrate computes them on the data" in text
+    assert ('with method="one-pass"' in text) == (method == "one-pass")

@@ -265,3 +265,59 @@ def test_the_report_reads_in_120_columns_and_as_json(digits):
     assert loaded["ok"] is False
     assert loaded["findings"][0]["code"] == report.findings[0].code
     assert loaded["summary"]["samples"] == len(x_test)
+
+
+def test_an_untrained_model_is_named_and_its_batch_noise_is_information(
+    digits,
+):
+    _, x_test, _, y_test = digits
+    keras.utils.set_random_seed(0)
+    report = bn_keras.diagnose(mlp(), (x_test, y_test))
+    assert any("looks untrained" in note for note in report.summary["notes"])
+    assert "looks untrained" in str(report)
+    # Its training-mode predictions differ from inference (a quarter of
+    # them at batch 32), which says nothing of its training batch size.
+    noisy = next(
+        f for f in report.findings if f.code == "noisy-batch-statistics"
+    )
+    assert noisy.severity == "info" and noisy.evidence["disagreement"] > 0.05
+
+
+def test_statistics_never_updated_are_no_input_scale(digits, healthy):
+    _, x_test, _, y_test = digits
+    stale = copy(healthy)
+    for layer in bn_keras.find_batchnorm(stale):
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape))
+    report = bn_keras.diagnose(stale, (x_test * 16.0, y_test))
+    assert "preprocessing-mismatch" not in codes(report)
+    assert codes(report)["statistics-mismatch"] == "error"
+    assert not any("untrained" in n for n in report.summary["notes"])
+
+
+def test_collapsed_variance_is_judged_by_its_own_impact(digits, healthy):
+    _, x_test, _, y_test = digits
+    broken = copy(healthy)
+    first, second = bn_keras.find_batchnorm(broken)
+    variance = first.moving_variance.numpy()
+    variance[:3] = 0.0
+    first.moving_variance.assign(variance)
+    second.moving_mean.assign(np.zeros(second.moving_mean.shape))
+    second.moving_variance.assign(np.ones(second.moving_variance.shape))
+    report = bn_keras.diagnose(broken, (x_test, y_test))
+    found = {f.code: f for f in report.findings}
+    assert found["statistics-mismatch"].layers == (second.name,)
+    collapsed = found["collapsed-variance"]
+    # Its figures: precise statistics in the collapsed layer alone.
+    alone = copy(broken)
+    fixed_first = bn_keras.find_batchnorm(report.fix())[0]
+    bn_keras.find_batchnorm(alone)[0].moving_variance.assign(
+        fixed_first.moving_variance
+    )
+    bn_keras.find_batchnorm(alone)[0].moving_mean.assign(
+        fixed_first.moving_mean
+    )
+    assert collapsed.evidence["after"] == pytest.approx(
+        accuracy(alone, x_test, y_test)
+    )
+    assert collapsed.evidence["after"] < report.summary["after"]

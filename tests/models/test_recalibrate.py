@@ -163,6 +163,38 @@ def test_a_shared_layer_pools_every_call(rng):
     np.testing.assert_allclose(shared.moving_variance, both.var(0), **TOLERANCE)
 
 
+def test_a_pass_measures_the_layers_that_normalize_by_their_batch(rng):
+    """What a pass of the shared runner returns, per layer: the moments of
+    the layers normalized by their batch (a layer in inference measures
+    nothing), and each call's batch means, batch by batch."""
+    from bn_keras.models._passes import BatchNormRunner
+
+    shared = keras.layers.BatchNormalization(name="shared")
+    alone = keras.layers.BatchNormalization(name="alone")
+    inputs = keras.Input((3,))
+    model = keras.Model(
+        inputs, [alone(shared(inputs)), shared(inputs * 3.0 + 1.0)]
+    )
+    x = rng.normal(size=(40, 3)).astype("float32")
+    batches = [x[i : i + 8] for i in range(0, 40, 8)]
+    runner = BatchNormRunner(model, [shared, alone])
+    result = runner.run(batches, ["batch", "inference"], keep=("means",))
+    assert result.called == [True, True] and result.num_batches == 5
+    assert result.pooled[1] is None and result.batch_means[1] is None
+    both = np.concatenate([x, x * 3.0 + 1.0]).astype(np.float64)
+    np.testing.assert_allclose(result.pooled[0].mean, both.mean(0), **TOLERANCE)
+    np.testing.assert_allclose(
+        result.pooled[0].variance, both.var(0), **TOLERANCE
+    )
+    # Two calls a batch: the first call's mean, then the second's.
+    expected = [
+        b.mean(0) for batch in batches for b in (batch, batch * 3.0 + 1.0)
+    ]
+    np.testing.assert_allclose(result.batch_means[0], expected, **TOLERANCE)
+    nothing = runner.run(batches, "inference")
+    assert nothing.pooled == [None, None] and nothing.called == [True, True]
+
+
 def test_mixed_precision_statistics_stay_float32(x):
     keras.config.set_dtype_policy("mixed_float16")
     model = chain_model()
