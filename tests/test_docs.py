@@ -87,10 +87,18 @@ def _page_runs(page):
         return runs(code_blocks(file.read(), page))
 
 
+# Pages whose blocks a test of their own runs, checking what the page says
+# they do (in the process of the suite, in an empty folder too).
+OWN_TESTS = {"docs/diagnosis.md": "tests/diagnosis/test_docs_page.py"}
+
+
 # Each page starts Keras and TensorFlow in a new process (5-10 s on 2
 # cores), and most train a model: every page is slow (12-45 s measured).
 @pytest.mark.slow
-@pytest.mark.parametrize("page", [page for page in PAGES if _page_runs(page)])
+@pytest.mark.parametrize(
+    "page",
+    [page for page in PAGES if _page_runs(page) and page not in OWN_TESTS],
+)
 def test_code_blocks_run(page, tmp_path):
     env = dict(os.environ)
     env["KERAS_BACKEND"] = "tensorflow"

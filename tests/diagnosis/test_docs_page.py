@@ -1,5 +1,6 @@
 """The Python code blocks of docs/diagnosis.md run as pasted, in order, and
-do what the page says."""
+do what the page says (`tests/test_docs.py` leaves this page to this
+test)."""
 
 import re
 from pathlib import Path
@@ -11,7 +12,8 @@ def python_blocks(text):
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-def test_code_blocks_run(capsys):
+def test_code_blocks_run(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # what a reader who pastes them gets
     blocks = python_blocks(PAGE.read_text())
     assert blocks
     namespace = {}
