@@ -119,3 +119,15 @@ def check_number(name, value, minimum):
             f"{_received(name, value)}"
         )
     return float(value)
+
+
+def check_keywords(caller, given, known, takes="it takes"):
+    """A `TypeError` when `given` (a dict of keyword arguments) holds names
+    not in `known`; `caller` says who received them, `takes` introduces
+    the list of the known ones."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise TypeError(
+            f"{caller} got unexpected keyword arguments {unknown}; {takes} "
+            f"{list(known)}. {_received(unknown[0], given[unknown[0]])}"
+        )

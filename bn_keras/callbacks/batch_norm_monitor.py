@@ -17,6 +17,7 @@ from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from bn_keras._statistics import as_float64
 from bn_keras._statistics import read_statistics
 from bn_keras._validation import check_bool
+from bn_keras._validation import check_keywords
 from bn_keras._validation import is_integer
 from bn_keras.callbacks import _alerts
 from bn_keras.callbacks._event_writer import SummaryWriter
@@ -416,13 +417,7 @@ class BatchNormMonitor(keras.callbacks.Callback):
                 or `objective`.
         """
         settings = self._settings()
-        unknown = sorted(set(changes) - set(settings))
-        if unknown:
-            raise TypeError(
-                f"with_log_dir() got unexpected arguments {unknown}; it "
-                f"takes {sorted(settings)}. Received: {unknown[0]}="
-                f"{changes[unknown[0]]!r}"
-            )
+        check_keywords("with_log_dir()", changes, sorted(settings))
         settings.update(changes)
         monitor = type(self)(log_dir, **settings)
         monitor.session_group = session_group

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bn_keras import registry
+from bn_keras._validation import check_keywords
 from bn_keras.layers.renorm_clipping import RenormClipping
 
 #: The normalizations searched by default, in the order tried first.
@@ -164,14 +165,12 @@ def input_batchnorm_candidates(argument, value):
 def check_choices(owner, choices):
     """Checks that `choices` holds only keyword arguments of
     `bn_hyperparameters` that `owner` (a hypermodel) passes on to it."""
-    unknown = sorted(set(choices) - set(CHOICES))
-    if unknown:
-        raise TypeError(
-            f"{type(owner).__name__} got unexpected keyword arguments "
-            f"{unknown}; the choices it passes on to bn_hyperparameters "
-            f"are {list(CHOICES)}. Received: {unknown[0]}="
-            f"{choices[unknown[0]]!r}"
-        )
+    check_keywords(
+        type(owner).__name__,
+        choices,
+        CHOICES,
+        takes="the choices it passes on to bn_hyperparameters are",
+    )
     return dict(choices)
 
 

@@ -10,6 +10,7 @@ import pytest
 import bn_keras
 from bn_keras.tuner import BNSearchCNN
 from bn_keras.tuner import BNSearchMLP
+from bn_keras.tuner.bn_hyperparameters import CHOICES
 from tests.tuner.test_bn_placement_hypermodel import grid_configurations
 from tests.tuner.test_bn_placement_hypermodel import kind
 from tests.tuner.test_bn_placement_hypermodel import pinned
@@ -303,3 +304,17 @@ def test_errors(make, error, message):
 def test_arguments_after_the_first_are_keyword_only(make, message):
     with pytest.raises(TypeError, match=re.escape(message) + " takes "):
         make()
+
+
+@pytest.mark.parametrize(
+    "make", [BNSearchMLP, BNSearchCNN], ids=["mlp", "cnn"]
+)
+def test_an_unknown_choice_is_named(make):
+    with pytest.raises(TypeError) as error:
+        make(3, momentum=[0.9], momentun=[0.99])
+    assert str(error.value) == (
+        f"{make.__name__} got unexpected keyword arguments ['momentun']; the "
+        "choices it passes on to bn_hyperparameters are "
+        f"{list(CHOICES)}. Received: "
+        "momentun=[0.99]"
+    )
