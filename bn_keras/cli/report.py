@@ -236,11 +236,16 @@ def write_results(session, results, metric, title, write_table):
 
 
 def name_the_leader(session, results, metric):
-    """Names the leaderboard's #1, its figure and its BN's health at the
-    end, in the title of the Overview's chart of the ranking figure, in
-    every run of `session`: the first screen of Custom Scalars then says
-    which configuration won, as the leaderboard does."""
+    """Names the leaderboard's #1 (a search's trial by its run), its
+    figure and its BN's health at the end, in the title of the Overview's
+    chart of the ranking figure, in every run of `session` (the folder of
+    the runs): the first screen of Custom Scalars then says which
+    configuration won, as the leaderboard does."""
     (_, first), *_ = leaderboard_rows(results)
+    # A trial by its run's name, as TensorBoard lists it.
+    label = first.label
+    if first.trial_id is not None:
+        label = os.path.basename(first.run_dir)
     unhealthy = last_value(first.run_dir, UNHEALTHY)
     if unhealthy is None:
         health = ""
@@ -254,7 +259,7 @@ def name_the_leader(session, results, metric):
         )
     title = (
         f"best {words(metric)} so far; #1 in the leaderboard: "
-        f"{first.label}, {_fmt(first.best)} at epoch {first.best_epoch}"
+        f"{label}, {_fmt(first.best)} at epoch {first.best_epoch}"
         f"{health}"
     )
     runs = [os.path.join(session, name) for name in sorted(os.listdir(session))]
@@ -445,6 +450,8 @@ def search_summary(out, search, session):
         )
         out.print(f"leaderboard:  {csv_path}")
         out.print(f"plot:         {png_path}")
+        if search.logdir:
+            name_the_leader(search.logdir, results, search.metric)
     if rows:
         _print_best(out, search, rows, session)
     else:

@@ -11,6 +11,7 @@ import bn_keras
 from bn_keras.cli import datasets
 from bn_keras.cli import experiment
 from bn_keras.cli import tuning
+from tests.callbacks.helpers import read_layout
 from tests.cli.helpers import assert_png
 from tests.cli.helpers import event_files
 from tests.cli.helpers import read_csv
@@ -63,7 +64,9 @@ def test_search_placement_hypermodel(tmp_path, capsys):
             r"trial_\d-(input-bn_)?(layer-bn-act\.(batch|renorm)|layer-act)",
             run_dir,
         ), run_dir
-        assert len(event_files(logs / run_dir)) == 1
+        # The training's event file, then the Overview's layout naming
+        # the leaderboard's first, written once the trials are ranked.
+        assert len(event_files(logs / run_dir)) == 2
         assert not [p for p in (logs / run_dir).iterdir() if p.is_dir()]
         scalars = read_scalars(logs / run_dir)
         assert sorted(scalars["epoch/val_accuracy"]) == [1, 2]
@@ -115,6 +118,20 @@ def test_search_placement_hypermodel(tmp_path, capsys):
         assert row["epochs"] == "2"
         assert "/placement=" in row["hyperparameters"]
     assert_png(session / "validation_curves.png", width=1200, height=500)
+
+    # The Overview names the leaderboard's first in every run.
+    first = rows[0]
+    for run_dir in runs:
+        (title,) = [
+            chart.title
+            for chart in read_layout(logs / run_dir).category[0].chart
+            if list(chart.multiline.tag) == ["^epoch/best_val_accuracy$"]
+        ]
+        assert title.startswith(
+            "best validation accuracy so far; #1 in the leaderboard: "
+            f"{first['run_dir']}, {float(first['best_val_accuracy']):.4f} "
+            f"at epoch {first['best_epoch']}; its BN ends "
+        ), title
 
 
 @pytest.mark.slow
