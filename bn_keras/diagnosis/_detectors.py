@@ -115,14 +115,23 @@ REMEDY_RECALIBRATE = (
     "another domain than training, recalibrate on data of the domain the "
     "model will serve."
 )
-REMEDY_NOISY = (
-    "Shuffle the training data so that no batch holds one class only. "
+REMEDY_SHUFFLE = (
+    "Shuffle the training data so that no batch holds one class only."
+)
+REMEDY_SMALL_BATCHES = (
     "Train with larger batches (normalizing ghost batches of 32 within "
     "them keeps a small batch's regularization: "
     '`bn_keras.convert_batchnorm(model, "ghost", virtual_batch_size=32)`); '
     "if only small batches fit, fine-tune with batch renormalization: "
     '`bn_keras.convert_batchnorm(model, "renorm")`.'
 )
+REMEDY_NOISY = f"{REMEDY_SHUFFLE} {REMEDY_SMALL_BATCHES}"
+#: Batch means that spread more than this many times `1 / sqrt(batch
+#: size)` data standard deviations come from batches that are not random
+#: samples: random batches of B samples spread at most `1 / sqrt(B)` (as
+#: much when a sample's values in a channel are all alike, less when they
+#: vary within it). The margin covers the estimate from a few batches.
+NOT_RANDOM_SPREAD = 1.5
 
 # -- figures ------------------------------------------------------------------
 
@@ -474,19 +483,48 @@ def noisy_batch_statistics(batch_size, disagreement, spreads, metrics=None):
     )
     evidence["batch_mean_spread"] = {n: float(s) for n, s in ranked[:10]}
     layers = [name for name, _ in ranked[:NAMED_LAYERS]]
-    if ranked:
-        words += (
-            f"; batch means vary by {ranked[0][1]:.2g} of the data's standard "
-            f"deviation between batches in {ranked[0][0]}"
-        )
+    cause, remedy = _noisy_cause(batch_size, ranked, evidence)
     return Finding(
         "noisy-batch-statistics",
         severity,
         layers,
-        words + ": the statistics of single batches are too noisy (too "
-        "small, or not shuffled) for what inference uses.",
+        words + cause,
         evidence,
-        REMEDY_NOISY,
+        remedy,
+    )
+
+
+def _noisy_cause(batch_size, ranked, evidence):
+    """Why batch statistics are noisy, `(words, remedy)`: batches that are
+    not random samples (their means spread more than random batches'
+    can), or batches too small for the network."""
+    if not ranked:
+        return (
+            ": the statistics of single batches are too noisy (too small, "
+            "or not shuffled) for what inference uses.",
+            REMEDY_NOISY,
+        )
+    (name, spread), random = ranked[0], 1.0 / np.sqrt(batch_size)
+    evidence["random_batch_spread"] = float(random)
+    words = (
+        f"; batch means vary by {spread:.2g} of the data's standard deviation "
+        f"between batches in {name}"
+    )
+    if spread > NOT_RANDOM_SPREAD * random:
+        evidence["random_batches"] = False
+        return (
+            words + f", more than random batches of {batch_size} can (at most "
+            f"{random:.2g}): the batches are not random samples of the data "
+            "(sorted data, one class per batch), and their statistics are not "
+            "what inference uses.",
+            REMEDY_NOISY,
+        )
+    evidence["random_batches"] = True
+    return (
+        words + f", as random batches of {batch_size} do (at most "
+        f"{random:.2g}): this network turns the ordinary noise of batches "
+        f"of {batch_size} into different predictions.",
+        REMEDY_SMALL_BATCHES,
     )
 
 

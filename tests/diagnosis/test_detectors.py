@@ -155,6 +155,31 @@ def test_noisy_batch_statistics(disagreement, metrics, severity):
     assert finding.evidence["batch_mean_spread"] == {"b": 0.7, "a": 0.1}
 
 
+@pytest.mark.parametrize(
+    "spread, random_batches", [(0.15, True), (0.25, True), (0.5, False)]
+)
+def test_noisy_batches_random_or_not(spread, random_batches):
+    """Random batches of 32 spread their means by at most 1/sqrt(32) =
+    0.18 standard deviations; beyond 1.5 times that, they are not random
+    samples and the remedy starts with shuffling."""
+    finding = d.noisy_batch_statistics(32, 0.2, [("bn", spread)])
+    assert finding.evidence["random_batches"] is random_batches
+    assert finding.evidence["random_batch_spread"] == pytest.approx(
+        32**-0.5
+    )
+    assert finding.remedy.startswith("Shuffle") is not random_batches
+    assert 'convert_batchnorm(model, "renorm")' in finding.remedy
+    if random_batches:
+        assert finding.message.endswith(
+            f"batch means vary by {spread:.2g} of the data's standard "
+            "deviation between batches in bn, as random batches of 32 do (at "
+            "most 0.18): this network turns the ordinary noise of batches "
+            "of 32 into different predictions."
+        )
+    else:
+        assert "the batches are not random samples" in finding.message
+
+
 def test_batch_mean_spread_in_standard_deviations():
     means = np.array([[0.0, 1.0], [2.0, 1.0]])
     # Channel 0: spread 1, data std 2 -> 0.5; channel 1: no spread.

@@ -170,6 +170,10 @@ def test_small_training_batches(digits):
     assert finding.severity in ("error", "warning")
     assert finding.evidence["disagreement"] > 0.1
     assert finding.evidence["batch_size"] == 2
+    # Shuffled batches of 2 spread as random ones do: too small, not
+    # unshuffled.
+    assert finding.evidence["random_batches"] is True
+    assert finding.remedy.startswith("Train with larger batches")
     # At the batch size of a healthy model, the modes agree.
     healthy_report = bn_keras.diagnose(model, (x_test, y_test), batch_size=256)
     assert "noisy-batch-statistics" not in codes(healthy_report)
@@ -321,3 +325,20 @@ def test_collapsed_variance_is_judged_by_its_own_impact(digits, healthy):
         accuracy(alone, x_test, y_test)
     )
     assert collapsed.evidence["after"] < report.summary["after"]
+
+
+def test_class_sorted_batches_are_not_random(digits, healthy):
+    """Batches of one or two classes each: their means spread more than
+    random batches' can, and the remedy starts with shuffling."""
+    _, x_test, _, y_test = digits
+    order = np.argsort(y_test, kind="stable")
+    report = bn_keras.diagnose(healthy, (x_test[order], y_test[order]))
+    noisy = next(
+        f for f in report.findings if f.code == "noisy-batch-statistics"
+    )
+    assert noisy.evidence["random_batches"] is False
+    assert noisy.remedy.startswith("Shuffle the training data")
+    # The same data shuffled: a healthy model trained at 32 agrees.
+    assert "noisy-batch-statistics" not in codes(
+        bn_keras.diagnose(healthy, (x_test, y_test))
+    )
