@@ -242,6 +242,20 @@ def built(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_classifiers_are_known_to_the_package_index():
+    """PyPI refuses an upload with a classifier it does not list."""
+    import configparser
+
+    from trove_classifiers import classifiers
+
+    config = configparser.ConfigParser()
+    config.read(os.path.join(ROOT, "setup.cfg"))
+    declared = config["metadata"]["classifiers"].split("\n")
+    declared = [line.strip() for line in declared if line.strip()]
+    assert declared
+    assert [c for c in declared if c not in classifiers] == []
+
+
 def test_wheel_and_sdist(built, tmp_path):
     sdist, wheel = built
     with zipfile.ZipFile(wheel) as archive:
