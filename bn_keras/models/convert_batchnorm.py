@@ -238,8 +238,11 @@ def convert_batchnorm(
       sqrt(moving_variance + epsilon)`, so renorm's correction starts at
       the identity (and its schedule, if any, at step 0).
     - `"keras"` converts to `keras.layers.BatchNormalization`, which has no
-      ghost batches and no renorm schedule: these settings are dropped
-      with a warning (the weights, and inference, are kept).
+      ghost batches, no renorm schedule and no cumulative statistics: the
+      new layers are plain batch normalization (`renorm=True` is dropped
+      too, as with `"batch"`), and `momentum=None` becomes Keras's `0.99`.
+      One warning names what was dropped from which layers (the weights,
+      and inference, are kept).
 
     Args:
         model: A Sequential or Functional `keras.Model` (a subclassed model
