@@ -93,13 +93,28 @@ def test_tuner_without_keras_tuner_names_the_extra():
 
 
 @pytest.mark.parametrize(
-    "command,missing",
+    "command, options, missing",
     [
-        ("compare", "scikit-learn and matplotlib, which are"),
-        ("search", "scikit-learn, matplotlib and keras-tuner, which are"),
+        (
+            "compare",
+            "--epochs 1",
+            "scikit-learn and matplotlib, which are not installed. Install "
+            "them",
+        ),
+        (
+            "search",
+            "--epochs 1",
+            "scikit-learn, matplotlib and keras-tuner, which are not "
+            "installed. Install them",
+        ),
+        (
+            "doctor",
+            "model.keras --dataset digits",
+            "scikit-learn, which is not installed. Install it",
+        ),
     ],
 )
-def test_command_without_cli_extra_names_it(command, missing):
+def test_command_without_cli_extra_names_it(command, options, missing):
     # Started as the command (argv[0] is bn-keras), with the libraries of
     # the `cli` extra missing: one line, before any training starts.
     result = _python(
@@ -109,14 +124,14 @@ def test_command_without_cli_extra_names_it(command, missing):
 
         for name in ("sklearn", "matplotlib", "keras_tuner"):
             sys.modules[name] = None
-        sys.argv = ["bn-keras", "{command}", "--epochs", "1"]
+        sys.argv = ["bn-keras", "{command}", *"{options}".split()]
         runpy.run_module("bn_keras", run_name="__main__")
         """
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [
-        f"bn-keras {command}: error: this command needs {missing} not "
-        "installed. Install them with: pip install 'bn-keras[cli]'"
+        f"bn-keras {command}: error: this command needs {missing} with: "
+        "pip install 'bn-keras[cli]'"
     ]
 
 

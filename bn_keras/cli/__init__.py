@@ -34,6 +34,7 @@ from bn_keras.cli.common import UsageError
 REQUIREMENTS = {
     "compare": ("sklearn", "matplotlib"),
     "search": ("sklearn", "matplotlib", "keras_tuner"),
+    "doctor": ("sklearn",),
 }
 
 

@@ -161,7 +161,11 @@ def add_data_arguments(parser, training=True):
         "--image-size",
         metavar="N|HxW",
         help="with --data FOLDER: the size every image is resized to "
-        "(default: {}x{})".format(*images.DEFAULT_IMAGE_SIZE),
+        + (
+            "(default: {}x{})".format(*images.DEFAULT_IMAGE_SIZE)
+            if training
+            else "(default: the model's input size)"
+        ),
     )
     data.add_argument(
         "--limit",
