@@ -359,8 +359,18 @@ def _findings(model, entries, measured):
         findings += _statistics_findings(
             measured, impact, broken.layers if broken else ()
         )
+    untrained = _untrained(measured)
+    if untrained:
+        # Initial statistics that predict better than precise ones: the
+        # predictions of an untrained model, no sign either way.
+        findings = [
+            f
+            for f in findings
+            if f is None
+            or (f.code, f.severity) != ("statistics-mismatch", "info")
+        ]
     noisy = _noisy(measured)
-    if noisy is not None and _untrained(measured):
+    if noisy is not None and untrained:
         # Training-mode predictions of an untrained model are no sign of
         # the batch size it was trained at.
         noisy = dataclasses.replace(noisy, severity="info")
