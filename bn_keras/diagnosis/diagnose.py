@@ -97,16 +97,22 @@ def diagnose(
 
     Example:
 
+    A model trained for a few steps with a momentum so high that its
+    moving statistics have barely left their initial values:
+
     >>> model = keras.Sequential([
     ...     keras.Input((4,)),
     ...     keras.layers.Dense(8),
-    ...     keras.layers.BatchNormalization(),
+    ...     keras.layers.BatchNormalization(momentum=0.999),
     ...     keras.layers.ReLU(),
     ...     keras.layers.Dense(3),
     ... ])
     >>> rng = np.random.default_rng(0)
     >>> x = (rng.normal(size=(256, 4)) * 5 + 10).astype("float32")
     >>> y = (x[:, 0] > 10).astype("int32") + (x[:, 1] > 10)
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True))
+    >>> _ = model.fit(x, y, epochs=5, verbose=0)
     >>> report = bn_keras.diagnose(model, (x, y))
     >>> report.ok
     False
