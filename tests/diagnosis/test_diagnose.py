@@ -164,10 +164,12 @@ def test_dict_inputs(data):
     x, y = data
     features = keras.Input((3,), name="a"), keras.Input((2,), name="b")
     h = L.Concatenate()(list(features))
-    h = L.BatchNormalization(momentum=0.5)(L.Dense(8, use_bias=False)(h))
+    bn = L.BatchNormalization(momentum=0.5)
+    h = bn(L.Dense(8, use_bias=False)(h))
     model = keras.Model(
         {"a": features[0], "b": features[1]}, L.Dense(3)(L.ReLU()(h))
     )
+    bn.gamma.assign(np.full(8, 1.5, "float32"))  # not an untrained model
     inputs = {"a": x[:, :3], "b": x[:, 3:]}
     report = bn_keras.diagnose(model, (inputs, y), batch_size=16)
     # Statistics never updated: found; precise statistics change the
