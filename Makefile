@@ -74,7 +74,7 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory test-torch
 
 test-tf: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest tests
+	KERAS_BACKEND=tensorflow $(PY) -m pytest tests --durations=15
 
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest tests/layers \
