@@ -362,10 +362,11 @@ def fold_speedup(rounds):
 MOBILENET = (96, 8, 4)
 
 
-def mobilenet_fold_speedup(rounds):
+def mobilenet_fold_speedup(rounds, steps=MOBILENET[2]):
     """`keras.applications.MobileNetV2` (Keras's BN, random statistics),
-    `predict_on_batch` unfolded over folded: `[ratio per round]`."""
-    size, batch_size, steps = MOBILENET
+    `predict_on_batch` on `steps` batches unfolded over folded: `[ratio
+    per round]`."""
+    size, batch_size, _ = MOBILENET
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(
         weights=None, input_shape=(size, size, 3)
@@ -389,13 +390,21 @@ def mobilenet_fold_speedup(rounds):
 MONITOR_EPOCH = 'update_freq="epoch"'
 
 
-def monitor_overhead(rounds):
+#: The monitor's `fit`: epochs, steps per epoch (`--quick`: the least).
+MONITOR_FIT = (3, 100)
+QUICK_MONITOR_FIT = (2, 4)
+
+
+def monitor_overhead(rounds, epochs, steps):
     """`BatchNormMonitor(update_freq="epoch")` on `fit`: the share of each
     `fit` spent in its hooks, and `fit` time with it over without it."""
     import bench_callbacks
 
     results = bench_callbacks.measure(
-        rounds=rounds, epochs=3, names=["no monitor", MONITOR_EPOCH]
+        rounds=rounds,
+        epochs=epochs,
+        steps=steps,
+        names=["no monitor", MONITOR_EPOCH],
     )
     monitored = results[MONITOR_EPOCH]
     base = results["no monitor"]["fit"]
@@ -477,6 +486,10 @@ def main(argv=None):
                         help="input shape (comma-separated) of the memory-"
                         "bandwidth measurement, or 'off' (default 64,32,32,64;"
                         " use a larger one on a GPU, e.g. 256,56,56,256)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the MobileNetV2 measurements on a few batches "
+                        "only: checks that the report runs, its figures "
+                        "mean little")
     parser.add_argument("--variants",
                         default=",".join(v for v in VARIANTS
                                          if v not in ON_REQUEST),
@@ -559,7 +572,9 @@ def main(argv=None):
             targets.append(
                 (f"fold_batchnorm speed-up, with {name}", values, 1.3, False)
             )
-        mobilenet = mobilenet_fold_speedup(args.rounds)
+        mobilenet = mobilenet_fold_speedup(
+            args.rounds, 1 if args.quick else MOBILENET[2]
+        )
         size, batch_size, _ = MOBILENET
         print(
             f"fold_batchnorm, MobileNetV2 with keras BN ({size}x{size}, batch "
@@ -571,10 +586,11 @@ def main(argv=None):
              1.4, False)
         )
     if not args.no_monitor:
-        overhead = monitor_overhead(args.rounds)
+        epochs, steps = QUICK_MONITOR_FIT if args.quick else MONITOR_FIT
+        overhead = monitor_overhead(args.rounds, epochs, steps)
         print(
             '\nBatchNormMonitor(update_freq="epoch"), fit of MobileNetV2 '
-            "(alpha 0.35, 64x64, batch 32, 100 steps), 3 epochs: "
+            f"(alpha 0.35, 64x64, batch 32, {steps} steps), {epochs} epochs: "
             f"time in its hooks {spread(overhead['hooks'])} of fit; "
             f"fit time with / without it {spread(overhead['fit'])}"
         )

@@ -19,7 +19,7 @@ import bench_layers  # noqa: E402
 def test_report_prints_each_target_with_pass_or_miss(capsys):
     bench_layers.main(
         ["--rounds", "1", "--models", "mlp", "--jit", "off",
-         "--bandwidth", "8,4,4,8"]
+         "--bandwidth", "8,4,4,8", "--quick"]
     )
     out = capsys.readouterr().out
     report = out.split("Targets (")[1]
