@@ -108,14 +108,20 @@ def test_without_batchnorm_nothing_to_diagnose(digits):
     assert report.summary["layers"] == 0
 
 
+def initial_statistics(model):
+    """`model` with every moving mean 0 and variance 1, as before
+    training."""
+    for layer in bn_keras.find_batchnorm(model):
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape))
+    return model
+
+
 def test_stale_statistics_are_an_error_that_fix_repairs(digits, healthy):
     _, x_test, _, y_test = digits
     # Moving statistics never updated in training: still at their initial
     # values (mean 0, variance 1).
-    stale = copy(healthy)
-    for layer in bn_keras.find_batchnorm(stale):
-        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
-        layer.moving_variance.assign(np.ones(layer.moving_variance.shape))
+    stale = initial_statistics(copy(healthy))
     before = accuracy(stale, x_test, y_test)
     report = bn_keras.diagnose(stale, (x_test, y_test))
     finding = report.findings[0]
@@ -294,10 +300,7 @@ def test_an_untrained_model_is_named_and_its_batch_noise_is_information(
 
 def test_statistics_never_updated_are_no_input_scale(digits, healthy):
     _, x_test, _, y_test = digits
-    stale = copy(healthy)
-    for layer in bn_keras.find_batchnorm(stale):
-        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
-        layer.moving_variance.assign(np.ones(layer.moving_variance.shape))
+    stale = initial_statistics(copy(healthy))
     report = bn_keras.diagnose(stale, (x_test * 16.0, y_test))
     assert "preprocessing-mismatch" not in codes(report)
     assert codes(report)["statistics-mismatch"] == "error"
