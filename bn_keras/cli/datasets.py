@@ -147,7 +147,13 @@ def add_data_arguments(parser, training=True):
         "--target",
         metavar="COLUMN",
         help="with --data FILE: the column (CSV) or array (NPZ) holding the "
-        "target",
+        "target"
+        + (
+            ""
+            if training
+            else "; without it the file holds the model's inputs alone "
+            "(every column, or the NPZ's one array), diagnosed without labels"
+        ),
     )
     data.add_argument(
         "--task",
@@ -320,8 +326,7 @@ def _from_path(data, target, task, image_size):
     path = os.fspath(data)
     if os.path.isdir(path):
         return _from_folder(path, task, image_size)
-    table = os.path.splitext(path)[1].lower() in (".csv", ".npz")
-    if not table and not os.path.exists(path):
+    if not os.path.exists(path):
         raise UsageError(f"--data {path}: no such file or folder")
     return _from_file(path, target, task)
 

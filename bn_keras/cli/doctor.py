@@ -5,6 +5,7 @@ does (`bn_keras.cli.datasets`), prints the report (or its JSON), writes
 `--fix`. The options are `bn_keras.cli.doctor_command`'s.
 """
 
+import os
 import sys
 import textwrap
 import warnings
@@ -12,6 +13,7 @@ import warnings
 import numpy as np
 
 from bn_keras.cli import datasets
+from bn_keras.cli import tables
 from bn_keras.cli.common import UsageError
 from bn_keras.cli.common import save_model
 from bn_keras.cli.inspect import load
@@ -74,12 +76,34 @@ def _check_fits(args, x, model):
         )
 
 
+def _unlabeled(args):
+    """`--data FILE` (a CSV or NPZ file) without `--target`: the model's
+    inputs without labels (`--limit`: a seeded random subset), or `None`
+    for any other data options."""
+    path = args.data
+    if args.target is not None or path is None or not os.path.isfile(path):
+        return None
+    if os.path.splitext(path)[1].lower() not in (".csv", ".npz"):
+        return None  # the data loader says what is wrong with it
+    x = tables.read_inputs(path)
+    if args.limit is not None and args.limit < len(x):
+        rng = np.random.default_rng(args.seed)
+        x = x[np.sort(rng.permutation(len(x))[: args.limit])]
+    return x
+
+
 def load_data(args, model):
-    """All samples of the data options: `(x, y)`, targets in their units.
+    """All samples of the data options: `(x, y)`, targets in their units;
+    `y` is `None` for a file given without `--target`.
 
     The data's split into training and validation sets does not matter
     here: its warnings (a class missing from one split) are left out.
     """
+    x = _unlabeled(args)
+    if x is not None:
+        x = _fitted(x, model)
+        _check_fits(args, x, model)
+        return x, None
     args.image_size = _image_size(args, model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -111,7 +135,8 @@ def run(args):
     model = load(args.model)
     x, y = load_data(args, model)
     try:
-        report = diagnose(model, (x, y), batch_size=args.batch_size)
+        data = x if y is None else (x, y)
+        report = diagnose(model, data, batch_size=args.batch_size)
     except (TypeError, ValueError) as error:
         message = " ".join(str(error).split("Received:")[0].split())
         raise UsageError(f"{args.model}: {message}") from None

@@ -108,8 +108,9 @@ def _feature_value(path, number, column, value):
 
 
 def _split_columns(path, data, header, target):
-    """`(x, targets)`: the features as float32, the target cells as text."""
-    t = header.index(target)
+    """`(x, targets)`: the features as float32, the target cells as text
+    (every column a feature when `target` is `None`)."""
+    t = None if target is None else header.index(target)
     names = [name for i, name in enumerate(header) if i != t]
     x = np.empty((len(data), len(names)), dtype="float32")
     targets = []
@@ -120,7 +121,8 @@ def _split_columns(path, data, header, target):
                 f"has {len(header)}"
             )
         values = [cell.strip() for cell in row]
-        targets.append(values[t])
+        if t is not None:
+            targets.append(values[t])
         features = (v for k, v in enumerate(values) if k != t)
         for j, value in enumerate(features):
             x[i, j] = _feature_value(path, number, names[j], value)
@@ -168,6 +170,41 @@ def read_csv(path, target):
     x, targets = _split_columns(path, data, header, target)
     names = [name for name in header if name != target]
     return x, _csv_target(path, data, targets, target), names
+
+
+def read_inputs(path):
+    """A model's inputs alone, without a target (`bn-keras doctor`
+    diagnoses without labels): every column of a `.csv` file (with a
+    header row), or the one array of an `.npz` file.
+
+    Returns:
+        `x`, float32.
+
+    Raises:
+        UsageError: naming the file and the problem (an NPZ file of several
+            arrays among them).
+    """
+    if path.lower().endswith(".csv"):
+        rows = _csv_rows(path, _read_text(path))
+        header = [cell.strip() for cell in rows[0][1]]
+        x, _ = _split_columns(path, rows[1:], header, None)
+        return x
+    arrays = _npz_arrays(path)
+    if len(arrays) > 1:
+        raise UsageError(
+            f"{path}: holds the arrays {', '.join(sorted(arrays))}: name the "
+            "labels with --target, or give the inputs alone as the file's "
+            "one array"
+        )
+    (x,) = arrays.values()
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise UsageError(
+            f"{path}: the array is of type {x.dtype}; expected numbers"
+        )
+    x = x.astype("float32")
+    if not np.all(np.isfinite(x)):
+        raise UsageError(f"{path}: the inputs hold NaN or infinite values")
+    return x
 
 
 def _not_npz(path, error):

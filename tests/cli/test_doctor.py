@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+import bn_keras
 from tests.cli.helpers import imported_modules
 from tests.cli.helpers import run_cli
 from tests.cli.helpers import run_entry_point
@@ -181,4 +182,37 @@ def test_a_fix_that_cannot_be_written_is_a_usage_error(files, capsys):
     assert err.strip().splitlines()[-1] == (
         f"bn-keras doctor: error: --fix {out_path}: cannot write: "
         "No such file or directory"
+    )
+
+
+def test_unlabeled_files_are_diagnosed_without_a_metric(files, capsys):
+    """A CSV or NPZ file without --target is the model's inputs alone: the
+    report is the Python API's without labels (no metric)."""
+    digits = load_digits()
+    x = digits.data.astype("float32")
+    np.savez(files / "inputs.npz", pixels=x)
+    with open(files / "inputs.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([f"p{i}" for i in range(64)])
+        writer.writerows(x)
+    model = keras.saving.load_model(files / "lagging.keras", compile=False)
+    expected = bn_keras.diagnose(model, x)
+    for name in ("inputs.npz", "inputs.csv"):
+        status, out, err = run_cli(
+            capsys, "doctor", files / "lagging.keras", "--data", files / name
+        )
+        assert status == 1, err
+        assert out.startswith(str(expected).splitlines()[0])
+        assert "accuracy" not in out
+        assert "warning   statistics-mismatch" in out
+    # Several arrays and no --target: which is the input is not guessed.
+    np.savez(files / "two.npz", pixels=x, label=digits.target)
+    status, _, err = run_cli(
+        capsys, "doctor", files / "lagging.keras", "--data", files / "two.npz"
+    )
+    assert status == 2
+    assert err.strip() == (
+        f"bn-keras doctor: error: {files / 'two.npz'}: holds the arrays "
+        "label, pixels: name the labels with --target, or give the inputs "
+        "alone as the file's one array"
     )

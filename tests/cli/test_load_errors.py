@@ -80,11 +80,12 @@ def test_npz_files(tmp_path, capsys, make, message):
         ),
         ("data.txt", "--data {path}: unknown file type '.txt'"),
         ("absent", "--data {path}: no such file or folder"),
+        ("absent.csv", "--data {path}: no such file or folder"),
     ],
 )
 def test_data_paths(tmp_path, capsys, path, message):
     path = tmp_path / path
-    if path.name != "absent":
+    if not path.name.startswith("absent"):
         path.write_text("a,y\n1,2\n")
     status, _, err = run_cli(
         capsys,
