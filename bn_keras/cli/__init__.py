@@ -120,4 +120,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         return runtime.interrupted(command)
     except Exception as error:
+        if runtime.was_interrupted():
+            return runtime.interrupted(command)
         return _failed(command, error, getattr(args, "verbose", False))

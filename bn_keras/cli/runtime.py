@@ -154,6 +154,22 @@ def plain_warnings():
 
 
 _pending_interrupt = False
+#: Whether Ctrl-C came since the command started (see `was_interrupted`).
+_interrupt_received = False
+
+
+def _interrupt(signum, frame):
+    """Python's Ctrl-C (`KeyboardInterrupt`), remembered."""
+    global _interrupt_received
+    _interrupt_received = True
+    raise KeyboardInterrupt
+
+
+def was_interrupted():
+    """Whether Ctrl-C came since the command started: an error raised
+    after it comes from the interrupt (TensorFlow's tracing can turn a
+    `KeyboardInterrupt` raised inside it into a `TypeError`)."""
+    return _interrupt_received
 
 
 def take_over_interrupts():
@@ -162,7 +178,7 @@ def take_over_interrupts():
     handler does while `bn-keras` starts (see `bn_keras/__init__.py`)."""
     handler = signal.getsignal(signal.SIGINT)
     if getattr(handler, "__module__", None) == "bn_keras":
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 @contextlib.contextmanager
@@ -197,11 +213,16 @@ def check_interrupt():
 
 def completed(function, *args, **kwargs):
     """Calls `function(*args, **kwargs)`: `True` when it returns, `False`
-    when Ctrl-C stopped it (what it finished stays where it put it)."""
+    when Ctrl-C stopped it (what it finished stays where it put it), also
+    when the interrupt surfaced as another error."""
     try:
         function(*args, **kwargs)
     except KeyboardInterrupt:
         return False
+    except Exception:
+        if was_interrupted():
+            return False
+        raise
     return True
 
 

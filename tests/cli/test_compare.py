@@ -488,7 +488,10 @@ ERRORS = {
         ["--dataset", "wine", "--data", "x.csv", "--target", "y"],
         "give either --dataset or --data, not both",
     ),
-    "data without target": (["--data", "x.csv"], "--data x.csv needs --target"),
+    "data without target": (
+        ["--data", "{tmp}/x.csv"],
+        "--data {tmp}/x.csv needs --target",
+    ),
     "target without data": (["--target", "y"], "--target goes with --data"),
     "zero epochs": (
         ["--epochs", "0"],
@@ -508,7 +511,7 @@ ERRORS = {
     ),
     "missing file": (
         ["--data", "{tmp}/absent.csv", "--target", "y"],
-        "{tmp}/absent.csv: cannot read the file: No such file or directory",
+        "--data {tmp}/absent.csv: no such file or folder",
     ),
     "missing folder": (
         ["--data", "{tmp}/my_images"],
@@ -527,6 +530,7 @@ def test_compare_usage_errors(case, tmp_path, capsys):
     argv, message = ERRORS[case]
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     message = message.replace("{tmp}", str(tmp_path))
+    (tmp_path / "x.csv").write_text("a,y\n" + "1,0\n" * 12)
     logdir = tmp_path / "runs"
     status, _, err = run_cli(
         capsys, "compare", *argv, "--quick", "--logdir", logdir

@@ -214,3 +214,26 @@ def test_ctrl_c_during_search_writes_the_completed_trials(
     )
     assert "1 completed trial(s)" in out
     assert os.path.exists(session / "tuner")
+
+
+def test_an_error_that_ctrl_c_caused_is_the_interrupt(monkeypatch):
+    """TensorFlow's tracing can turn a KeyboardInterrupt raised inside it
+    into another error (a TypeError "Failed to convert elements of
+    (None,) to Tensor", seen in CI): after Ctrl-C, that is the interrupt;
+    without Ctrl-C, an error is an error."""
+    monkeypatch.setattr(runtime, "_interrupt_received", False)
+
+    def failing():
+        raise TypeError("Failed to convert elements of (None,) to Tensor")
+
+    with pytest.raises(TypeError):
+        runtime.completed(failing)
+
+    def interrupted_while_tracing():
+        try:
+            runtime._interrupt(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            failing()
+
+    assert runtime.completed(interrupted_while_tracing) is False
+    assert runtime.was_interrupted()
