@@ -237,27 +237,17 @@ def main(argv=None):
     ]
     for name, case_times in cases:
         print_times(name, case_times)
-    targets = []
-    for base in ("predict (warm)", "predict (first)"):
-        targets.append(
-            (
-                f"MobileNetV2 diagnose / {base}",
-                ratios(times, "diagnose", base),
-                TARGET,
-                True,
-            )
-        )
-    for name, case_times in cases:
-        for base in ("predict (warm)", "predict (first)"):
-            targets.append(
-                (
-                    f"{name.split(' (')[0]} recalibrate / {base}",
-                    ratios(case_times, "recalibrate", base),
-                    TARGET,
-                    True,
-                )
-            )
-    print_targets(targets)
+    measured = [("MobileNetV2 diagnose", times, "diagnose")] + [
+        (f"{name.split(' (')[0]} recalibrate", case_times, "recalibrate")
+        for name, case_times in cases
+    ]
+    print_targets(
+        [
+            (f"{label} / {base}", ratios(of, task, base), TARGET, True)
+            for label, of, task in measured
+            for base in ("predict (warm)", "predict (first)")
+        ]
+    )
     print(
         "\nfix() / diagnose: "
         f"{statistics.median(ratios(times, 'fix', 'diagnose')):.3f} "

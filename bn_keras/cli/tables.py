@@ -201,10 +201,7 @@ def read_inputs(path):
         raise UsageError(
             f"{path}: the array is of type {x.dtype}; expected numbers"
         )
-    x = x.astype("float32")
-    if not np.all(np.isfinite(x)):
-        raise UsageError(f"{path}: the inputs hold NaN or infinite values")
-    return x
+    return _float32_features(path, x)
 
 
 def _not_npz(path, error):
@@ -310,6 +307,16 @@ def _check_feature_arrays(path, arrays, target, num_samples):
             )
 
 
+def _float32_features(path, x):
+    """`x` as float32 of shape `(N, ...)` (a `(N,)` array as one column);
+    a `UsageError` if it holds NaN or Inf."""
+    x = x.reshape(len(x), -1) if x.ndim == 1 else x
+    x = x.astype("float32")
+    if not np.all(np.isfinite(x)):
+        raise UsageError(f"{path}: the features hold NaN or infinite values")
+    return x
+
+
 def _npz_features(path, arrays):
     """`(x, image_shape)`: one array as it is (rank 3 or 4: images), or
     several `(N,)` / `(N, k)` arrays side by side, in name order."""
@@ -356,10 +363,7 @@ def read_npz(path, target):
     y = _npz_target(path, arrays, target)
     _check_feature_arrays(path, arrays, target, len(y))
     x, image_shape = _npz_features(path, arrays)
-    x = x.reshape(len(x), -1) if x.ndim == 1 else x
-    x = x.astype("float32")
-    if not np.all(np.isfinite(x)):
-        raise UsageError(f"{path}: the features hold NaN or infinite values")
+    x = _float32_features(path, x)
     if len(y) < MIN_SAMPLES:
         raise UsageError(
             f"{path}: {len(y)} samples; at least {MIN_SAMPLES} are needed to "

@@ -144,3 +144,18 @@ def assert_figures_close(scalars, tag_prefix, step, expected):
 
 def run_dir(log_dir):
     return os.fspath(log_dir)
+
+
+class Batches(keras.utils.PyDataset):
+    """`(x, y)` in whole batches of `batch_size`, as a `PyDataset`."""
+
+    def __init__(self, x, y, batch_size):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return len(self.x) // self.batch_size
+
+    def __getitem__(self, index):
+        s = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[s], self.y[s]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import bn_keras
+from tests.callbacks.helpers import Batches
 from tests.callbacks.helpers import weights_of
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
@@ -195,19 +196,6 @@ def test_recalibrate_leaves_masked_steps_out(rng):
     np.testing.assert_allclose(
         got["moving_variance"], rows.var(axis=0), **TOLERANCE
     )
-
-
-class Batches(keras.utils.PyDataset):
-    def __init__(self, x, y, batch_size):
-        super().__init__()
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __len__(self):
-        return len(self.x) // self.batch_size
-
-    def __getitem__(self, index):
-        s = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return self.x[s], self.y[s]
 
 
 def generator(x, y, batch_size):

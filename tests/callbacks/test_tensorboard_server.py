@@ -370,20 +370,26 @@ def test_tensorboard_serves_the_monitor_charts(served_runs):
     ) in last
 
 
+def assert_one_layer_alerted_every_epoch(base, run, code):
+    """`alerts/<code>` and the count of unhealthy layers are 1 at each of
+    the 3 epoch ends of `run`."""
+    values = scalar_values(base, run, f"alerts/{code}")
+    assert [(step, value) for _, step, value in values] == [
+        (1, 1.0),
+        (2, 1.0),
+        (3, 1.0),
+    ]
+    unhealthy = scalar_values(base, run, "alerts/unhealthy_layers")
+    assert [v for _, _, v in unhealthy] == [1.0, 1.0, 1.0]
+
+
 @pytest.mark.slow
 def test_a_broken_model_raises_an_alert_naming_the_layer_and_remedy(
     served_runs,
 ):
     base, _ = served_runs
     # From the first epoch end on: the layer with NaN statistics, counted.
-    values = scalar_values(base, "broken", "alerts/nonfinite-statistics")
-    assert [(step, value) for _, step, value in values] == [
-        (1, 1.0),
-        (2, 1.0),
-        (3, 1.0),
-    ]
-    unhealthy = scalar_values(base, "broken", "alerts/unhealthy_layers")
-    assert [v for _, _, v in unhealthy] == [1.0, 1.0, 1.0]
+    assert_one_layer_alerted_every_epoch(base, "broken", "nonfinite-statistics")
     # The text summary names the layer and says what to do.
     served, last = text_of(base, "broken")
     assert table_row("error", "nonfinite-statistics", "bn01-hidden") in served
@@ -403,14 +409,7 @@ def test_stale_statistics_raise_an_alert_naming_the_layer_and_remedy(
 ):
     base, _ = served_runs
     # A warning at every epoch end, charted in the Overview.
-    values = scalar_values(base, "stale", "alerts/statistics-mismatch")
-    assert [(step, value) for _, step, value in values] == [
-        (1, 1.0),
-        (2, 1.0),
-        (3, 1.0),
-    ]
-    unhealthy = scalar_values(base, "stale", "alerts/unhealthy_layers")
-    assert [v for _, _, v in unhealthy] == [1.0, 1.0, 1.0]
+    assert_one_layer_alerted_every_epoch(base, "stale", "statistics-mismatch")
     layout = get_json(f"{base}/data/plugin/custom_scalars/layout")
     titles = {
         chart["title"]

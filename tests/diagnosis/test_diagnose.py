@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import bn_keras
+from tests.callbacks.helpers import Batches
 
 L = keras.layers
 
@@ -65,19 +66,6 @@ def test_the_model_is_left_as_it_was(data):
     for variable, value in zip(model.variables, before):
         np.testing.assert_array_equal(variable.numpy(), value, variable.path)
     assert len(fixed.variables) == len(model.variables)
-
-
-class Batches(keras.utils.PyDataset):
-    def __init__(self, x, y, batch_size):
-        super().__init__()
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __len__(self):
-        return len(self.x) // self.batch_size
-
-    def __getitem__(self, index):
-        s = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return self.x[s], self.y[s]
 
 
 @pytest.mark.parametrize(

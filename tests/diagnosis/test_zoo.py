@@ -117,6 +117,12 @@ def initial_statistics(model):
     return model
 
 
+def assert_fixed_as_healthy(report, healthy, x, y):
+    """`report.fix()` predicts within 2 points of the healthy model."""
+    fixed = report.fix()
+    assert accuracy(fixed, x, y) > accuracy(healthy, x, y) - 0.02
+
+
 def test_stale_statistics_are_an_error_that_fix_repairs(digits, healthy):
     _, x_test, _, y_test = digits
     # Moving statistics never updated in training: still at their initial
@@ -197,11 +203,7 @@ def test_nonfinite_statistics_are_repaired(digits, healthy):
     finding = report.findings[0]
     assert finding.layers == (layer.name,)
     assert finding.evidence["nonfinite"] == {layer.name: {"moving_variance": 1}}
-    fixed = report.fix()
-    assert (
-        accuracy(fixed, x_test, y_test)
-        > accuracy(healthy, x_test, y_test) - 0.02
-    )
+    assert_fixed_as_healthy(report, healthy, x_test, y_test)
 
 
 def test_collapsed_variance_is_repaired(digits, healthy):
@@ -215,11 +217,7 @@ def test_collapsed_variance_is_repaired(digits, healthy):
     assert codes(report) == {"collapsed-variance": "error"}
     evidence = report.findings[0].evidence["collapsed_channels"]
     assert evidence == {layer.name: [20, 64]}
-    fixed = report.fix()
-    assert (
-        accuracy(fixed, x_test, y_test)
-        > accuracy(healthy, x_test, y_test) - 0.02
-    )
+    assert_fixed_as_healthy(report, healthy, x_test, y_test)
 
 
 def test_dead_channels_are_information(digits, healthy):
